@@ -1,0 +1,61 @@
+"""Execute every course notebook once with the quick profile (papermill), then
+(1) assert the bounds of its issue on the metrics it recorded, and
+(2) compare its ``# NBVAL_CHECK_OUTPUT`` cells with the outputs stored in the notebook.
+
+Run one alone with ``pytest tests/test_notebooks.py -k 01``.
+"""
+from __future__ import annotations
+
+import pytest
+
+from vklib import course
+from nbcheck import checked_cells, compare
+
+
+BOUNDS = {}
+
+
+def bounds(nb_id):
+    """Register the metric bounds of notebook ``nb_id``: a function ``(metrics, result_json) -> None`` that asserts."""
+    def register(check):
+        BOUNDS[nb_id] = check
+        return check
+    return register
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("nb", course.available(), ids=lambda nb: nb.id)
+def test_notebook(nb, tmp_path):
+    assert nb.id in BOUNDS, f"notebook {nb.stem} has no metric bounds in tests/test_notebooks.py"
+    result = course.execute(nb, profile="quick", out=tmp_path)
+    assert result["profile"] == "quick" and result["notebook"] == nb.stem
+    assert result["metrics"], "no metrics recorded"
+    for name in result.get("artifacts", []):
+        assert (tmp_path / name).is_file(), f"artifact {name} named in the JSON was not written"
+    problems = compare(nb.path, tmp_path / f"{nb.stem}.ipynb")
+    assert not problems, "\n\n".join(problems)
+    BOUNDS[nb.id](result["metrics"], result)
+
+
+@pytest.mark.parametrize("nb", course.available(), ids=lambda nb: nb.id)
+def test_notebook_conventions(nb):
+    import nbformat
+    book = nbformat.read(str(nb.path), as_version=4)
+    assert book.metadata.kernelspec.name == "python3"
+    tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    params = course.notebook_parameters(nb)
+    for name, default in {"profile": "'quick'", "seed": "0", "device": "'auto'", "results_dir": "'results'",
+                          "data_dir": "None"}.items():
+        assert params.get(name) in (default, default.replace("'", '"')), f"parameter {name} = {default} expected"
+    for cell in checked_cells(nb.path):
+        assert cell.outputs, f"cell {cell.get('id')} is marked NBVAL_CHECK_OUTPUT but stores no output"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Metric bounds, one function per notebook (from each notebook's issue; checked on honest runs).
+
+@bounds("00")
+def bounds_00(m, r):
+    assert m["tour_datasets"] >= 9
+    assert m["tour_convnet_acc"] >= 0.85, "a small ConvNet trained one epoch on the 5k MNIST subset"

