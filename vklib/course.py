@@ -177,16 +177,17 @@ def store_outputs(executed: str | Path, nb: Notebook) -> None:
 
 def summary_markdown(results: list[dict], profile: str) -> str:
     """``summary.md``: per notebook its headline metrics beside the paper's numbers, and its runtime."""
+    fmt = lambda v: "" if v is None else f"{v:.4g}"
     lines = [f"# Course run ({profile} profile)", "",
              "| notebook | metric | this run | paper | runtime (min) |", "|---|---|---:|---:|---:|"]
     for r in results:
         nb = next(n for n in CATALOGUE if n.stem == r["notebook"])
         names = [m for m in nb.headline if m in r["metrics"]] or list(r["metrics"])[:4]
         for i, m in enumerate(names):
-            p = r["paper"].get(m)
-            lines.append(f"| {nb.stem if i == 0 else ''} | {m} | {r['metrics'][m]:.4g} | "
-                         f"{'' if p is None else f'{p:.4g}'} | {r['wall_s'] / 60:.1f} |" if i == 0 else
-                         f"|  | {m} | {r['metrics'][m]:.4g} | {'' if p is None else f'{p:.4g}'} |  |")
+            first = i == 0
+            runtime = f"{r['wall_s'] / 60:.1f}" if first else ""
+            lines.append(f"| {nb.stem if first else ''} | {m} | {fmt(r['metrics'][m])} | {fmt(r['paper'].get(m))} | "
+                         f"{runtime} |")
     return "\n".join(lines) + "\n"
 
 

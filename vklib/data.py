@@ -269,7 +269,7 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
 # ----------------------------------------------------------------------------------------------- helpers
 def _to_float(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> float32 ``(N, C, H, W)`` in [0, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = torch.from_numpy(np.array(images, copy=not images.flags.writeable, order="C"))
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x.float().div_(255.0).contiguous()
 
