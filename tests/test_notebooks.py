@@ -59,3 +59,24 @@ def test_notebook_conventions(nb):
 def bounds_00(m, r):
     assert m["tour_datasets"] >= 9
     assert m["tour_convnet_acc"] >= 0.85, "a small ConvNet trained one epoch on the 5k MNIST subset"
+
+
+@bounds("03")
+def bounds_03(m, r):
+    assert m["psnr_dikp_blind"] >= m["psnr_blurred"] + 1.0, "blind DIKP: at least 1 dB over the blurred input"
+    assert m["psnr_dip_nonblind"] >= m["psnr_blurred"] + 2.0, "non-blind DIP: at least 2 dB over the blurred input"
+
+
+@bounds("07")
+def bounds_07(m, r):
+    for method in ("normgrad", "meta_normgrad", "gradient", "gradcam", "random"):
+        assert f"deletion_auc_{method}" in m and f"insertion_auc_{method}" in m, f"AUCs of {method} not recorded"
+    assert m["deletion_auc_normgrad"] < m["deletion_auc_random"], "NormGrad deletes the label faster than random"
+    assert m["insertion_auc_normgrad"] > m["insertion_auc_random"], "NormGrad restores the label faster than random"
+
+
+@bounds("02")
+def bounds_02(m, r):
+    assert m["idlg_label_acc"] == 1.0, "iDLG's label rule is exact for single-sample gradients"
+    assert m["idlg_success_rate"] >= 0.6
+    assert m["idlg_success_rate"] >= m["dlg_success_rate"], "iDLG succeeds at least as often as DLG"

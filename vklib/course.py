@@ -65,7 +65,7 @@ CATALOGUE: tuple[Notebook, ...] = (
     Notebook("06", "06_latent_domain_adapters", "Latent domain learning with dynamic residual adapters",
              "2006.00996", "PACS", "paper profile", ("acc_head_only", "acc_dynamic_adapters", "gate_nmi")),
     Notebook("07", "07_normgrad_saliency", "NormGrad: training-specific saliency and meta-saliency",
-             "1910.08823", "CIFAR-10", "paper profile", ("deletion_auc_normgrad", "insertion_auc_normgrad")),
+             "1910.08823", "CIFAR-10", "paper profile", ("deletion_auc_normgrad", "insertion_auc_normgrad"), 1.3),
     Notebook("08", "08_continual_representation", "Continual representation learning for identification",
              "2006.04455", "LFW people, ORL", "paper profile", ("rank1_finetune", "rank1_lwf", "rank1_crl")),
     Notebook("09", "09_topic_attention_captioning", "Captioning with latent-topic attention and a sentence auto-encoder",

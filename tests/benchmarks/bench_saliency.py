@@ -1,0 +1,67 @@
+"""Speed of vklib.saliency on the quick profile's sizes (not collected by pytest; run it by hand):
+
+    OMP_NUM_THREADS=2 python tests/benchmarks/bench_saliency.py [--notebook]
+
+1. meta-saliency for 250 images: the batched ``torch.func.vmap`` kernel against a loop of in-place ``sgd_step`` calls;
+2. deletion curves for 250 images (17 points): the kernel (all points of a group of images in one batch) against one
+   forward pass per curve point (each batched over the images);
+3. with --notebook: the whole notebook 07 (quick profile) through papermill, wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from vklib import course, saliency
+
+
+def clock(fn, repeat=3):
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t0) / repeat
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--notebook", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    net = saliency.build_model("convnet", 10, width=32).eval()
+    x, y = torch.rand(250, 3, 32, 32), torch.randint(0, 10, (250,))
+    layers = saliency.ARCH_LAYERS["convnet"][0]
+
+    def meta_loop():
+        for i in range(len(x)):
+            with saliency.sgd_step(net, x[i:i + 1], y[i:i + 1], lr=0.03):
+                saliency.normgrad_layers(net, x[i:i + 1], y[i:i + 1], layers)
+
+    vmapped = clock(lambda: saliency.meta_normgrad_layers(net, x, y, layers, lr=0.03))
+    print(f"meta-saliency, 250 images (s):  vmap {vmapped:.2f}   loop of sgd_step {clock(meta_loop, 1):.2f}")
+
+    sal = torch.rand(250, 32, 32)
+
+    @torch.no_grad()
+    def curve_loop():
+        order = sal.flatten(1).argsort(1, descending=True)
+        img = x.clone().flatten(2)
+        for k in range(17):
+            net(img.view_as(x)).softmax(1)
+            img.scatter_(2, order[:, None, 64 * k:64 * k + 64].expand(-1, 3, -1), 0.0)
+
+    batched = clock(lambda: saliency.perturbation_curves(net, x, y, sal, steps=16))
+    print(f"deletion, 250 images x 17 points (s):  kernel {batched:.2f}   per point {clock(curve_loop):.2f}")
+
+    if args.notebook:
+        with tempfile.TemporaryDirectory() as out:
+            t0 = time.perf_counter()
+            course.execute(course.find("07"), out=out)
+            print(f"notebook 07, quick profile: {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,762 @@
+"""NormGrad saliency and meta-saliency (Rebuffi, Fong, Ji, Bilen, Vedaldi, arXiv 1910.08823), the baselines it is
+compared with, and two ways to score a saliency map: deletion/insertion curves (no boxes needed) and the pointing game.
+
+NormGrad
+    Insert a *virtual* identity 1x1 convolution after any layer: its input ``x`` and output are the layer's output
+    ``(N, C, H, W)``, and ``g = dL/dx`` is the gradient at its output. Its weight gradient is a sum over locations,
+    ``dL/dW = sum_u g_u x_u^T``; NormGrad keeps the Frobenius norm of each summand, ``||g_u|| * ||x_u||``, as the
+    importance of location ``u`` (:func:`normgrad_from`). Variants: ``"bias"`` (a virtual bias: ``||g_u||``),
+    ``"scaling"`` (a virtual per-channel scale: ``||g_u * x_u||``) and ``"conv"`` (the real weights of an
+    ``nn.Conv2d``, e.g. 3x3: ``||g_u|| * ||patch_u(x)||`` with ``x`` the conv's input and ``g`` the gradient at its
+    output). :func:`normgrad_layers` computes the maps at any named layers through forward hooks; :func:`combine_maps`
+    upsamples them to the image size and multiplies them.
+Meta-saliency
+    One SGD step on the image's training loss, NormGrad with the updated weights, then the weights are restored
+    exactly (:func:`meta_normgrad_layers`, batched with ``torch.func.vmap``: each image gets its own step, the model's
+    parameters are never written to). A step on the negated loss (``adversarial=True``) gives the adversarial
+    locations. :func:`sgd_step` does the same in place, one batch at a time, and restores the weights bit for bit.
+Baselines
+    :func:`gradient_saliency` (Simonyan et al.) and :func:`gradcam_saliency` (Selvaraju et al.) through captum, and
+    :func:`random_saliency`.
+Evaluation
+    :func:`perturbation_curves` (deletion: remove pixels in saliency order and track the class probability; insertion:
+    add them to a blurred image) and :func:`auc`; :func:`pointing_hits` / :func:`pointing_game` for the paper profile.
+
+The paper profile also needs full-size data and ImageNet weights: this module registers ``voc07``, ``coco_instances``
+and ``imagenet`` in :mod:`vklib.data` (full loaders only) and builds VGG16 / ResNet-50 with :func:`build_model`.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from tqdm.auto import tqdm
+
+from . import data as _data
+from .data import DatasetSpec, ImageSet, LazyImages
+from .utils import resolve_device
+
+__all__ = [
+    "ARCHS", "ARCH_LAYERS", "COCO_NAMES", "METHODS", "Normalized", "PAPER", "PROFILES", "TARGETS", "VARIANTS",
+    "VOC_CLASSES", "auc", "blur", "build_model", "combine_maps", "compute_maps", "finetune_multilabel",
+    "gradcam_saliency", "gradient_saliency", "meta_normgrad_layers", "method_suite", "normgrad_from",
+    "normgrad_layers", "perturbation_curves", "pointing_game", "pointing_hits", "random_saliency", "sgd_step",
+]
+
+VARIANTS = ("identity", "bias", "scaling", "conv")
+TARGETS = ("loss", "score")
+METHODS = ("normgrad", "meta_normgrad", "gradient", "gradcam", "random")
+ARCHS = ("convnet", "vgg16", "resnet50")
+
+# Layers whose NormGrad maps are combined, and the Grad-CAM layer, for each architecture built by build_model
+# (VGG16: the last ReLU of each block, before its pooling; ResNet-50: the output of each stage).
+ARCH_LAYERS = {
+    "convnet": (("features.2", "features.6", "features.10"), "features.10"),
+    "vgg16": (("net.features.8", "net.features.15", "net.features.22", "net.features.29"), "net.features.29"),
+    "resnet50": (("net.layer1", "net.layer2", "net.layer3", "net.layer4"), "net.layer4"),
+}
+
+PROFILES = {
+    # CPU, minutes: a small batch-norm ConvNet trained from scratch on 2,500 images of the shipped CIFAR-10 subset;
+    # maps and deletion/insertion curves on the held-out images (50 per class) it classifies correctly.
+    "quick": {
+        "dataset": "cifar10", "split": "test", "full": False, "image_size": 32, "train_per_class": 250,
+        "eval_per_class": 50, "arch": "convnet", "width": 32, "weights": None, "epochs": 30, "batch_size": 64,
+        "lr": 0.05, "layers": ARCH_LAYERS["convnet"][0], "gradcam_layer": ARCH_LAYERS["convnet"][1],
+        "variant": "identity", "target": "loss", "meta_lr": 0.03, "chunk_size": None, "map_batch": 500,
+        "correct_only": True, "steps": 16, "patch": 2, "deletion_substrate": "blur", "eval_batch": 2048,
+        "pointing": (), "pointing_epochs": 0, "pointing_lr": 0.0, "pointing_tolerance": 15, "pointing_limit": None,
+        "workers": 0,
+    },
+    # GPU, full data: ImageNet-pretrained ResNet-50 on 2,000 ImageNet val images (RISE's deletion/insertion protocol:
+    # single pixels, 224 steps, black deletion), and the pointing game of VGG16 / ResNet-50 fine-tuned on VOC07
+    # trainval / COCO14 train (weights: torchvision's ImageNet checkpoints in the folder "weights").
+    "paper": {
+        "dataset": "imagenet", "split": "val", "full": True, "image_size": 224, "train_per_class": 0,
+        "eval_per_class": 2, "arch": "resnet50", "width": 0, "weights": "weights", "epochs": 0, "batch_size": 32,
+        "lr": 0.0, "layers": ARCH_LAYERS["resnet50"][0], "gradcam_layer": ARCH_LAYERS["resnet50"][1],
+        "variant": "identity", "target": "loss", "meta_lr": 0.01, "chunk_size": 4, "map_batch": 32,
+        "correct_only": True, "steps": 224, "patch": 1, "deletion_substrate": "black", "eval_batch": 512,
+        "pointing": ("voc07/vgg16", "voc07/resnet50", "coco_instances/vgg16", "coco_instances/resnet50"),
+        "pointing_epochs": 20, "pointing_lr": 0.001, "pointing_tolerance": 15, "pointing_limit": None,
+        "workers": 8,
+    },
+}
+
+# The paper's reference numbers, keyed by the metric names the notebook records. The pointing-game accuracy (%) of
+# Grad-CAM on VOC07 test with VGG16 is the reference the course's issue gives; deletion/insertion AUCs are not
+# reported in the paper, so the quick profile's metrics have no paper counterpart.
+PAPER = {"pointing_voc07_vgg16_gradcam": 86.6}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _check_choice(name: str, value, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
+def _modules(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
+    if isinstance(layers, str) or not len(layers):
+        raise ValueError(f"layers must be a non-empty sequence of module names, got {layers!r}")
+    named = dict(model.named_modules())
+    missing = [n for n in layers if n not in named or n == ""]
+    if missing:
+        known = ", ".join(n for n in named if n)
+        raise ValueError(f"unknown layer(s) {', '.join(map(repr, missing))}; the model's modules are: {known}")
+    return {n: named[n] for n in layers}
+
+
+def _check_batch(images: torch.Tensor, labels: torch.Tensor) -> None:
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise ValueError(f"labels must be (N,) with N = {len(images)}, got shape {tuple(labels.shape)}")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    """Saliency is computed in eval mode (batch norm with running statistics: images stay independent)."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {k: v.detach() for k, v in model.named_parameters()}
+    out.update({k: v.detach() for k, v in model.named_buffers()})
+    return out
+
+
+def _objective(logits: torch.Tensor, labels: torch.Tensor, target: str) -> torch.Tensor:
+    """Summed over the batch, so that the gradient at each image's activations is that image's own."""
+    if target == "loss":
+        return F.cross_entropy(logits, labels, reduction="sum")
+    return logits.gather(1, labels[:, None]).sum()
+
+
+# ----------------------------------------------------------------------------------------------- NormGrad
+def normgrad_from(x: torch.Tensor, g: torch.Tensor, variant: str = "identity", *, kernel_size=1, stride=1,
+                  padding=0, dilation=1) -> torch.Tensor:
+    """NormGrad map from an activation and a gradient.
+
+    Args:
+        x: ``(N, C, H, W)`` input of the (virtual) layer. For ``"identity"``, ``"bias"`` and ``"scaling"`` it is the
+            hooked layer's output, for ``"conv"`` the input of a real convolution.
+        g: ``(N, C', H', W')`` gradient of the objective at the (virtual) layer's output; ``C' = C`` and
+            ``(H', W') = (H, W)`` except for ``"conv"``, where ``(H', W')`` is the convolution's output size.
+        variant: ``"identity"`` ``||g_u|| ||x_u||``; ``"bias"`` ``||g_u||``; ``"scaling"`` ``||g_u * x_u||``;
+            ``"conv"`` ``||g_u|| ||patch_u(x)||`` with the patches of a convolution of the given geometry.
+
+    Returns:
+        ``(N, H', W')`` non-negative map: the Frobenius norm of each location's summand of the weight gradient.
+    """
+    _check_choice("variant", variant, VARIANTS)
+    if x.ndim != 4 or g.ndim != 4 or len(x) != len(g):
+        raise ValueError(f"x and g must be (N, C, H, W) with the same N, got {tuple(x.shape)} and {tuple(g.shape)}")
+    if variant == "conv":
+        patches = F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)  # (N, C*k*k, L)
+        if patches.shape[-1] != g.shape[-2] * g.shape[-1]:
+            raise ValueError(f"the convolution geometry gives {patches.shape[-1]} locations, but g is "
+                             f"{tuple(g.shape[-2:])}")
+        return g.norm(dim=1) * patches.norm(dim=1).view(len(g), *g.shape[-2:])
+    if variant != "bias" and x.shape != g.shape:
+        raise ValueError(f"variant {variant!r} needs x and g of one shape, got {tuple(x.shape)} and {tuple(g.shape)}")
+    if variant == "identity":
+        return g.norm(dim=1) * x.norm(dim=1)
+    if variant == "bias":
+        return g.norm(dim=1)
+    return (g * x).norm(dim=1)
+
+
+def _output_shapes(model, state, images, layers) -> dict[str, tuple[int, ...]]:
+    mods, shapes = _modules(model, layers), {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, tuple(o.shape[1:])))
+             for n, m in mods.items()]
+    try:
+        with torch.no_grad():
+            functional_call(model, state, (images[:1],))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def _layer_grads(model, state, images, labels, layers, target, shapes):
+    """Inputs, outputs and output-gradients of ``layers``: a zero *probe* is added to each hooked output and the
+    objective is differentiated with respect to the probes (composable with ``vmap``)."""
+    mods = _modules(model, layers)
+
+    def objective(probes):
+        captured = {}
+
+        def make(name):
+            def hook(module, inputs, output):
+                captured[name] = (inputs[0], output)
+                return output + probes[name]
+            return hook
+
+        hooks = [mods[n].register_forward_hook(make(n)) for n in layers]
+        try:
+            logits = functional_call(model, state, (images,))
+        finally:
+            for h in hooks:
+                h.remove()
+        return _objective(logits, labels, target), captured
+
+    probes = {n: images.new_zeros((images.shape[0],) + shapes[n]) for n in layers}
+    grads, captured = grad(objective, has_aux=True)(probes)
+    return grads, captured
+
+
+def _maps(mods, grads, captured, variant):
+    out = {}
+    for name, module in mods.items():
+        inp, outp = captured[name]
+        if variant == "conv":
+            if not isinstance(module, nn.Conv2d) or module.groups != 1:
+                raise ValueError(f"variant 'conv' needs an nn.Conv2d layer with groups=1; {name!r} is "
+                                 f"{type(module).__name__}")
+            out[name] = normgrad_from(inp, grads[name], "conv", kernel_size=module.kernel_size,
+                                      stride=module.stride, padding=module.padding, dilation=module.dilation)
+        else:
+            out[name] = normgrad_from(outp, grads[name], variant)
+    return out
+
+
+def _check_common(model, images, labels, layers, variant, target):
+    _check_choice("variant", variant, VARIANTS)
+    _check_choice("target", target, TARGETS)
+    _check_batch(images, labels)
+    return _modules(model, layers)
+
+
+def normgrad_layers(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layers: Sequence[str], *,
+                    variant: str = "identity", target: str = "loss") -> dict[str, torch.Tensor]:
+    """NormGrad maps at the named layers, for a batch, in one forward and one backward pass.
+
+    Args:
+        model: a classifier ``(N, C, H, W) -> (N, K)`` logits (evaluated in eval mode; its weights are not changed).
+        images: ``(N, C, H, W)``; labels: ``(N,)`` class indices (the training label, or the class to explain).
+        layers: module names (``dict(model.named_modules())`` keys), e.g. ``["features.2", "features.6"]``.
+        variant: see :func:`normgrad_from` (``"conv"`` needs ``nn.Conv2d`` layers).
+        target: ``"loss"``: the training loss (cross-entropy with ``labels``); ``"score"``: the logit of ``labels``.
+
+    Returns:
+        ``{layer: (N, h, w)}`` maps at each layer's own resolution (detached).
+    """
+    mods = _check_common(model, images, labels, layers, variant, target)
+    with _eval_mode(model):
+        state = _state(model)
+        shapes = _output_shapes(model, state, images, layers)
+        grads, captured = _layer_grads(model, state, images, labels, layers, target, shapes)
+        return {k: v.detach() for k, v in _maps(mods, grads, captured, variant).items()}
+
+
+def meta_normgrad_layers(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layers: Sequence[str], *,
+                         lr: float, adversarial: bool = False, variant: str = "identity", target: str = "loss",
+                         chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """Meta-saliency: for each image, one SGD step on its training loss, then NormGrad with the updated weights.
+
+    Every image gets its own step ``w' = w - lr * grad_w CE(model_w(x), y)`` (``w + lr * ...``, a step on the
+    negated loss, if ``adversarial``), computed with ``torch.func.vmap`` over the batch: the model's parameters are
+    never written to, so they are "restored" exactly by construction. Buffers (batch-norm statistics) are kept.
+
+    Args:
+        images ``(N, C, H, W)``, labels ``(N,)``, layers, variant, target: as in :func:`normgrad_layers`.
+        lr: the inner step's learning rate (> 0).
+        chunk_size: images per vmap chunk (``None``: the whole batch at once; 1-8 for large networks on a GPU).
+
+    Returns:
+        ``{layer: (N, h, w)}`` maps (detached).
+    """
+    mods = _check_common(model, images, labels, layers, variant, target)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    sign = 1.0 if adversarial else -1.0
+    with _eval_mode(model):
+        state = _state(model)
+        trainable = {k: state[k] for k, p in model.named_parameters() if p.requires_grad}
+        frozen = {k: v for k, v in state.items() if k not in trainable}
+        shapes = _output_shapes(model, state, images, layers)
+
+        def one(x, y):
+            x, y = x[None], y[None]
+            step = grad(lambda p: F.cross_entropy(functional_call(model, {**frozen, **p}, (x,)), y))(trainable)
+            updated = {**frozen, **{k: v + sign * lr * step[k] for k, v in trainable.items()}}
+            grads, captured = _layer_grads(model, updated, x, y, layers, target, shapes)
+            return _maps(mods, grads, captured, variant)
+
+        out = vmap(one, chunk_size=chunk_size, randomness="error")(images, labels)
+    return {k: v[:, 0].detach() for k, v in out.items()}
+
+
+@contextmanager
+def sgd_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lr: float, *, adversarial: bool = False):
+    """Context manager: one in-place SGD step on the mean cross-entropy of ``(images, labels)``, undone on exit.
+
+    Inside the ``with`` block the model has the updated weights ``w -/+ lr * grad``; on exit every parameter is
+    copied back from a saved clone, so the weights are restored bit for bit (even if the block raises). The step is
+    taken in eval mode. ``images`` ``(N, C, H, W)``, ``labels`` ``(N,)``; ``N = 1`` gives one image's meta-step.
+    """
+    _check_batch(images, labels)
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    with _eval_mode(model):
+        loss = F.cross_entropy(model(images), labels)
+        grads = torch.autograd.grad(loss, params)
+    try:
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.add_(g, alpha=lr if adversarial else -lr)
+        yield model
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
+
+
+def combine_maps(maps: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
+    """Combine maps from several layers: each ``(N, h, w)`` map is divided by its per-image maximum, upsampled
+    bilinearly to ``size = (H, W)``, and the maps are multiplied. Returns ``(N, H, W)``."""
+    ms = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
+    if not ms:
+        raise ValueError("combine_maps needs at least one map")
+    if any(m.ndim != 3 or len(m) != len(ms[0]) for m in ms):
+        raise ValueError(f"maps must all be (N, h, w) with one N, got {[tuple(m.shape) for m in ms]}")
+    out = None
+    for m in ms:
+        m = m / m.flatten(1).amax(1).clamp_min(torch.finfo(m.dtype).tiny).view(-1, 1, 1)
+        up = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        out = up if out is None else out * up
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- baselines
+def gradient_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Simonyan et al.'s gradient map through ``captum.attr.Saliency``: ``max_c |d logit_y / d x_c|``, ``(N, H, W)``."""
+    from captum.attr import Saliency
+    _check_batch(images, labels)
+    with _eval_mode(model):
+        attr = Saliency(model).attribute(images.detach().requires_grad_(), target=labels, abs=True)
+    return attr.amax(1).detach()
+
+
+def gradcam_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, layer: str) -> torch.Tensor:
+    """Grad-CAM at ``layer`` through ``captum.attr.LayerGradCam`` (ReLU of the gradient-weighted channel sum),
+    upsampled bilinearly to the image size: ``(N, H, W)``."""
+    from captum.attr import LayerAttribution, LayerGradCam
+    _check_batch(images, labels)
+    module = _modules(model, [layer])[layer]
+    with _eval_mode(model):
+        cam = LayerGradCam(model, module).attribute(images.detach().requires_grad_(), target=labels,
+                                                  relu_attributions=True)
+    return LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), interpolate_mode="bilinear")[:, 0].detach()
+
+
+def random_saliency(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Uniform random maps ``(N, H, W)`` drawn from ``generator`` (a CPU ``torch.Generator``)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError("random_saliency needs a seeded torch.Generator, e.g. torch.Generator().manual_seed(0)")
+    n, _, h, w = images.shape
+    return torch.rand((n, h, w), generator=generator).to(images.device)
+
+
+def method_suite(model: nn.Module, layers: Sequence[str], gradcam_layer: str, *, variant: str = "identity",
+                 target: str = "loss", meta_lr: float = 0.03, chunk_size: int | None = None,
+                 generator: torch.Generator | None = None, adversarial: bool = False) -> dict[str, Callable]:
+    """The methods compared in the notebook as ``{name: fn(images, labels) -> (N, H, W)}``, in :data:`METHODS`
+    order: combined NormGrad, combined meta-NormGrad, gradient, Grad-CAM and random (from ``generator``), plus
+    ``"adversarial_normgrad"`` (combined NormGrad after a step on the negated loss) if ``adversarial``."""
+    _modules(model, list(layers) + [gradcam_layer])
+    _check_choice("variant", variant, VARIANTS)
+    _check_choice("target", target, TARGETS)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    size = lambda x: x.shape[-2:]
+    meta = lambda x, y, adv: combine_maps(meta_normgrad_layers(
+        model, x, y, layers, lr=meta_lr, adversarial=adv, variant=variant, target=target, chunk_size=chunk_size),
+        size(x))
+    suite = {
+        "normgrad": lambda x, y: combine_maps(normgrad_layers(model, x, y, layers, variant=variant, target=target),
+                                              size(x)),
+        "meta_normgrad": lambda x, y: meta(x, y, False),
+        "gradient": lambda x, y: gradient_saliency(model, x, y),
+        "gradcam": lambda x, y: gradcam_saliency(model, x, y, gradcam_layer),
+        "random": lambda x, y: random_saliency(x, gen),
+    }
+    if adversarial:
+        suite["adversarial_normgrad"] = lambda x, y: meta(x, y, True)
+    return suite
+
+
+def compute_maps(fn: Callable, images, labels: torch.Tensor, *, batch_size: int = 256,
+                 device: str | torch.device = "cpu", progress: bool = False, desc: str = "maps") -> torch.Tensor:
+    """Apply a saliency ``fn(images, labels) -> (n, H, W)`` in batches on ``device``; returns ``(N, H, W)`` on the
+    CPU. ``images`` is a ``(N, C, H, W)`` tensor or a sequence of equally sized ``(C, H, W)`` tensors."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dev = resolve_device(device)
+    out = []
+    for i in tqdm(range(0, len(labels), batch_size), desc=desc, disable=not progress, leave=False):
+        x = _stack(images, i, i + batch_size).to(dev)
+        out.append(fn(x, labels[i:i + batch_size].to(dev)).detach().cpu())
+    return torch.cat(out)
+
+
+def _stack(images, lo: int, hi: int) -> torch.Tensor:
+    chunk = images[lo:hi]
+    return chunk if torch.is_tensor(chunk) else torch.stack(list(chunk))
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def blur(images: torch.Tensor, kernel_size: int = 11, sigma: float = 5.0) -> torch.Tensor:
+    """Gaussian blur ``(N, C, H, W) -> (N, C, H, W)`` (the insertion curve's starting canvas; RISE's 11 x 11,
+    sigma 5 kernel by default; reflect padding)."""
+    from torchvision.transforms.functional import gaussian_blur
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be a positive odd number, got {kernel_size}")
+    return gaussian_blur(images, [kernel_size, kernel_size], [sigma, sigma])
+
+
+@torch.no_grad()
+def perturbation_curves(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, saliency: torch.Tensor, *,
+                        mode: str = "deletion", steps: int = 16, patch: int = 1,
+                        substrate: str | torch.Tensor | None = None, batch_size: int = 2048,
+                        device: str | torch.device = "cpu") -> torch.Tensor:
+    """Deletion or insertion curves (Petsiuk et al., RISE): pixels are changed in decreasing saliency order, in
+    ``steps`` equal portions, and the softmax probability of ``labels`` is recorded after each portion.
+
+    * ``"deletion"``: the image's pixels are replaced by the substrate (default ``"black"``, RISE's choice); a good
+      map makes the probability fall fast (a small area under the curve).
+    * ``"insertion"``: starting from the substrate (default ``"blur"``, RISE's choice) the image's pixels are put
+      back; a good map makes the probability rise fast (a large area).
+
+    With ``patch > 1`` the map is averaged over ``patch x patch`` cells and whole cells are changed (on small images
+    scattered single pixels are an out-of-distribution noise that any order destroys quickly). All ``steps + 1``
+    perturbed copies of a group of images go through the model as one batch.
+
+    Args:
+        images ``(N, C, H, W)``, labels ``(N,)``, saliency ``(N, H, W)`` (ties broken by pixel or cell index).
+        patch: cell side in pixels (dividing ``H`` and ``W``); 1 changes single pixels.
+        substrate: ``"black"`` (zeros), ``"blur"`` (:func:`blur` of the image), a ``(N, C, H, W)`` tensor, or
+            ``None`` for the mode's default.
+        batch_size: images per forward pass (``batch_size // (steps + 1)`` originals per group).
+
+    Returns:
+        ``(N, steps + 1)`` probabilities; column 0 is the unperturbed (deletion) or fully substituted (insertion)
+        image, the last column the other end.
+    """
+    _check_choice("mode", mode, ("deletion", "insertion"))
+    _check_batch(images, labels)
+    n, c, h, w = images.shape
+    if saliency.shape != (n, h, w):
+        raise ValueError(f"saliency must be (N, H, W) = {(n, h, w)}, got {tuple(saliency.shape)}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if substrate is None:
+        substrate = "black" if mode == "deletion" else "blur"
+    if isinstance(substrate, str):
+        _check_choice("substrate", substrate, ("black", "blur"))
+    elif substrate.shape != images.shape:
+        raise ValueError(f"substrate must have the images' shape {tuple(images.shape)}, got {tuple(substrate.shape)}")
+    dev = resolve_device(device)
+    if patch < 1 or h % patch or w % patch:
+        raise ValueError(f"patch must be >= 1 and divide the image size {(h, w)}, got {patch}")
+    cells = F.avg_pool2d(saliency[:, None].float(), patch)[:, 0] if patch > 1 else saliency
+    order = cells.flatten(1).argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1]).expand(n, -1).contiguous())
+    if patch > 1:  # every pixel takes the rank of its cell
+        rank = rank.view(n, h // patch, 1, w // patch, 1).expand(-1, -1, patch, -1, patch).reshape(n, h * w)
+    counts = torch.linspace(0, order.shape[1], steps + 1).round().long()
+    group = max(1, batch_size // (steps + 1))
+    out = []
+    with _eval_mode(model):
+        for lo in range(0, n, group):
+            x, r = images[lo:lo + group].to(dev), rank[lo:lo + group].to(dev)
+            s = (torch.zeros_like(x) if substrate == "black" else blur(x)) if isinstance(substrate, str) \
+                else substrate[lo:lo + group].to(dev)
+            changed = r.view(-1, 1, 1, h, w) < counts.to(dev).view(1, -1, 1, 1, 1)  # (g, steps+1, 1, H, W)
+            new, old = (s, x) if mode == "deletion" else (x, s)
+            batch = torch.where(changed, new[:, None], old[:, None]).view(-1, c, h, w)
+            prob = model(batch).softmax(1).view(len(x), steps + 1, -1)
+            y = labels[lo:lo + group].to(dev)
+            out.append(prob.gather(2, y.view(-1, 1, 1).expand(-1, steps + 1, 1))[..., 0].cpu())
+    return torch.cat(out)
+
+
+def auc(curves: torch.Tensor) -> torch.Tensor:
+    """Area under each curve ``(N, S + 1)`` sampled at ``S + 1`` equally spaced points of [0, 1] (trapezoids):
+    ``(N,)``."""
+    if curves.ndim != 2 or curves.shape[1] < 2:
+        raise ValueError(f"curves must be (N, S + 1) with S >= 1, got shape {tuple(curves.shape)}")
+    return (curves[:, 1:] + curves[:, :-1]).sum(1) / (2 * (curves.shape[1] - 1))
+
+
+def pointing_hits(saliency: torch.Tensor, boxes: Sequence[torch.Tensor], tolerance: float = 15.0) -> torch.Tensor:
+    """The pointing game (Zhang et al.): a hit when the saliency maximum lies within ``tolerance`` pixels of one
+    of the object's boxes.
+
+    Args:
+        saliency: ``(N, H, W)``; its maximum (the first in row-major order on ties) is the pointed pixel.
+        boxes: N tensors ``(K_i, 4)`` of ``(x0, y0, x1, y1)`` pixel boxes (inclusive) of the class, in the map's
+            coordinates, ``K_i >= 1``.
+
+    Returns:
+        ``(N,)`` bool.
+    """
+    if saliency.ndim != 3 or len(boxes) != len(saliency):
+        raise ValueError(f"saliency must be (N, H, W) with one box tensor per map, got {tuple(saliency.shape)} and "
+                         f"{len(boxes)} box tensors")
+    if any(b.ndim != 2 or b.shape[-1] != 4 or len(b) == 0 for b in boxes):
+        raise ValueError("each boxes[i] must be a non-empty (K, 4) tensor of (x0, y0, x1, y1)")
+    n, h, w = saliency.shape
+    idx = saliency.flatten(1).argmax(1)
+    py, px = (idx // w).float(), (idx % w).float()
+    owner = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)])
+    b = torch.cat([bb.float() for bb in boxes]).to(saliency.device)
+    owner = owner.to(saliency.device)
+    dx = torch.maximum(b[:, 0] - px[owner], px[owner] - b[:, 2]).clamp_min(0)
+    dy = torch.maximum(b[:, 1] - py[owner], py[owner] - b[:, 3]).clamp_min(0)
+    hit_box = torch.hypot(dx, dy) <= tolerance
+    return torch.zeros(n, dtype=torch.long, device=saliency.device).index_add_(0, owner, hit_box.long()) > 0
+
+
+def pointing_game(ds: ImageSet, methods: Mapping[str, Callable], *, tolerance: float = 15.0,
+                  batch_size: int = 32, limit: int | None = None, device: str | torch.device = "auto",
+                  progress: bool = False) -> dict[str, float]:
+    """Pointing-game accuracy (%) of each method over every (image, class present) pair of a detection set.
+
+    Args:
+        ds: an :class:`ImageSet` with ``meta["boxes"]`` (``(K, 4)`` per image, in the images' pixel coordinates) and
+            ``meta["box_labels"]`` (``(K,)``), e.g. ``load("voc07", "test", full=True, size=224)``.
+        methods: ``{name: fn(images, class_indices) -> (n, H, W)}``, e.g. :func:`method_suite` of a multi-label
+            classifier (on ``device``) with ``target="score"``; each map points at one class.
+        limit: evaluate only the first ``limit`` images (``None``: all).
+
+    Returns:
+        ``{name: accuracy in %}``.
+    """
+    if "boxes" not in ds.meta or "box_labels" not in ds.meta:
+        raise ValueError(f"{ds.name}: the pointing game needs meta['boxes'] and meta['box_labels']")
+    dev = resolve_device(device)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    pairs = [(i, int(c)) for i in range(n) for c in torch.unique(ds.meta["box_labels"][i]).tolist()]
+    hits = {name: 0 for name in methods}
+    for lo in tqdm(range(0, len(pairs), batch_size), desc="pointing", disable=not progress, leave=False):
+        chunk = pairs[lo:lo + batch_size]
+        x = torch.stack([ds.images[i] for i, _ in chunk]).to(dev)
+        y = torch.tensor([c for _, c in chunk], device=dev)
+        boxes = [ds.meta["boxes"][i][ds.meta["box_labels"][i] == c] for i, c in chunk]
+        for name, fn in methods.items():
+            hits[name] += int(pointing_hits(fn(x, y).detach().cpu(), boxes, tolerance).sum())
+    if not pairs:
+        raise ValueError(f"{ds.name}: no (image, class) pairs with boxes among the first {n} images")
+    return {name: 100.0 * h / len(pairs) for name, h in hits.items()}
+
+
+# ----------------------------------------------------------------------------------------------- models
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_WEIGHT_FILES = {"vgg16": "vgg16-397923af.pth", "resnet50": "resnet50-0676ba61.pth"}
+
+
+class Normalized(nn.Module):
+    """``net`` applied to ``(x - mean) / std``: images stay in [0, 1] (so deletion's black substrate is black)."""
+
+    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+def build_model(arch: str, num_classes: int, *, weights: str | Path | None = None, in_channels: int = 3,
+                image_size: int = 32, width: int = 32, norm: str = "batchnorm") -> nn.Module:
+    """The networks of the notebook. ``"convnet"``: :class:`vklib.models.ConvNet` (``width``, 3 blocks, ``norm``:
+    batch norm by default, since instance norm erases the channel means Grad-CAM weighs) for ``image_size`` inputs,
+    trained from scratch. ``"vgg16"`` / ``"resnet50"``: torchvision's networks
+    wrapped in :class:`Normalized`, loaded from torchvision's ImageNet checkpoint (``weights``: the ``.pth`` file or a
+    folder holding ``vgg16-397923af.pth`` / ``resnet50-0676ba61.pth``), the classifier replaced when ``num_classes``
+    is not 1000. Layer names for saliency: :data:`ARCH_LAYERS`.
+
+    Raises:
+        ValueError: unknown ``arch``; FileNotFoundError: the checkpoint is missing (nothing is downloaded).
+    """
+    _check_choice("arch", arch, ARCHS)
+    if arch == "convnet":
+        from .models import ConvNet
+        return ConvNet(in_channels, num_classes, image_size, width=width, depth=3, norm=norm)
+    import torchvision
+    if weights is None:
+        raise ValueError(f"arch {arch!r} needs ImageNet weights: pass weights=<{_WEIGHT_FILES[arch]} or its folder>")
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        path = path / _WEIGHT_FILES[arch]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{arch}: ImageNet weights not found at {path}. Put torchvision's checkpoint {_WEIGHT_FILES[arch]} "
+            f"(torchvision.models.{'VGG16' if arch == 'vgg16' else 'ResNet50'}_Weights.IMAGENET1K_V1, e.g. from "
+            f"~/.cache/torch/hub/checkpoints/) there; nothing is downloaded.")
+    net = getattr(torchvision.models, arch)(weights=None)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if num_classes != 1000:
+        if arch == "vgg16":
+            net.classifier[6] = nn.Linear(net.classifier[6].in_features, num_classes)
+        else:
+            net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return Normalized(net)
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __init__(self, images, targets):
+        self.images, self.targets = images, targets
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.images[i], self.targets[i]
+
+
+def finetune_multilabel(model: nn.Module, ds: ImageSet, *, epochs: int, lr: float, batch_size: int = 32,
+                        momentum: float = 0.9, weight_decay: float = 1e-4, workers: int = 8, seed: int = 0,
+                        device: str | torch.device = "auto", progress: bool = False) -> list[float]:
+    """Fine-tune a classifier for multi-label recognition (binary cross-entropy on ``ds.meta["targets"]``
+    ``(N, K)``), SGD with the learning rate divided by 10 for the last third; random horizontal flips.
+    Returns the mean loss of each epoch."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if "targets" not in ds.meta:
+        raise ValueError(f"{ds.name}: multi-label fine-tuning needs meta['targets'] (N, K)")
+    dev = resolve_device(device)
+    model.to(dev).train()
+    g = torch.Generator().manual_seed(seed)
+    loader = torch.utils.data.DataLoader(_Pairs(ds.images, ds.meta["targets"]), batch_size=batch_size,
+                                         shuffle=True, generator=g, num_workers=workers, drop_last=True)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, (2 * epochs) // 3)], gamma=0.1)
+    losses = []
+    for _ in tqdm(range(epochs), desc="fine-tune", disable=not progress, leave=False):
+        total, count = 0.0, 0
+        for x, t in loader:
+            x, t = x.to(dev), t.to(dev).float()
+            flip = torch.rand(len(x), generator=g).to(dev) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            loss = F.binary_cross_entropy_with_logits(model(x), t)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total, count = total + loss.item() * len(x), count + len(x)
+        sched.step()
+        losses.append(total / max(count, 1))
+    model.eval()
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------- full datasets
+VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+COCO_NAMES: list[str] = []  # filled from the annotation file's categories when COCO is loaded
+
+
+def _scaled_boxes(boxes: list[list[float]], w: float, h: float, size: int | None) -> torch.Tensor:
+    b = torch.tensor(boxes, dtype=torch.float32).view(-1, 4)
+    if size is not None:
+        b = b * torch.tensor([size / w, size / h, size / w, size / h])
+    return b
+
+
+def _detection_set(name, split, paths, boxes, box_labels, classes, size, extra) -> ImageSet:
+    targets = torch.zeros(len(paths), len(classes))
+    for i, lab in enumerate(box_labels):
+        targets[i, lab] = 1.0
+    return ImageSet(name, split, LazyImages(paths, "RGB", size), None, list(classes),
+                    {"boxes": boxes, "box_labels": box_labels, "targets": targets, **extra}, "full")
+
+
+def _voc07_full(root: Path, split: str, download: bool, size):
+    folder = next((f for f in (root / "VOCdevkit" / "VOC2007", root / "VOC2007") if f.is_dir()), None)
+    if folder is None:
+        raise FileNotFoundError(f"no VOCdevkit/VOC2007 or VOC2007 folder in {root}")
+    ids = (folder / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
+    paths, boxes, labels, difficult = [], [], [], []
+    for i in ids:
+        ann = ET.parse(folder / "Annotations" / f"{i}.xml").getroot()
+        w, h = float(ann.find("size/width").text), float(ann.find("size/height").text)
+        objs = ann.findall("object")
+        bb = [[float(o.find(f"bndbox/{k}").text) - 1 for k in ("xmin", "ymin", "xmax", "ymax")] for o in objs]
+        paths.append(folder / "JPEGImages" / f"{i}.jpg")
+        boxes.append(_scaled_boxes(bb, w, h, size))
+        labels.append(torch.tensor([VOC_CLASSES.index(o.find("name").text.strip()) for o in objs], dtype=torch.long))
+        difficult.append(torch.tensor([o.findtext("difficult", "0").strip() == "1" for o in objs]))
+    return _detection_set("voc07", split, paths, boxes, labels, VOC_CLASSES, size,
+                          {"difficult": difficult, "files": ids})
+
+
+def _coco_instances_full(root: Path, split: str, download: bool, size):
+    import json
+    folder = root / "coco"
+    ann = json.loads((folder / "annotations" / f"instances_{split}2014.json").read_text())
+    cats = sorted(ann["categories"], key=lambda c: c["id"])
+    index = {c["id"]: k for k, c in enumerate(cats)}
+    COCO_NAMES[:] = [c["name"] for c in cats]
+    per_image: dict[int, list] = {}
+    for a in ann["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a)
+    images = sorted((r for r in ann["images"] if r["id"] in per_image), key=lambda r: r["id"])
+    paths, boxes, labels = [], [], []
+    for r in images:
+        objs = per_image[r["id"]]
+        bb = [[x, y, x + bw - 1, y + bh - 1] for x, y, bw, bh in (o["bbox"] for o in objs)]
+        paths.append(folder / f"{split}2014" / r["file_name"])
+        boxes.append(_scaled_boxes(bb, r["width"], r["height"], size))
+        labels.append(torch.tensor([index[o["category_id"]] for o in objs], dtype=torch.long))
+    return _detection_set("coco_instances", split, paths, boxes, labels, list(COCO_NAMES), size,
+                          {"image_id": [r["id"] for r in images]})
+
+
+def _imagenet_full(root: Path, split: str, download: bool, size):
+    folder = root / "imagenet" / split
+    wnids = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    if not wnids:
+        raise FileNotFoundError(f"no <wnid>/ class folders in {folder}")
+    paths, labels = [], []
+    for k, wnid in enumerate(wnids):
+        files = sorted(p for p in (folder / wnid).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        paths += files
+        labels += [k] * len(files)
+    return ImageSet("imagenet", split, LazyImages(paths, "RGB", size), torch.tensor(labels), wnids,
+                    {"files": [str(p) for p in paths]}, "full")
+
+
+def _register(spec: DatasetSpec) -> None:
+    if spec.name not in _data.names():
+        _data.register(spec)
+
+
+_register(DatasetSpec(
+    "voc07", "PASCAL VOC 2007 (boxes, for the pointing game)", ("trainval", "test"), None, _voc07_full,
+    "Full VOC07: <data_dir>/VOCdevkit/VOC2007/{Annotations,ImageSets/Main,JPEGImages} (VOCtrainval_06-Nov-2007 and "
+    "VOCtest_06-Nov-2007 unpacked together)."))
+_register(DatasetSpec(
+    "coco_instances", "MS-COCO 2014 with instance boxes (for the pointing game)", ("train", "val"), None,
+    _coco_instances_full,
+    "Full COCO 2014: <data_dir>/coco/annotations/instances_{train,val}2014.json and <data_dir>/coco/{train,val}2014/."))
+_register(DatasetSpec(
+    "imagenet", "ImageNet ILSVRC-2012", ("train", "val"), None, _imagenet_full,
+    "Full ImageNet: <data_dir>/imagenet/{train,val}/<wnid>/*.JPEG (the validation images sorted into class folders, "
+    "torchvision ImageFolder layout)."))
