@@ -57,7 +57,7 @@ CATALOGUE: tuple[Notebook, ...] = (
                                                        "dlg_success_rate")),
     Notebook("03", "03_deep_image_kernel_priors", "Blind deconvolution with deep image and kernel priors",
              "1910.08386", "Set12, Levin kernels", "paper profile", ("psnr_blurred", "psnr_dikp_blind",
-                                                                      "psnr_dip_nonblind")),
+                                                                      "psnr_dip_nonblind"), 1.5),
     Notebook("04", "04_descriptor_vector_exchange", "Unsupervised landmarks by descriptor vector exchange",
              "1908.06427", "LFW 5-point landmarks", "paper profile", ("iod_error_dve", "iod_error_no_dve")),
     Notebook("05", "05_learning_to_impute", "Learning to impute labels for semi-supervised learning",
