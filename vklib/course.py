@@ -51,7 +51,7 @@ CATALOGUE: tuple[Notebook, ...] = (
     Notebook("00", "00_course_tour", "Course tour: data, models, results", "", "all shipped subsets", "no",
              ("tour_convnet_acc",), 0.3),
     Notebook("01", "01_dataset_condensation", "Dataset Condensation with gradient matching", "2006.05929",
-             "MNIST", "paper profile", ("acc_dc", "acc_random", "acc_herding", "acc_kcenter")),
+             "MNIST", "paper profile", ("acc_dc", "acc_random", "acc_herding", "acc_kcenter"), 2.5),
     Notebook("02", "02_gradient_leakage", "iDLG: improved deep leakage from gradients", "2001.02610",
              "MNIST, CIFAR-10, LFW", "paper profile", ("idlg_label_acc", "dlg_label_acc", "idlg_success_rate",
                                                        "dlg_success_rate")),

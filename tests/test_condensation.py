@@ -1,0 +1,396 @@
+"""Unit tests of vklib.condensation (Dataset Condensation with gradient matching): shapes, small readable
+references and autograd checks on tiny inputs, determinism under a seed, and the error cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vklib import condensation as dc
+from vklib import data, models, utils
+
+
+def tiny_net(channels: int = 1, classes: int = 3, size: int = 8, width: int = 4) -> nn.Module:
+    return models.ConvNet(channels, classes, size, width=width, depth=2)
+
+
+def grads_like(net: nn.Module, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(k, *p.shape, generator=g) for n, p in net.named_parameters()}
+
+
+# ------------------------------------------------------------------------------------------- distances
+def reference_layer_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The paper's formula written out: one output unit at a time."""
+    if a.ndim == 1:
+        return 0.0
+    total = 0.0
+    for i in range(a.shape[0]):
+        x, y = a[i].flatten(), b[i].flatten()
+        total += 1 - float(x @ y) / (float(x.norm()) * float(y.norm()) + 1e-6)
+    return total
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 3, 3), (4, 7), (6, 2, 5), (9,)])
+def test_layer_distance_matches_reference(shape):
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    assert dc.layer_distance(a, b).shape == ()
+    assert abs(dc.layer_distance(a, b).item() - reference_layer_distance(a, b)) < 1e-5
+
+
+def test_layer_distance_batch_dims_sum_and_bounds():
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(3, 4, 2, 3, 3, generator=g), torch.randn(3, 4, 2, 3, 3, generator=g)
+    batched = dc.layer_distance(a, b, batch_dims=1)
+    assert torch.allclose(batched, sum(dc.layer_distance(a[i], b[i]) for i in range(3)))
+    assert dc.layer_distance(a[0], a[0]).abs() < 1e-5          # identical gradients: distance 0
+    assert abs(dc.layer_distance(a[0], -a[0]).item() - 8) < 1e-4  # opposite: 2 per output unit
+    assert 0 <= batched.item() <= 2 * 3 * 4
+
+
+def test_layer_distance_shape_mismatch():
+    with pytest.raises(ValueError, match="shapes differ"):
+        dc.layer_distance(torch.zeros(2, 3), torch.zeros(3, 2))
+
+
+def test_match_distance_variants_against_reference():
+    net = tiny_net()
+    gs, gr = grads_like(net, 3, 0), grads_like(net, 3, 1)
+    ref_dc = sum(reference_layer_distance(gs[k][c], gr[k][c]) for k in gs for c in range(3))
+    assert abs(dc.match_distance(gs, gr, "dc").item() - ref_dc) < 1e-4
+    # list input gives the same as a dict
+    assert torch.allclose(dc.match_distance(list(gs.values()), list(gr.values()), "dc"), dc.match_distance(gs, gr))
+    ref_mse = sum(((gs[k] - gr[k]) ** 2).sum() for k in gs)
+    assert torch.allclose(dc.match_distance(gs, gr, "mse"), ref_mse)
+    ref_cos = 0.0
+    for c in range(3):
+        a = torch.cat([gs[k][c].flatten() for k in gs])
+        b = torch.cat([gr[k][c].flatten() for k in gr])
+        ref_cos += 1 - float(a @ b) / (float(a.norm() * b.norm()) + 1e-6)
+    assert abs(dc.match_distance(gs, gr, "cos").item() - ref_cos) < 1e-5
+
+
+def test_match_distance_ignores_one_dimensional_parameters():
+    net = tiny_net()
+    gs, gr = grads_like(net, 2, 0), grads_like(net, 2, 1)
+    changed = {k: (v * 0 + 7 if v.ndim == 2 else v) for k, v in gr.items()}  # only biases/norm params change
+    assert torch.allclose(dc.match_distance(gs, gr), dc.match_distance(gs, changed))
+    assert not torch.allclose(dc.match_distance(gs, gr, "mse"), dc.match_distance(gs, changed, "mse"))
+
+
+def test_match_distance_errors():
+    net = tiny_net()
+    gs = grads_like(net, 2)
+    with pytest.raises(ValueError, match="unknown distance 'l1'"):
+        dc.match_distance(gs, gs, "l1")
+    with pytest.raises(ValueError, match="same non-zero number"):
+        dc.match_distance(list(gs.values())[:2], list(gs.values()))
+
+
+# ------------------------------------------------------------------------------------------- gradients
+def test_class_gradients_shapes_and_autograd_reference():
+    torch.manual_seed(0)
+    net = tiny_net()
+    x = torch.randn(3, 5, 1, 8, 8)
+    out = dc.class_gradients(net, x)
+    assert list(out) == [n for n, _ in net.named_parameters()]
+    for (n, p) in net.named_parameters():
+        assert out[n].shape == (3, *p.shape)
+    for c in range(3):  # class c's gradient is that of the mean cross-entropy of its images with label c
+        loss = F.cross_entropy(net(x[c]), torch.full((5,), c))
+        ref = torch.autograd.grad(loss, list(net.parameters()))
+        for r, n in zip(ref, out):
+            assert torch.allclose(out[n][c], r, atol=1e-6)
+    assert not any(v.requires_grad for v in out.values())
+
+
+def test_class_gradients_vectorised_equals_loop_and_keeps_graph():
+    torch.manual_seed(1)
+    net = tiny_net()
+    x = torch.randn(3, 2, 1, 8, 8, requires_grad=True)
+    a = dc.class_gradients(net, x, create_graph=True)
+    b = dc.class_gradients(net, x, create_graph=True, vectorised=False)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6)
+    ga, = torch.autograd.grad(sum((v ** 2).sum() for v in a.values()), x)
+    gb, = torch.autograd.grad(sum((v ** 2).sum() for v in b.values()), x)
+    assert torch.allclose(ga, gb, atol=1e-6) and ga.abs().sum() > 0
+
+
+def test_class_gradients_errors():
+    with pytest.raises(ValueError, match=r"\(K, n, C, H, W\)"):
+        dc.class_gradients(tiny_net(), torch.zeros(3, 1, 8, 8))
+    bn = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(2 * 36, 3))
+    with pytest.raises(ValueError, match="without BatchNorm"):
+        dc.class_gradients(bn, torch.zeros(3, 2, 1, 8, 8))
+
+
+@pytest.mark.parametrize("metric", dc.DISTANCES)
+def test_matching_loss_gradcheck_and_loop_agreement(metric):
+    torch.manual_seed(3)
+    net = models.ConvNet(1, 2, 4, width=2, depth=1).double()
+    real = torch.randn(2, 3, 1, 4, 4, dtype=torch.double)
+    syn = torch.randn(2, 1, 1, 4, 4, dtype=torch.double, requires_grad=True)
+    f = lambda s: dc.matching_loss(net, real, s, metric)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (syn,), eps=1e-6, atol=1e-4)
+    assert torch.allclose(f(syn), dc.matching_loss(net, real, syn, metric, vectorised=False))
+
+
+def test_matching_loss_shape_error():
+    with pytest.raises(ValueError, match="must share K, C, H, W"):
+        dc.matching_loss(tiny_net(), torch.zeros(3, 2, 1, 8, 8), torch.zeros(2, 1, 1, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------- condense
+def toy_data(n_per_class: int = 6, classes: int = 3, size: int = 8, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    x = torch.randn(len(y), 1, size, size, generator=g) + y.view(-1, 1, 1, 1).float()
+    return x, y
+
+
+def run_condense(**kw):
+    x, y = toy_data()
+    args = dict(ipc=2, iterations=3, batch_real=4, outer_loop=2, inner_loop=1, net_fn=lambda: tiny_net(),
+                device="cpu", seed=0, snapshot_at=(0, 3))
+    args.update(kw)
+    return dc.condense(x, y, **args)
+
+
+def test_condense_shapes_snapshots_and_determinism():
+    a, b = run_condense(), run_condense()
+    assert a.images.shape == (6, 1, 8, 8) and a.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert len(a.losses) == 3 and all(v >= 0 for v in a.losses)
+    assert sorted(a.snapshots) == [0, 3] and torch.equal(a.snapshots[3], a.images)
+    assert not torch.equal(a.snapshots[0], a.images)  # the images moved
+    assert torch.equal(a.images, b.images) and a.losses == b.losses
+    assert not torch.equal(a.images, run_condense(seed=1).images)
+
+
+def test_condense_vectorised_equals_loop_and_real_init():
+    a, b = run_condense(), run_condense(vectorised=False)
+    assert torch.allclose(a.images, b.images, atol=1e-5)
+    x, y = toy_data()
+    r = run_condense(init="real", iterations=0)
+    assert all(any(torch.equal(img, xi) for xi in x[y == c]) for img, c in zip(r.images, r.labels))
+
+
+def test_condense_options_run():
+    r = run_condense(metric="mse", dsa_strategy="color_crop_cutout_flip_scale_rotate", callback=lambda *a: None)
+    assert r.images.shape == (6, 1, 8, 8) and torch.isfinite(r.images).all()
+    assert run_condense(ipc=1, outer_loop=None, inner_loop=None).images.shape == (3, 1, 8, 8)  # paper loops (1, 1)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(ipc=0), "ipc must be an int >= 1"),
+    (dict(init="zeros"), "unknown init 'zeros'"),
+    (dict(metric="l2"), "unknown distance 'l2'"),
+    (dict(batch_real=7), "only 6 real images, fewer than batch_real=7"),
+    (dict(ipc=7, init="real", batch_real=2), "needs 7 images of every class"),
+    (dict(ipc=3, outer_loop=None, inner_loop=None), "loop counts for ipc"),
+    (dict(dsa_strategy="color_blur"), "unknown DSA operation"),
+    (dict(net_fn=lambda: models.ConvNet(1, 3, 8, width=2, depth=1, norm="batchnorm")), "without BatchNorm"),
+])
+def test_condense_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        run_condense(**kw)
+
+
+def test_loops_for_ipc():
+    assert dc.loops_for_ipc(1) == (1, 1) and dc.loops_for_ipc(10) == (10, 50) and dc.loops_for_ipc(50) == (50, 10)
+    with pytest.raises(ValueError, match="pass outer_loop and inner_loop"):
+        dc.loops_for_ipc(5)
+
+
+def test_sample_per_class_distinct_and_in_class():
+    y = torch.tensor([0, 1, 1, 0, 2, 2, 2, 0, 1, 2])
+    index, counts = dc._by_class(y, 3)
+    assert counts.tolist() == [3, 3, 4]
+    pick = dc._sample_per_class(index, counts, 3, torch.Generator().manual_seed(0))
+    assert pick.shape == (3, 3)
+    for c in range(3):
+        assert (y[pick[c]] == c).all() and len(set(pick[c].tolist())) == 3
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+def test_dsa_siamese_shapes_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    for op in dc.DSA_OPS:
+        p = dc.sample_dsa(op, 3, g)
+        assert p["op"] == op and p["u"].shape == (3, 3)
+        x = torch.randn(3, 2, 1, 8, 8, requires_grad=True)
+        y = dc.apply_dsa(x, p)
+        assert y.shape == x.shape
+        # siamese: one transformation per class, so two equal images of a class stay equal
+        z = dc.apply_dsa(x[:, :1].expand(3, 2, 1, 8, 8), p)
+        assert torch.allclose(z[:, 0], z[:, 1])
+        y.sum().backward()
+        assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_dsa_flip_reference_and_errors():
+    x = torch.arange(2 * 1 * 1 * 2 * 3, dtype=torch.float).view(2, 1, 1, 2, 3)
+    p = {"op": "flip", "u": torch.tensor([[0.2, 0, 0], [0.8, 0, 0]])}
+    y = dc.apply_dsa(x, p)
+    assert torch.equal(y[0], x[0].flip(-1)) and torch.equal(y[1], x[1])
+    with pytest.raises(ValueError, match="for 2 groups, images have 3"):
+        dc.apply_dsa(torch.zeros(3, 1, 1, 4, 4), p)
+    with pytest.raises(ValueError, match="unknown DSA operation"):
+        dc.sample_dsa("jitter", 2)
+
+
+def test_dc_augment_shapes_determinism_and_identity():
+    x = torch.randn(6, 1, 12, 12)
+    assert dc.dc_augment(x, "none") is x
+    a = dc.dc_augment(x, generator=torch.Generator().manual_seed(0))
+    b = dc.dc_augment(x, generator=torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.allclose(a, x)
+    # a zero shift / unit scale warp reproduces the image (the warp itself is exact)
+    assert torch.allclose(dc._affine(x, torch.eye(2, 3).repeat(6, 1, 1)), x, atol=1e-5)
+    n = dc.dc_augment(x, "noise", generator=torch.Generator().manual_seed(0))
+    assert (n - x).abs().max() < 0.01
+    with pytest.raises(ValueError, match="unknown dc_augment operation"):
+        dc.dc_augment(x, "crop_blur")
+
+
+def test_dc_augment_crop_is_an_integer_shift():
+    x = torch.zeros(4, 1, 9, 9)
+    x[:, 0, 4, 4] = 1.0
+    y = dc.dc_augment(x, "crop", generator=torch.Generator().manual_seed(5), crop=2)
+    for img in y:  # the bright pixel moved by whole pixels (at most 2), unblurred
+        assert abs(float(img.max()) - 1.0) < 1e-5
+        peak = (img[0] == img.max()).nonzero()[0]
+        assert (peak - 4).abs().max() <= 2
+
+
+# ------------------------------------------------------------------------------------------- coresets
+def brute_force_herding(f: torch.Tensor, n: int) -> list[int]:
+    mu, chosen = f.mean(0), []
+    for k in range(n):
+        best = min((i for i in range(len(f)) if i not in chosen),
+                   key=lambda i: float(((mu - (f[chosen + [i]].sum(0)) / (k + 1)) ** 2).sum()))
+        chosen.append(best)
+    return chosen
+
+
+def test_herding_and_k_center_against_references():
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(12, 3, generator=g)
+    assert dc.herding(f, 4).tolist() == brute_force_herding(f, 4)
+    kc = dc.k_center(f, 3).tolist()
+    assert kc[0] == int(((f - f.mean(0)) ** 2).sum(1).argmin())
+    d = torch.cdist(f, f[kc[:2]]).min(1).values
+    assert kc[2] == int(d.argmax())
+    assert dc.herding(f, 1).tolist() == dc.k_center(f, 1).tolist()  # both start nearest the mean
+    with pytest.raises(ValueError, match="n must be in 1..12"):
+        dc.herding(f, 13)
+    with pytest.raises(ValueError, match="n must be in 1..12"):
+        dc.k_center(f, 0)
+
+
+def test_select_coreset_balanced_deterministic_and_errors():
+    x, y = toy_data(n_per_class=5)
+    feats = x.flatten(1)
+    for method in dc.CORESETS:
+        idx = dc.select_coreset(y, 2, method, features=feats, seed=0)
+        assert idx.shape == (6,) and y[idx].tolist() == [0, 0, 1, 1, 2, 2]
+        assert torch.equal(idx, dc.select_coreset(y, 2, method, features=feats, seed=0))
+    assert not torch.equal(dc.select_coreset(y, 2, seed=0), dc.select_coreset(y, 2, seed=1))
+    with pytest.raises(ValueError, match="unknown coreset method 'forgetting'"):
+        dc.select_coreset(y, 1, "forgetting")
+    with pytest.raises(ValueError, match="herding needs features"):
+        dc.select_coreset(y, 1, "herding")
+    with pytest.raises(ValueError, match="fewer than ipc=6"):
+        dc.select_coreset(y, 6)
+    with pytest.raises(ValueError, match="ipc must be an int >= 1"):
+        dc.select_coreset(y, 0)
+
+
+def test_embed_shapes_and_error():
+    net = tiny_net()
+    assert dc.embed(net, torch.randn(5, 1, 8, 8), batch_size=2, device="cpu").shape == (5, 4 * 2 * 2)
+    with pytest.raises(ValueError, match="no embed"):
+        dc.embed(nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def test_evaluate_synset_protocol_and_determinism():
+    x, y = toy_data(n_per_class=4)
+    xt, yt = toy_data(n_per_class=10, seed=1)
+    mk = lambda: dc.MLP(1, 3, 8)  # noqa: E731
+    a = dc.evaluate_synset(x, y, xt, yt, net_fn=mk, n_nets=2, epochs=4, device="cpu", augment="crop_scale_rotate")
+    b = dc.evaluate_synset(x, y, xt, yt, net_fn=mk, n_nets=2, epochs=4, device="cpu", augment="crop_scale_rotate")
+    assert len(a.accs) == 2 and a.accs == b.accs and all(0 <= v <= 1 for v in a.accs)
+    assert abs(a.mean - sum(a.accs) / 2) < 1e-6 and a.std >= 0
+    # same as training one network by hand with the shared loop and the same seed
+    from vklib import train
+    net = dc._seeded(mk, 0)
+    train.train_classifier(net, x, y, epochs=4, lr=0.01, seed=0, device="cpu")
+    c = dc.evaluate_synset(x, y, xt, yt, net_fn=mk, n_nets=1, epochs=4, device="cpu")
+    assert c.accs[0] == train.evaluate(net, xt, yt, device="cpu") and c.std == 0.0
+
+
+def test_evaluate_synset_errors():
+    x, y = toy_data()
+    mk = lambda: dc.MLP(1, 3, 8)  # noqa: E731
+    with pytest.raises(ValueError, match="n_nets and epochs must be >= 1"):
+        dc.evaluate_synset(x, y, x, y, net_fn=mk, n_nets=0)
+    with pytest.raises(ValueError, match="one label per image"):
+        dc.evaluate_synset(x, y[:-1], x, y, net_fn=mk)
+    with pytest.raises(ValueError, match="unknown dc_augment operation"):
+        dc.evaluate_synset(x, y, x, y, net_fn=mk, augment="blur")
+
+
+# ------------------------------------------------------------------------------------------- data, networks, settings
+def test_normalize_roundtrip_and_errors():
+    x = torch.rand(2, 3, 4, 4)
+    assert torch.allclose(dc.denormalize(dc.normalize(x, "cifar10"), "cifar10"), x, atol=1e-6)
+    assert torch.allclose(dc.normalize(torch.full((1, 1, 2, 2), 0.1307), "mnist"), torch.zeros(1, 1, 2, 2), atol=1e-6)
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        dc.normalize(x, "imagenet")
+    with pytest.raises(ValueError, match=r"expected images \(\.\.\., 1, H, W\)"):
+        dc.normalize(x, "mnist")
+
+
+def test_load_real_subset_and_missing_full(tmp_path):
+    x, y, classes = dc.load_real("mnist", "train")
+    assert x.shape == (5000, 1, 28, 28) and y.shape == (5000,) and classes[3] == "3"
+    assert abs(float(x.mean())) < 0.05  # normalised with DC's MNIST constants
+    with pytest.raises(ValueError, match="unknown dataset"):
+        dc.load_real("tinyimagenet")
+    with pytest.raises(data.DataNotFoundError, match="cifar10_full"):
+        dc.load_real("cifar10", "train", full=True, data_dir=tmp_path)
+    assert data.info("cifar10_full").splits == ("train", "test")
+
+
+@pytest.mark.parametrize("name", dc.NETWORKS)
+def test_make_network_shapes(name):
+    net = dc.make_network(name, 1, 10, 28, width=8)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert dc.make_network(name, 3, 10, 32, width=8)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_make_network_errors():
+    with pytest.raises(ValueError, match="unknown network 'vgg'"):
+        dc.make_network("vgg", 1, 10, 28)
+    with pytest.raises(ValueError, match="at least 16 px"):
+        dc.LeNet(3, 10, 8)
+
+
+def test_profiles_and_paper_numbers():
+    assert set(dc.PROFILES["quick"]) == set(dc.PROFILES["paper"])
+    cfg = utils.resolve_profile(dc.PROFILES, "quick", ipc=None, iterations=7)
+    assert cfg["iterations"] == 7 and cfg["ipc"] == 1 and cfg["dataset"] == "mnist"
+    paper = dc.paper_metrics("mnist", 1)
+    assert paper == {"acc_dc": 0.917, "acc_dc_std": 0.005, "acc_random": 0.649, "acc_herding": 0.892,
+                     "acc_kcenter": 0.893}
+    grid = dc.paper_metrics("mnist", 1, dc.PROFILES["paper"]["grid"])
+    assert grid["acc_dc_cifar10_ipc50"] == 0.539 and "acc_dc_mnist_ipc1" not in grid
+    assert len([k for k in grid if k.startswith("acc_dc_") and "std" not in k]) == 11  # the grid less mnist ipc1
+    assert dc.paper_metrics("mnist", 10, [("mnist", 50)]) == {
+        "acc_dc": 0.974, "acc_dc_std": 0.002, "acc_dc_mnist_ipc50": 0.988, "acc_dc_std_mnist_ipc50": 0.002}
+    assert dc.paper_metrics("fashion_mnist", 1) == {"acc_dc": 0.705}
+    with pytest.raises(ValueError, match="unknown dataset"):
+        dc.paper_metrics("coco", 1)
