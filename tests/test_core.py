@@ -133,3 +133,27 @@ def test_viz_grid_and_figures():
     assert len(fig.axes) == 4
     ax = viz.plot_curves({"a": [3, 2, 1], "b": [1, 2, 3]}, ylabel="loss", logy=True)
     assert len(ax.lines) == 2
+
+
+def test_interactive_redraws_on_change(monkeypatch):
+    import IPython.display
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    class Handle:
+        def update(self, obj):
+            shown.append(obj)
+
+    shown, calls = [], []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, display_id=False: shown.append(obj) or Handle())
+
+    def draw(k=0):
+        calls.append(k)
+        fig, ax = plt.subplots()
+        ax.plot([0, k])
+        return fig
+
+    slider = widgets.IntSlider(min=0, max=3, value=1)
+    viz.interactive(draw, k=slider)
+    slider.value = 2
+    assert calls == [1, 2] and len(shown) == 3  # first figure, the controls, the redrawn figure

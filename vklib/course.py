@@ -54,7 +54,7 @@ CATALOGUE: tuple[Notebook, ...] = (
              "MNIST", "paper profile", ("acc_dc", "acc_random", "acc_herding", "acc_kcenter"), 2.5),
     Notebook("02", "02_gradient_leakage", "iDLG: improved deep leakage from gradients", "2001.02610",
              "MNIST, CIFAR-10, LFW", "paper profile", ("idlg_label_acc", "dlg_label_acc", "idlg_success_rate",
-                                                       "dlg_success_rate")),
+                                                       "dlg_success_rate"), 2.5),
     Notebook("03", "03_deep_image_kernel_priors", "Blind deconvolution with deep image and kernel priors",
              "1910.08386", "Set12, Levin kernels", "paper profile", ("psnr_blurred", "psnr_dikp_blind",
                                                                       "psnr_dip_nonblind"), 1.5),

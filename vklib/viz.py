@@ -61,3 +61,25 @@ def plot_curves(curves: Mapping[str, Sequence[float]], xlabel: str = "iteration"
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
+
+
+def interactive(draw, **controls):
+    """Show the figure ``draw(**values)`` under ipywidgets ``controls`` (name -> widget) and redraw it on change.
+
+    ``draw`` returns a matplotlib figure. The figure is updated through an IPython display handle rather than drawn
+    inside an ``Output`` widget (what ``ipywidgets.interact`` does): headless executors such as papermill can stall on
+    ``Output`` widgets (jupyter/nbclient#312), and a stored notebook then shows the default figure.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    def render():
+        fig = draw(**{name: w.value for name, w in controls.items()})
+        plt.close(fig)
+        return fig
+
+    handle = display(render(), display_id=True)
+    for w in controls.values():
+        w.observe(lambda _change: handle.update(render()), "value")
+    display(widgets.HBox(list(controls.values())))
+    return handle

@@ -1,0 +1,377 @@
+"""Unit tests of vklib.leakage (DLG / iDLG): shapes, autograd and readable references on tiny inputs,
+determinism under a seed, and the error cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from vklib import data, leakage as L, models, utils
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Three victims LeNetSigmoid(1 channel, 4 classes, 8x8) with random images and labels."""
+    g = _gen(0)
+    model = models.LeNetSigmoid(1, 4, 8)
+    params = L.sample_victims(model, 3, generator=g)
+    x = torch.rand((3, 1, 8, 8), generator=g)
+    y = torch.tensor([0, 3, 1])
+    return model, params, x, y, L.victim_gradients(model, params, x, y)
+
+
+# ----------------------------------------------------------------------------------------------- settings
+def test_profiles_and_paper():
+    assert set(L.PROFILES) == set(utils.PROFILES)
+    assert set(L.PROFILES["quick"]) == set(L.PROFILES["paper"])
+    cfg = utils.resolve_profile(L.PROFILES, "quick", n_recon=9)
+    assert cfg["n_recon"] == 9 and cfg["n_label"] >= 100 and cfg["n_recon"] >= 8
+    assert all(d in L.DATASETS for p in L.PROFILES.values() for d in p["datasets"])
+    assert L.PAPER["dlg_label_acc_mnist"] == pytest.approx(0.899)
+    assert L.PAPER["idlg_label_acc_lfw"] == 1.0
+    got = L.paper_numbers(["mnist", "cifar10"])
+    assert set(got) == {"dlg_label_acc", "idlg_label_acc", "dlg_label_acc_mnist", "idlg_label_acc_mnist"}
+
+
+# ----------------------------------------------------------------------------------------------- data
+@pytest.mark.parametrize("name, shape", [("mnist", (1, 28, 28)), ("cifar10", (3, 32, 32)),
+                                         ("lfw_people", (1, 32, 32))])
+def test_attack_set_shapes_and_seed(name, shape):
+    a = L.attack_set(name, 5, generator=_gen(1))
+    b = L.attack_set(name, 5, generator=_gen(1))
+    assert a.images.shape == (5, *shape) and a.labels.shape == (5,)
+    assert 0 <= a.images.min() and a.images.max() <= 1
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert int(a.labels.max()) < len(a.classes)
+
+
+def test_attack_set_lfw_people_is_a_centre_crop():
+    full = data.load("lfw_people", "all")
+    a = L.attack_set("lfw_people", 2, generator=_gen(2))
+    i = int(a.meta["index"][0])
+    crop = full.images[i:i + 1, :, 7:54, :]                       # 62x47 -> the central 47x47
+    ref = F.interpolate(crop, size=(32, 32), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+    assert torch.allclose(a.images[:1], ref, atol=1e-6)
+
+
+def test_attack_set_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        L.attack_set("imagenet", 2, generator=_gen())
+    with pytest.raises(ValueError, match="n must be in"):
+        L.attack_set("mnist", 0, generator=_gen())
+    with pytest.raises(data.DataNotFoundError, match="lfw"):
+        L.attack_set("lfw", 2, generator=_gen(), data_dir=tmp_path, full=True)
+    assert data.info("lfw").load_subset is None
+
+
+def test_lfw_full_loader_reads_the_original_layout(tmp_path):
+    from PIL import Image
+    for person, n in (("Ann_A", 2), ("Bob_B", 1)):
+        (tmp_path / "lfw" / person).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (250, 250), (40 * i, 100, 200)).save(tmp_path / "lfw" / person / f"{person}_{i:04d}.jpg")
+    a = L.attack_set("lfw", 3, generator=_gen(), data_dir=tmp_path, full=True)
+    assert a.images.shape == (3, 3, 32, 32) and sorted(a.labels.tolist()) == [0, 0, 1]
+    assert a.classes == ["Ann_A", "Bob_B"]
+
+
+# ----------------------------------------------------------------------------------------------- victims
+def test_sample_victims_shapes_range_seed():
+    model = models.LeNetSigmoid(3, 10, 32)
+    p = L.sample_victims(model, 4, generator=_gen(3))
+    q = L.sample_victims(model, 4, generator=_gen(3))
+    assert list(p) == [k for k, _ in model.named_parameters()]
+    for (k, v), (_, w) in zip(p.items(), model.named_parameters()):
+        assert v.shape == (4, *w.shape) and -0.5 <= v.min() and v.max() <= 0.5
+        assert torch.equal(v, q[k])
+    with pytest.raises(ValueError, match="n must be"):
+        L.sample_victims(model, 0, generator=_gen())
+
+
+def test_batched_forward_matches_functional_call(tiny):
+    model, params, x, _, _ = tiny
+    out = L.batched_forward(model, params, x)
+    ref = torch.stack([functional_call(model, {k: v[i] for k, v in params.items()}, (x[i:i + 1],))[0]
+                       for i in range(3)])
+    assert out.shape == (3, 4) and torch.allclose(out, ref, atol=1e-5)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))     # not a LeNet: the generic vmap path
+    p = L.sample_victims(other, 3, generator=_gen(4))
+    ref = torch.stack([functional_call(other, {k: v[i] for k, v in p.items()}, (x[i:i + 1],))[0] for i in range(3)])
+    assert torch.allclose(L.batched_forward(other, p, x), ref, atol=1e-6)
+
+
+def test_victim_gradients_match_autograd(tiny):
+    model, params, x, y, grads = tiny
+    assert list(grads) == list(params) and all(grads[k].shape == params[k].shape for k in params)
+    for i in range(3):
+        net = models.LeNetSigmoid(1, 4, 8)
+        net.load_state_dict({k: v[i] for k, v in params.items()})
+        ref = torch.autograd.grad(F.cross_entropy(net(x[i:i + 1]), y[i:i + 1]), list(net.parameters()))
+        for r, k in zip(ref, grads):
+            assert torch.allclose(grads[k][i], r, atol=1e-6)
+    with pytest.raises(ValueError, match="one entry per attack"):
+        L.victim_gradients(model, params, x[:2], y[:2])
+
+
+# ----------------------------------------------------------------------------------------------- the core loss
+def test_gradient_distance_against_a_readable_loop(tiny):
+    _, params, _, _, grads = tiny
+    other = {k: v + 0.01 * torch.randn(v.shape, generator=_gen(5)) for k, v in grads.items()}
+    got = L.gradient_distance(other, grads)
+    ref = torch.tensor([sum(float(((other[k][i] - grads[k][i]) ** 2).sum()) for k in grads) for i in range(3)])
+    assert got.shape == (3,) and torch.allclose(got, ref, rtol=1e-5)
+    assert torch.allclose(L.gradient_distance(list(other.values()), list(grads.values())), got)
+    assert torch.equal(L.gradient_distance(grads, grads), torch.zeros(3))
+
+
+def test_gradient_distance_errors(tiny):
+    _, _, _, _, grads = tiny
+    with pytest.raises(ValueError, match="different layers"):
+        L.gradient_distance(grads, {("x" + k): v for k, v in grads.items()})
+    with pytest.raises(ValueError, match="same non-zero number"):
+        L.gradient_distance(list(grads.values())[:2], list(grads.values()))
+    with pytest.raises(ValueError, match="shapes differ"):
+        L.gradient_distance([torch.zeros(3, 2)], [torch.zeros(3, 4)])
+
+
+# ----------------------------------------------------------------------------------------------- iDLG's label rule
+def test_extract_label_single_and_batched(tiny):
+    _, _, _, y, grads = tiny
+    w = grads["fc.weight"]
+    assert L.extract_label(w).tolist() == y.tolist()
+    one = L.extract_label(w[1])
+    assert one.shape == () and int(one) == 3
+    # the rule by hand: exactly one row of dL/dW = (p - y) a^T sums negative, the true class
+    assert [(w[i].sum(1) < 0).nonzero().flatten().tolist() for i in range(3)] == [[0], [3], [1]]
+
+
+def test_extract_label_is_always_right_on_many_victims():
+    g = _gen(6)
+    model = models.LeNetSigmoid(3, 100, 32)
+    ds = L.attack_set("cifar10", 64, generator=g)
+    labels = torch.randint(0, 100, (64,), generator=g)        # any of 100 classes
+    grads = L.victim_gradients(model, L.sample_victims(model, 64, generator=g), ds.images, labels)
+    assert torch.equal(L.extract_label(grads["fc.weight"]), labels)
+
+
+def test_extract_label_errors(tiny):
+    model, params, x, y, grads = tiny
+    with pytest.raises(ValueError, match=r"\(K, F\) or \(A, K, F\)"):
+        L.extract_label(torch.zeros(4))
+    with pytest.raises(ValueError, match="at least two classes"):
+        L.extract_label(torch.ones(1, 5))
+    with pytest.raises(ValueError, match="all-zero"):
+        L.extract_label(torch.zeros(4, 5))
+    # a batch of two samples: the mean gradient is rank two
+    net = models.LeNetSigmoid(1, 4, 8)
+    net.load_state_dict({k: v[0] for k, v in params.items()})
+    loss = F.cross_entropy(net(torch.cat([x[:1], x[1:2]])), torch.tensor([0, 3]))
+    gw = torch.autograd.grad(loss, net.fc.weight)[0]
+    with pytest.raises(ValueError, match="not rank one.*batch size"):
+        L.extract_label(gw)
+    assert int(L.extract_label(gw, strict=False)) in (0, 3)
+    # features of both signs (e.g. tanh) break the rule
+    a = torch.tensor([0.5, -0.2, 0.1])
+    with pytest.raises(ValueError, match="both signs"):
+        L.extract_label(torch.outer(torch.tensor([0.3, -0.5, 0.2]), a))
+    # a soft (smoothed) label: several negative rows
+    with pytest.raises(ValueError, match="more than one row"):
+        L.extract_label(torch.outer(torch.tensor([0.3, -0.1, -0.2]), a.abs()))
+    noisy = grads["fc.weight"] + 1e-3 * torch.randn(grads["fc.weight"].shape, generator=_gen(7))
+    with pytest.raises(ValueError, match="not rank one"):
+        L.extract_label(noisy)
+    assert L.extract_label(noisy, strict=False).shape == (3,)
+
+
+# ----------------------------------------------------------------------------------------------- batched L-BFGS
+def _problems(a=3, d=6, seed=0):
+    g = _gen(seed)
+    q = torch.randn((a, d, d), generator=g, dtype=torch.float64)
+    q = q @ q.transpose(1, 2) + torch.eye(d, dtype=torch.float64)
+    c = torch.randn((a, d), generator=g, dtype=torch.float64)
+    f = lambda x, i: 0.5 * x @ q[i] @ x + c[i] @ x + 0.1 * (x ** 4).sum()
+
+    def fun(x, idx):
+        x = x.detach().requires_grad_(True)
+        loss = torch.stack([f(x[j], i) for j, i in enumerate(idx.tolist())])
+        return loss.detach(), torch.autograd.grad(loss.sum(), x)[0]
+    return f, fun, torch.randn((a, d), generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("history", [100, 3])
+def test_lbfgs_matches_torch_optim_lbfgs(history):
+    f, fun, x0 = _problems()
+    res = L.lbfgs(fun, x0, steps=5, max_iter=4, history_size=history)
+    assert res["x"].shape == x0.shape and res["losses"].shape == (3, 6)
+    for i in range(3):
+        xi = x0[i].clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([xi], lr=1, max_iter=4, history_size=history)
+
+        def closure():
+            opt.zero_grad()
+            loss = f(xi, i)
+            loss.backward()
+            return loss
+        losses = [closure().item()]
+        for _ in range(5):
+            opt.step(closure)
+            losses.append(closure().item())
+        assert torch.allclose(res["x"][i], xi.detach(), atol=1e-10)
+        assert torch.allclose(res["losses"][i], torch.tensor(losses, dtype=torch.float64), atol=1e-10)
+        assert int(res["evals"][i]) == opt.state[xi]["func_evals"] + 1   # + the evaluation of the final point
+
+
+def test_lbfgs_stop_loss_divergence_and_callback():
+    f, fun, x0 = _problems(seed=1)
+    seen = []
+    res = L.lbfgs(fun, x0, steps=8, stop_loss=-1e9, callback=lambda s, x: seen.append(s))
+    assert seen == list(range(9)) and not res["converged"].any()
+    low = float(res["losses"][:, -1].max())
+    res = L.lbfgs(fun, x0, steps=8, stop_loss=low + 1e-3)
+    assert res["converged"].all() and (res["evals"] <= 8 * 20 + 1).all()
+
+    def nan_beyond(x, idx):       # problem 1 runs downhill forever and has no finite value beyond |x| = 5
+        x = x.detach().requires_grad_(True)
+        fs = [(x[j] - 1).pow(2).sum() if i != 1 else -x[j].sum() for j, i in enumerate(idx.tolist())]
+        loss = torch.stack(fs)
+        g = torch.autograd.grad(loss.sum(), x)[0]
+        bad = (idx == 1) & (x.detach().norm(dim=1) > 5)
+        return torch.where(bad, float("nan"), loss.detach()), torch.where(bad[:, None], float("nan"), g)
+    res = L.lbfgs(nan_beyond, torch.zeros(3, 4, dtype=torch.float64), steps=5)
+    assert res["diverged"].tolist() == [False, True, False]
+    assert torch.isfinite(res["x"]).all() and torch.isfinite(res["losses"]).all()
+    assert float(res["x"][1].norm()) <= 5 and torch.allclose(res["x"][0], torch.ones(4, dtype=torch.float64))
+
+
+def test_lbfgs_errors():
+    _, fun, x0 = _problems()
+    with pytest.raises(ValueError, match="x0 must be"):
+        L.lbfgs(fun, x0[0], steps=1)
+    with pytest.raises(ValueError, match="max_iter"):
+        L.lbfgs(fun, x0, steps=1, max_iter=0)
+
+
+# ----------------------------------------------------------------------------------------------- the attacks
+def test_idlg_reconstructs_a_tiny_image(tiny):
+    model, params, x, y, grads = tiny
+    r = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(8), iterations=60)
+    assert r.method == "idlg" and r.images.shape == x.shape and r.losses.shape == (3, 61)
+    assert torch.equal(r.labels, y)
+    assert (L.mse(r.images, x) < 1e-3).float().mean() >= 2 / 3
+    assert int((r.losses[:, -1] < 1e-6).sum()) >= 2 and r.converged.sum() >= 2
+
+
+def test_attacks_shapes_seed_and_snapshots(tiny):
+    model, params, x, y, grads = tiny
+    kw = dict(iterations=4, snapshot_every=2, snapshot_n=2)
+    a = L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(9), **kw)
+    b = L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(9), **kw)
+    assert a.method == "dlg" and a.labels.shape == (3,) and a.labels.dtype == torch.long
+    assert a.snapshots.shape == (3, 2, 1, 8, 8) and a.snapshot_at == [0, 2, 4]
+    assert torch.equal(a.images, b.images) and torch.equal(a.losses, b.losses) and torch.equal(a.evals, b.evals)
+    assert torch.equal(a.snapshots[-1], a.images[:2])
+    start = torch.randn((3, 64), generator=_gen(9)).view(3, 1, 8, 8)
+    assert torch.equal(a.snapshots[0], start[:2])                 # randn starts, images drawn first
+    assert a.mse_history is None
+    c = L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(9), truth=x, **kw)
+    assert c.mse_history.shape == (3, 5) and torch.equal(c.images, a.images)
+    assert torch.allclose(c.mse_history[:, 0], L.mse(start, x)) and torch.allclose(c.mse_history[:, -1], L.mse(a.images, x))
+    with pytest.raises(ValueError, match="truth must be"):
+        L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(9), truth=x[:2], **kw)
+
+
+def test_attack_result_cat(tiny):
+    model, params, x, y, grads = tiny
+    kw = dict(iterations=2, snapshot_every=1, snapshot_n=1)
+    a = L.idlg_attack(model, {k: v[:2] for k, v in params.items()}, {k: v[:2] for k, v in grads.items()},
+                      (1, 8, 8), generator=_gen(13), truth=x[:2], **kw)
+    b = L.idlg_attack(model, {k: v[2:] for k, v in params.items()}, {k: v[2:] for k, v in grads.items()},
+                      (1, 8, 8), generator=_gen(14), truth=x[2:], **kw)
+    c = L.AttackResult.cat([a, b])
+    assert c.images.shape == (3, 1, 8, 8) and torch.equal(c.labels, y) and c.mse_history.shape == (3, 3)
+    assert c.snapshots.shape == (3, 2, 1, 8, 8) and torch.equal(c.snapshots[:, 1], b.snapshots[:, 0])
+    with pytest.raises(ValueError, match="one method"):
+        L.AttackResult.cat([a, L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(), iterations=0)])
+
+
+def test_dlg_and_idlg_equals_the_two_attacks(tiny):
+    model, params, x, y, grads = tiny
+    d, i = L.dlg_and_idlg(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=0)
+    d0 = L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=0)
+    i0 = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=0)
+    assert torch.equal(d.images, d0.images) and torch.equal(i.images, i0.images)
+    assert torch.equal(d.labels, d0.labels) and torch.equal(i.labels, y)
+    assert torch.allclose(d.losses, d0.losses, rtol=1e-5) and torch.allclose(i.losses, i0.losses, rtol=1e-5)
+    # a few iterations: the same up to float rounding (batched products of other sizes may round differently)
+    d, i = L.dlg_and_idlg(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=1, max_iter=3)
+    i1 = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=1, max_iter=3)
+    assert torch.allclose(i.images, i1.images, atol=1e-4)
+
+
+def test_chunks_give_the_same_attacks(tiny):
+    model, params, x, y, grads = tiny
+    a = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(11), iterations=1, max_iter=3)
+    b = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(11), iterations=1, max_iter=3, chunk=2)
+    assert torch.allclose(a.images, b.images, atol=1e-4)
+
+
+def test_attack_errors(tiny):
+    model, params, x, y, grads = tiny
+    with pytest.raises(ValueError, match="image_shape"):
+        L.dlg_attack(model, params, grads, (8, 8), generator=_gen())
+    with pytest.raises(ValueError, match="name the victim's parameters"):
+        L.dlg_attack(model, params, {("x" + k): v for k, v in grads.items()}, (1, 8, 8), generator=_gen())
+    with pytest.raises(ValueError, match="same number of attacks"):
+        L.dlg_attack(model, params, {k: v[:2] for k, v in grads.items()}, (1, 8, 8), generator=_gen())
+    with pytest.raises(ValueError, match="labels must be"):
+        L.invert_gradients(model, params, grads, (1, 8, 8), labels=torch.tensor([0, 9, 1]), generator=_gen())
+    with pytest.raises(ValueError, match="iterations"):
+        L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(), iterations=-1)
+
+
+# ----------------------------------------------------------------------------------------------- metrics, defences
+def test_mse_psnr_summarise():
+    truth = torch.zeros(2, 1, 2, 2)
+    recon = torch.stack([torch.full((1, 2, 2), 0.1), torch.full((1, 2, 2), 0.01)])
+    assert torch.allclose(L.mse(recon, truth), torch.tensor([1e-2, 1e-4]))
+    assert torch.allclose(L.psnr(recon, truth), torch.tensor([20.0, 40.0]))
+    r = L.AttackResult("idlg", recon, torch.tensor([1, 2]), torch.zeros(2, 1), torch.ones(2), torch.ones(2).bool(),
+                       torch.zeros(2).bool())
+    s = L.summarise(r, truth, torch.tensor([1, 0]), success_mse=1e-3)
+    assert s == pytest.approx({"label_acc": 0.5, "success_rate": 0.5, "mse_median": 5.05e-3, "psnr_median": 30.0})
+    with pytest.raises(ValueError, match="shapes differ"):
+        L.mse(recon, truth[:1])
+    with pytest.raises(ValueError, match="success_mse"):
+        L.summarise(r, truth, torch.tensor([1, 0]), success_mse=0)
+
+
+def test_defend_noise_and_prune(tiny):
+    _, _, _, _, grads = tiny
+    a = L.defend(grads, "noise", 0.1, generator=_gen(12))
+    b = L.defend(grads, "noise", 0.1, generator=_gen(12))
+    diff = torch.cat([(a[k] - grads[k]).flatten() for k in grads])
+    assert all(torch.equal(a[k], b[k]) for k in grads) and 0.09 < float(diff.std()) < 0.11
+    assert all(torch.equal(v, grads[k]) for k, v in L.defend(grads, "noise", 0.0, generator=_gen()).items())
+    p = L.defend(grads, "prune", 0.5)
+    for k, v in grads.items():
+        flat, kept = v.flatten(1), p[k].flatten(1)
+        n_cut = int(0.5 * flat.shape[1])
+        assert ((kept == 0).sum(1) >= n_cut).all()
+        for i in range(3):                           # the kept entries are the largest in magnitude, unchanged
+            nz = kept[i] != 0
+            assert torch.equal(kept[i][nz], flat[i][nz])
+            if nz.any() and n_cut:
+                assert flat[i][nz].abs().min() >= flat[i][~nz].abs().max()
+    assert all(torch.equal(v, grads[k]) for k, v in L.defend(grads, "prune", 0.0).items())
+    with pytest.raises(ValueError, match="kind must be"):
+        L.defend(grads, "clip", 0.1)
+    with pytest.raises(ValueError, match="prune level"):
+        L.defend(grads, "prune", 1.0)
+    with pytest.raises(ValueError, match="std"):
+        L.defend(grads, "noise", -1.0)
