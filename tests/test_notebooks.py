@@ -80,3 +80,26 @@ def bounds_02(m, r):
     assert m["idlg_label_acc"] == 1.0, "iDLG's label rule is exact for single-sample gradients"
     assert m["idlg_success_rate"] >= 0.6
     assert m["idlg_success_rate"] >= m["dlg_success_rate"], "iDLG succeeds at least as often as DLG"
+
+
+@bounds("04")
+def bounds_04(m, r):
+    assert m["iod_error_dve"] < m["iod_error_mean_shape"], "DVE landmarks must beat predicting the mean shape"
+    assert m["iod_error_dve"] < m["iod_error_random_features"], "DVE must beat the same regressor on an untrained network"
+
+
+@bounds("01")
+def bounds_01(m, r):
+    assert r["params"]["eval_nets"] >= 5, "accuracies are means over at least 5 evaluation networks"
+    assert m["acc_dc"] >= m["acc_random"] + 0.10, "DC beats random real images by at least 10 points"
+    assert m["acc_dc"] >= 0.70, "DC with one image per class on the shipped MNIST subset"
+
+
+@bounds("06")
+def bounds_06(m, r):
+    variants = ("head_only", "single_adapter", "dynamic_adapters", "dynamic_adapters_style")
+    for v in variants:
+        assert m[f"acc_{v}"] >= 2 / 7, f"{v}: mean accuracy must beat chance (1/7) clearly, at least twice chance"
+        assert f"acc_smallest_domain_{v}" in m, f"acc_smallest_domain_{v} (unbalanced variant) was not recorded"
+    assert m["acc_dynamic_adapters"] >= m["acc_head_only"], "dynamic adapters must not lose to head-only fine-tuning"
+    assert m["gate_nmi"] > 0.05, "the gates must carry information about the hidden domains (NMI > 0.05)"
