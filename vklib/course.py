@@ -63,7 +63,7 @@ CATALOGUE: tuple[Notebook, ...] = (
     Notebook("05", "05_learning_to_impute", "Learning to impute labels for semi-supervised learning",
              "1912.10364", "MNIST, LFW landmarks", "paper profile", ("acc_supervised", "acc_mean_teacher", "acc_l2i")),
     Notebook("06", "06_latent_domain_adapters", "Latent domain learning with dynamic residual adapters",
-             "2006.00996", "PACS", "paper profile", ("acc_head_only", "acc_dynamic_adapters", "gate_nmi")),
+             "2006.00996", "PACS", "paper profile", ("acc_head_only", "acc_dynamic_adapters", "gate_nmi"), 3.0),
     Notebook("07", "07_normgrad_saliency", "NormGrad: training-specific saliency and meta-saliency",
              "1910.08823", "CIFAR-10", "paper profile", ("deletion_auc_normgrad", "insertion_auc_normgrad"), 1.3),
     Notebook("08", "08_continual_representation", "Continual representation learning for identification",

@@ -1,0 +1,394 @@
+"""vklib.adapters: residual / dynamic residual adapters, gates, style exchange, helpers, data and training."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vklib import adapters as A
+from vklib import data, models
+
+
+def tiny_backbone(seed=0):
+    torch.manual_seed(seed)
+    net = models.SmallResNet(3, 5, widths=(4, 8), blocks=1)
+    with torch.no_grad():   # non-trivial BatchNorm statistics
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+# ------------------------------------------------------------------------------------------------ sparsemax
+def sparsemax_reference(z):
+    """Readable per-row sparsemax (sort, find the support, threshold)."""
+    out = []
+    for row in z.tolist():
+        s = sorted(row, reverse=True)
+        k = max(j for j in range(1, len(s) + 1) if 1 + j * s[j - 1] > sum(s[:j]))
+        tau = (sum(s[:k]) - 1) / k
+        out.append([max(v - tau, 0.0) for v in row])
+    return torch.tensor(out, dtype=z.dtype)
+
+
+def test_sparsemax_matches_reference_and_is_sparse():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 5, generator=g, dtype=torch.float64) * 2
+    p = A.sparsemax(z)
+    assert p.shape == (6, 5)
+    assert torch.allclose(p, sparsemax_reference(z), atol=1e-12)
+    assert torch.allclose(p.sum(-1), torch.ones(6, dtype=torch.float64)) and (p >= 0).all()
+    assert torch.equal(A.sparsemax(torch.tensor([[3.0, 0.0, -1.0]])), torch.tensor([[1.0, 0.0, 0.0]]))
+    assert torch.allclose(A.sparsemax(torch.zeros(1, 4)), torch.full((1, 4), 0.25))
+    assert torch.allclose(A.sparsemax(z.T, dim=0), p.T)
+    assert torch.autograd.gradcheck(A.sparsemax, (z[:2].clone().requires_grad_(),))
+
+
+# ------------------------------------------------------------------------------------------------ gates
+def test_gate_probs_softmax_reference_noise_and_errors():
+    g = torch.Generator().manual_seed(1)
+    pooled, w, b = torch.randn(4, 6, generator=g), torch.randn(3, 6, generator=g), torch.randn(3, generator=g)
+    p = A.gate_probs(pooled, w, b)
+    assert p.shape == (4, 3)
+    assert torch.allclose(p, torch.softmax(pooled @ w.T + b, -1), atol=1e-6)
+    assert torch.allclose(A.gate_probs(pooled, w, b, kind="sparsemax").sum(-1), torch.ones(4))
+    n1 = A.gate_probs(pooled, w, b, noise_std=1.0, generator=torch.Generator().manual_seed(5))
+    n2 = A.gate_probs(pooled, w, b, noise_std=1.0, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(n1, n2) and not torch.allclose(n1, p)
+    eps = torch.randn(4, 3, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(n1, torch.softmax(pooled @ w.T + b + eps, -1), atol=1e-6)
+    with pytest.raises(ValueError, match="softmax, sparsemax"):
+        A.gate_probs(pooled, w, kind="argmax")
+    with pytest.raises(ValueError, match="pooled must be"):
+        A.gate_probs(pooled, w[:, :5])
+    with pytest.raises(ValueError, match="noise_std"):
+        A.gate_probs(pooled, w, noise_std=-1)
+
+
+# ------------------------------------------------------------------------------------------------ adapters
+def adapter_reference(x, weight, gate, stride):
+    """sum_k g[:, k] * (A_k * x), one 1x1 convolution per adapter."""
+    return sum(gate[:, k, None, None, None] * F.conv2d(x, weight[k, :, :, None, None], stride=stride)
+               for k in range(weight.shape[0]))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dynamic_adapter_matches_the_sum_of_convolutions(stride):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 4, 7, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    gate = torch.softmax(torch.randn(3, 3, generator=g, dtype=torch.float64), -1).requires_grad_()
+    out = A.dynamic_adapter(x, w, gate, stride)
+    ref = adapter_reference(x, w, gate, stride)
+    assert out.shape == ref.shape == (3, 5, 4 if stride == 2 else 7, 4 if stride == 2 else 7)
+    assert torch.allclose(out, ref, atol=1e-12)
+    grads = torch.autograd.grad(out.square().sum(), (x, w, gate))
+    grads_ref = torch.autograd.grad(ref.square().sum(), (x, w, gate))
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, grads_ref))
+    plain = A.dynamic_adapter(x, w[0], None, stride)
+    assert torch.allclose(plain, F.conv2d(x, w[0, :, :, None, None], stride=stride))
+
+
+def test_dynamic_adapter_errors():
+    x = torch.zeros(2, 4, 5, 5)
+    with pytest.raises(ValueError, match="need a gate"):
+        A.dynamic_adapter(x, torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="gate must be"):
+        A.dynamic_adapter(x, torch.zeros(2, 3, 4), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="weight"):
+        A.dynamic_adapter(x, torch.zeros(2, 3, 5), torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="stride"):
+        A.dynamic_adapter(x, torch.zeros(3, 4), None, 0)
+
+
+def test_adapted_conv_shapes_gates_and_errors():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False)
+    x = torch.randn(5, 4, 8, 8)
+    zero = A.AdaptedConv2d(conv, 1)
+    assert torch.allclose(zero(x), conv(x)) and zero.gate is None       # zero-initialised adapter: the backbone
+    dyn = A.AdaptedConv2d(conv, 3, init_std=0.1, noise_std=1.0, generator=torch.Generator().manual_seed(0)).eval()
+    y = dyn(x)
+    assert y.shape == conv(x).shape == (5, 6, 4, 4)
+    assert dyn.last_gate.shape == (5, 3) and torch.allclose(dyn.last_gate.sum(1), torch.ones(5))
+    g = torch.softmax(dyn.gate(x.mean((2, 3))), -1)
+    assert torch.allclose(dyn.last_gate, g, atol=1e-6)                  # no noise in eval mode
+    assert torch.allclose(y, conv(x) + adapter_reference(x, dyn.adapter, g, 2), atol=1e-5)
+    assert torch.equal(dyn(x), y)
+    dyn.train()
+    assert not torch.allclose(dyn(x), y)                                # exploration noise while training
+    with pytest.raises(TypeError, match="nn.Conv2d"):
+        A.AdaptedConv2d(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="groups"):
+        A.AdaptedConv2d(nn.Conv2d(4, 4, 3, groups=2))
+    with pytest.raises(ValueError, match="num_adapters"):
+        A.AdaptedConv2d(conv, 0)
+    with pytest.raises(ValueError, match="gate must be"):
+        A.AdaptedConv2d(conv, 2, gate="max")
+    for k in (1, 2):
+        with pytest.raises(ValueError, match="does not match"):
+            A.AdaptedConv2d(nn.Conv2d(4, 6, 3, padding=0), k)(x)
+
+
+# ------------------------------------------------------------------------------------------------ style
+def style_reference(a, eta, perm, eps=1e-5):
+    out = torch.empty_like(a)
+    for i in range(a.shape[0]):
+        x, z = a[i], a[perm[i]]
+        mx, sx = x.mean((1, 2), keepdim=True), (x.var((1, 2), unbiased=False, keepdim=True) + eps).sqrt()
+        mz, sz = z.mean((1, 2), keepdim=True), (z.var((1, 2), unbiased=False, keepdim=True) + eps).sqrt()
+        out[i] = eta * (sz * (x - mx) / sx + mz) + (1 - eta) * x
+    return out
+
+
+def test_style_exchange_reference_statistics_and_determinism():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64) * 2 + 1
+    perm = torch.tensor([2, 0, 3, 1])
+    out = A.style_exchange(a, 0.7, perm)
+    assert out.shape == a.shape and torch.allclose(out, style_reference(a, 0.7, perm), atol=1e-12)
+    full = A.style_exchange(a, 1.0, perm, eps=0.0)
+    assert torch.allclose(full.mean((2, 3)), a.mean((2, 3))[perm], atol=1e-10)
+    assert torch.allclose(full.std((2, 3), unbiased=False), a.std((2, 3), unbiased=False)[perm], atol=1e-10)
+    assert torch.equal(A.style_exchange(a, 0.0, perm), a)
+    etas = torch.tensor([0.0, 1.0, 0.5, 0.2], dtype=torch.float64)
+    per = A.style_exchange(a, etas, perm)
+    assert torch.allclose(per[2], style_reference(a, 0.5, perm)[2]) and torch.allclose(per[0], a[0])
+    r1 = A.style_exchange(a, 0.5, generator=torch.Generator().manual_seed(9))
+    r2 = A.style_exchange(a, 0.5, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(r1, r2)
+    x = a.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: A.style_exchange(t, 0.6, perm), (x,))
+
+
+def test_style_exchange_errors_and_module():
+    a = torch.randn(3, 2, 4, 4)
+    with pytest.raises(ValueError, match="must be \\(N, C, H, W\\)"):
+        A.style_exchange(a[0], 0.5)
+    with pytest.raises(ValueError, match="\\[0, 1\\]"):
+        A.style_exchange(a, 1.5)
+    with pytest.raises(ValueError, match="perm must be"):
+        A.style_exchange(a, 0.5, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="eta must be a number"):
+        A.style_exchange(a, torch.ones(2))
+    layer = A.StyleExchange(eta=1.0, p=1.0)
+    assert torch.equal(layer.eval()(a), a)
+    assert not torch.allclose(layer.train()(a), a)
+    assert torch.equal(A.StyleExchange(1.0, p=0.0).train()(a), a)
+    with pytest.raises(ValueError, match="eta and p"):
+        A.StyleExchange(eta=2.0)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def test_normalized_mutual_info_matches_sklearn():
+    from sklearn.metrics import normalized_mutual_info_score
+    rng = np.random.default_rng(0)
+    for n, ka, kb in [(50, 2, 4), (200, 3, 3), (30, 5, 2)]:
+        a, b = rng.integers(0, ka, n), rng.integers(0, kb, n)
+        b[: n // 2] = a[: n // 2]
+        ours = float(A.normalized_mutual_info(torch.tensor(a), torch.tensor(b)))
+        assert ours == pytest.approx(normalized_mutual_info_score(a, b), abs=1e-10)
+    a = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert float(A.normalized_mutual_info(a, torch.tensor([5, 5, 3, 3, 9, 9]))) == pytest.approx(1.0)
+    assert float(A.normalized_mutual_info(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1]))) == 0.0
+    assert float(A.normalized_mutual_info(torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.long))) == 1
+    assert float(A.normalized_mutual_info(torch.zeros(4, dtype=torch.long), torch.arange(4))) == 0.0
+    with pytest.raises(ValueError, match="one length"):
+        A.normalized_mutual_info(torch.zeros(3, dtype=torch.long), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="integers"):
+        A.normalized_mutual_info(torch.zeros(3), torch.zeros(3))
+
+
+def test_per_domain_accuracy():
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    domains = torch.tensor([0, 0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 1, 0, 1, 1, 2])
+    acc = A.per_domain_accuracy(pred, labels, domains, 4)
+    assert acc.shape == (4,) and torch.allclose(acc[:3], torch.tensor([2 / 3, 0.5, 1.0])) and acc[3].isnan()
+    assert torch.equal(A.per_domain_accuracy(F.one_hot(pred, 3).float(), labels, domains)[:3], acc[:3])
+    with pytest.raises(ValueError, match="must be \\(N,\\)"):
+        A.per_domain_accuracy(pred[:5], labels, domains)
+    with pytest.raises(ValueError, match="num_domains"):
+        A.per_domain_accuracy(pred, labels, domains, 2)
+
+
+# ------------------------------------------------------------------------------------------------ model surgery
+def test_freeze_backbone_keeps_outputs_and_freezes():
+    net = tiny_backbone().eval()
+    x = torch.randn(2, 3, 16, 16)
+    before = net(x)
+    A.freeze_backbone(net, ("head",))
+    from torchvision.ops import FrozenBatchNorm2d
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in net.modules())
+    assert torch.allclose(net.train()(x), before, atol=1e-5)                 # train mode: statistics stay fixed
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == {"head.weight", "head.bias"}
+    net2 = A.freeze_backbone(tiny_backbone(), ("head",), norm="train")
+    assert all(p.requires_grad for m in net2.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters())
+    assert not net2.stem[0].weight.requires_grad
+    with pytest.raises(ValueError, match="no submodule"):
+        A.freeze_backbone(tiny_backbone(), ("classifier",))
+    with pytest.raises(ValueError, match="norm must be"):
+        A.freeze_backbone(tiny_backbone(), norm="group")
+
+
+def test_add_adapters_style_counts_and_gates():
+    net = A.freeze_backbone(tiny_backbone().eval(), ("head",))
+    x = torch.randn(3, 3, 16, 16)
+    before = net(x)
+    names = A.add_adapters(net, 2, seed=0)
+    # stem conv + two 3x3 convs per block; the 1x1 shortcut projection is not adapted
+    assert names == ["stem.0", "stages.0.conv1", "stages.0.conv2", "stages.1.conv1", "stages.1.conv2"]
+    assert torch.allclose(net(x), before, atol=1e-5)                  # zero-initialised adapters change nothing
+    layer_names, gates = A.read_gates(net)
+    assert layer_names == names and gates.shape == (3, 5, 2)
+    with pytest.raises(ValueError, match="no convolution"):
+        A.add_adapters(net, 2)                                         # already adapted
+    counts = A.trainable_parameters(net)
+    adapters = sum(m.adapter.numel() for m in net.modules() if isinstance(m, A.AdaptedConv2d))
+    assert adapters == 2 * (3 * 4 + 4 * 4 + 4 * 4 + 4 * 8 + 8 * 8)
+    assert counts == {"adapters": adapters, "gates": 2 * (3 + 4 + 4 + 4 + 8) + 2 * 5, "norm": 0, "head": 8 * 5 + 5,
+                      "other": 0, "total": adapters + 2 * 23 + 10 + 45}
+    A.add_style_exchange(net, ["stem"], eta=0.5, p=1.0)
+    assert isinstance(net.stem[1], A.StyleExchange)
+    with pytest.raises(ValueError, match="no submodule"):
+        A.add_style_exchange(net, ["stem.9"])
+    assert A.read_gates(tiny_backbone()) == ([], None)
+
+
+def test_make_variant_parameters_and_backbone_untouched():
+    bb = tiny_backbone()
+    ref = {k: v.clone() for k, v in bb.state_dict().items()}
+    counts = {}
+    for v in A.VARIANTS:
+        m = A.make_variant(bb, v, 7, num_adapters=3, style_after=("stem",), seed=0)
+        assert m(torch.randn(2, 3, 16, 16)).shape == (2, 7)
+        counts[v] = A.trainable_parameters(m)
+    assert counts["head_only"]["total"] == 8 * 7 + 7
+    assert counts["single_adapter"]["norm"] > 0 and counts["single_adapter"]["gates"] == 0
+    assert counts["dynamic_adapters"]["adapters"] == 3 * counts["single_adapter"]["adapters"]
+    assert counts["dynamic_adapters_style"] == counts["dynamic_adapters"]
+    assert all(torch.equal(ref[k], v) for k, v in bb.state_dict().items())
+    a, b = A.make_variant(bb, "dynamic_adapters", 7, seed=1), A.make_variant(bb, "dynamic_adapters", 7, seed=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    with pytest.raises(ValueError, match="variant must be one of"):
+        A.make_variant(bb, "full_finetune", 7)
+    with pytest.raises(ValueError, match="num_adapters >= 2"):
+        A.make_variant(bb, "dynamic_adapters", 7, num_adapters=1)
+    with pytest.raises(ValueError, match="style_after"):
+        A.make_variant(bb, "dynamic_adapters_style", 7)
+    with pytest.raises(ValueError, match="linear `head`"):
+        A.make_variant(models.ConvNet(3, 7, 16, width=4, depth=2), "head_only", 7)
+
+
+def test_build_backbone(tmp_path):
+    net = A.build_backbone("small_resnet", 10, widths=(4, 8))
+    assert net(torch.zeros(1, 3, 16, 16)).shape == (1, 10)
+    with pytest.raises(ValueError, match="backbone must be"):
+        A.build_backbone("vgg", 10)
+    with pytest.raises(ValueError, match="no published weights"):
+        A.build_backbone("small_resnet", 10, weights="IMAGENET1K_V1")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        A.build_backbone("resnet18", 10, weights=tmp_path / "missing.pth")
+    import torchvision
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    r18 = A.build_backbone("resnet18", 7, weights=path)
+    assert r18.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 7) and r18.head.in_features == 512
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_split_cells_and_subsample_domain():
+    labels = torch.arange(7).repeat_interleave(10).repeat(4)                   # 4 domains x 7 classes x 10
+    domains = torch.arange(4).repeat_interleave(70)
+    tr, te = A.split_cells(labels, domains, 0.3, seed=0)
+    assert len(tr) + len(te) == 280 and not set(tr.tolist()) & set(te.tolist())
+    cells = torch.bincount(domains[te] * 7 + labels[te], minlength=28)
+    assert torch.equal(cells, torch.full((28,), 3))
+    assert torch.equal(A.split_cells(labels, domains, 0.3, seed=0)[1], te)
+    assert not torch.equal(A.split_cells(labels, domains, 0.3, seed=1)[1], te)
+    kept = A.subsample_domain(tr, labels, domains, 2, 0.3, seed=0)
+    per_domain = torch.bincount(domains[kept], minlength=4)
+    assert per_domain.tolist() == [49, 49, 14, 49]                              # round(0.3 * 7) = 2 per class
+    assert torch.equal(torch.bincount(labels[kept][domains[kept] == 2], minlength=7), torch.full((7,), 2))
+    assert set(kept.tolist()) <= set(tr.tolist())
+    assert torch.equal(A.subsample_domain(tr, labels, domains, 2, 0.3, seed=0), kept)
+    assert torch.bincount(domains[A.subsample_domain(tr, labels, domains, 1, 0.01)], minlength=4)[1] == 7
+    with pytest.raises(ValueError, match="test_fraction"):
+        A.split_cells(labels, domains, 1.0)
+    with pytest.raises(ValueError, match="keep_fraction"):
+        A.subsample_domain(tr, labels, domains, 2, 0.0)
+    with pytest.raises(ValueError, match="no sample"):
+        A.subsample_domain(tr, labels, domains, 7, 0.5)
+
+
+def test_random_shift_per_sample():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    out = A._random_shift(x, 1, g)
+    dy, dx = torch.randint(0, 3, (2, 2), generator=torch.Generator().manual_seed(0))
+    pad = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    for i in range(2):
+        assert torch.equal(out[i], pad[i, :, dy[i]:dy[i] + 4, dx[i]:dx[i] + 4])
+
+
+def test_full_loaders_registered_and_read_the_layout(tmp_path):
+    from PIL import Image
+    assert {"office_home", "domainnet"} <= set(data.names())
+    with pytest.raises(data.DataNotFoundError, match="OfficeHome"):
+        data.load("office_home", "all", full=True, data_dir=tmp_path)
+    with pytest.raises(data.DataNotFoundError, match="domainnet"):
+        data.load("domainnet", "all", full=True, data_dir=tmp_path)
+    for dom in ("Art", "Real World"):
+        for cls in ("Bike", "Mug"):
+            (tmp_path / "OfficeHomeDataset_10072016" / dom / cls).mkdir(parents=True)
+            Image.new("RGB", (20, 10), (200, 10, 10)).save(tmp_path / "OfficeHomeDataset_10072016" / dom / cls / "a.jpg")
+    oh = data.load("office_home", "all", full=True, data_dir=tmp_path, size=8)
+    assert oh.images.shape == (4, 3, 8, 8) and oh.classes == ["Bike", "Mug"]
+    assert oh.meta["domain"].tolist() == [0, 0, 3, 3] and oh.labels.tolist() == [0, 1, 0, 1]
+    (tmp_path / "domainnet" / "sketch" / "cat").mkdir(parents=True)
+    Image.new("RGB", (9, 9)).save(tmp_path / "domainnet" / "sketch" / "cat" / "1.png")
+    dn = data.load("domainnet", "all", full=True, data_dir=tmp_path, size=6)
+    assert isinstance(dn.images, data.LazyImages) and dn.images[0].shape == (3, 6, 6)
+    assert dn.meta["domain"].tolist() == [5]
+
+
+# ------------------------------------------------------------------------------------------------ training
+def toy_problem():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(40) % 2
+    x = torch.randn(40, 3, 8, 8, generator=g) * 0.3 + y.view(-1, 1, 1, 1).float().mul(2).sub(1)[:, :, :, :1]
+    return x, y
+
+
+def test_fit_learns_is_deterministic_and_trains_only_what_it_should():
+    x, y = toy_problem()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = A.make_variant(tiny_backbone(), "dynamic_adapters", 2, gate_noise=0.1, seed=0)
+        frozen = m.stem[0].conv.weight.clone()
+        losses = A.fit(m, x, y, epochs=4, batch_size=8, lr=0.1, crop=1, seed=0, device="cpu")
+        assert len(losses) == 4 and losses[-1] < losses[0]
+        assert torch.equal(m.stem[0].conv.weight, frozen)
+        runs.append([p.detach().clone() for p in m.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    logits, gates = A.predict(m, list(x), batch_size=16, device="cpu")     # a sequence of images works too
+    assert logits.shape == (40, 2) and gates.shape == (40, 5, 2)
+    assert (logits.argmax(1) == y).float().mean() > 0.9
+    l2, g2 = A.predict(A.make_variant(tiny_backbone(), "head_only", 2), x, device="cpu")
+    assert l2.shape == (40, 2) and g2 is None
+    with pytest.raises(ValueError, match="epochs"):
+        A.fit(m, x, y, epochs=0)
+    with pytest.raises(ValueError, match="differ in length"):
+        A.fit(m, x, y[:5], epochs=1)
+    with pytest.raises(ValueError, match="no trainable"):
+        A.fit(tiny_backbone().requires_grad_(False), x, y, epochs=1)
+
+
+def test_profiles_and_paper_numbers():
+    assert set(A.PROFILES) == {"quick", "paper"} and set(A.PROFILES["quick"]) == set(A.PROFILES["paper"])
+    assert A.PROFILES["quick"]["gate"] in A.GATES and A.PROFILES["quick"]["num_adapters"] >= 2
+    for numbers in A.PAPER.values():
+        assert all(0 < v <= 1 and k.startswith("acc_") for k, v in numbers.items())
