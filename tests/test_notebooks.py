@@ -103,3 +103,15 @@ def bounds_06(m, r):
         assert f"acc_smallest_domain_{v}" in m, f"acc_smallest_domain_{v} (unbalanced variant) was not recorded"
     assert m["acc_dynamic_adapters"] >= m["acc_head_only"], "dynamic adapters must not lose to head-only fine-tuning"
     assert m["gate_nmi"] > 0.05, "the gates must carry information about the hidden domains (NMI > 0.05)"
+
+
+@bounds("08")
+def bounds_08(m, r):
+    assert m["rank1_crl"] >= m["rank1_finetune"], "CRL must retrieve unseen identities at least as well as fine-tuning"
+    assert m["rank1_joint"] >= m["rank1_finetune"], "joint training (the upper bound) must not lose to fine-tuning"
+
+
+@bounds("05")
+def bounds_05(m, r):
+    assert m["acc_l2i"] >= m["acc_supervised"] + 0.03, "MT + L2I must beat supervised-only training by 3 points"
+    assert m["iod_error_l2i"] <= m["iod_error_supervised"], "MT + L2I's landmark error must not exceed supervised-only"

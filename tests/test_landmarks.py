@@ -1,0 +1,458 @@
+"""vklib.landmarks: warps, the dense equivariance and DVE losses, SmallNet, the landmark regressor and metrics."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from vklib import data, landmarks as L, models, utils
+
+
+# ----------------------------------------------------------------------------------------------- references
+def ref_matching_loss(f1, f2, g, stride=1, gamma=0.5, temperature=1.0, fa=None):
+    """Loops over images and source cells: the equations as written."""
+    B, C, h, w = f1.shape
+    pos = [((j + 0.5) * stride - 0.5, (i + 0.5) * stride - 0.5) for i in range(h) for j in range(w)]
+    pos = torch.tensor(pos, dtype=f1.dtype)
+    total = 0.0
+    for b in range(B):
+        tgt = f2[b].reshape(C, -1)
+        for i in range(h):
+            for j in range(w):
+                d = f1[b, :, i, j]
+                if fa is not None:
+                    aux = fa[b].reshape(C, -1)
+                    d = (torch.softmax(d @ aux / temperature, 0)[None] * aux).sum(1)
+                p = torch.softmax(d @ tgt / temperature, 0)
+                cost = ((pos - g[b, i, j]) ** 2).sum(1).sqrt() ** gamma
+                total = total + (p * cost).sum()
+    return total / (B * h * w)
+
+
+def tiny(B=2, C=3, h=3, w=4, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    f1, f2, fa = (torch.randn(B, C, h, w, generator=gen, dtype=dtype) for _ in range(3))
+    g = torch.rand(B, h, w, 2, generator=gen, dtype=dtype) * torch.tensor([2 * w, 2 * h], dtype=dtype)
+    return f1, f2, fa, g
+
+
+# ----------------------------------------------------------------------------------------------- coordinates
+def test_normalized_and_pixel_coordinates_round_trip():
+    p = torch.tensor([[0.0, 0.0], [3.0, 1.0]])
+    n = L.to_normalized(p, 4)
+    assert torch.allclose(n, torch.tensor([[-0.75, -0.75], [0.75, -0.25]]))
+    assert torch.allclose(L.to_pixels(n, 4), p)
+    assert torch.allclose(L.to_normalized(torch.tensor([[0.0, 0.0]]), (2, 8)), torch.tensor([[-0.875, -0.5]]))
+
+
+def test_cell_centres():
+    c = L.cell_centres(2, 3, 2)
+    assert c.shape == (6, 2) and torch.equal(c[:4], torch.tensor([[0.5, 0.5], [2.5, 0.5], [4.5, 0.5], [0.5, 2.5]]))
+    assert torch.equal(L.cell_centres(1, 2), torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+
+
+def test_crop_border_shapes_landmarks_and_errors():
+    x, lm = torch.rand(2, 3, 10, 12), torch.full((2, 5, 2), 4.0)
+    out, lm2 = L.crop_border(x, 2, lm)
+    assert out.shape == (2, 3, 6, 8) and torch.equal(out, x[..., 2:8, 2:10]) and torch.equal(lm2, lm - 2)
+    assert L.crop_border(x, 0) is x
+    with pytest.raises(ValueError, match="crop must be in"):
+        L.crop_border(x, 5)
+
+
+# ----------------------------------------------------------------------------------------------- warps
+def test_tps_fit_matches_scipys_thin_plate_spline():
+    from scipy.interpolate import RBFInterpolator
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.rand(2, 9, 2, generator=gen, dtype=torch.float64) * 2 - 1
+    targets = centers + 0.2 * torch.randn(2, 9, 2, generator=gen, dtype=torch.float64)
+    warp = L.TPSWarp(centers, *L.tps_fit(centers, targets))
+    pts = torch.rand(2, 20, 2, generator=gen, dtype=torch.float64) * 2 - 1
+    for b in range(2):
+        ref = RBFInterpolator(centers[b].numpy(), targets[b].numpy(), kernel="thin_plate_spline", degree=1)
+        assert np.allclose(warp(pts)[b].numpy(), ref(pts[b].numpy()), atol=1e-9)
+    assert torch.allclose(warp(centers), targets, atol=1e-9)
+
+
+def test_random_tps_identity_determinism_and_errors():
+    ident = L.random_tps(2, rotation=0, scale=0, translation=0, tps=0, control=3)
+    pts = torch.rand(2, 7, 2) * 2 - 1
+    assert torch.allclose(ident(pts), pts, atol=1e-5)
+    warp = L.random_tps(3, generator=torch.Generator().manual_seed(1), control=4, tps=0.1)
+    lin = torch.linspace(-1, 1, 4)
+    yy, xx = torch.meshgrid(lin, lin, indexing="ij")
+    assert torch.equal(warp.centers[0], torch.stack([xx, yy], -1).reshape(-1, 2))  # kernels on the control grid
+    assert (warp(warp.centers) - warp.centers).abs().max() > 0.05  # ... which the warp moves
+    again = L.random_tps(3, generator=torch.Generator().manual_seed(1), control=4, tps=0.1)
+    assert all(torch.equal(a, b) for a, b in zip(warp, again))
+    assert warp.grid(5, 6).shape == (3, 5, 6, 2)
+    for bad in (dict(n=0), dict(n=1, control=1), dict(n=1, tps=-0.1)):
+        with pytest.raises(ValueError):
+            L.random_tps(**bad)
+
+
+def test_identity_grid_reproduces_the_image():
+    x = torch.rand(1, 3, 6, 5)
+    ident = L.random_tps(1, rotation=0, scale=0, translation=0, tps=0)
+    out = torch.nn.functional.grid_sample(x, ident.grid(6, 5), align_corners=False)
+    assert torch.allclose(out, x, atol=1e-4)
+
+
+def ramp(n=2, size=24):
+    """Images linear in x and y (bilinear sampling reproduces them exactly)."""
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    chans = torch.stack([xx / size, yy / size, (xx + yy) / (2 * size)])
+    return chans.expand(n, -1, -1, -1).clone()
+
+
+def test_warp_pair_shapes_identity_and_correspondence():
+    x = ramp(3, 24)
+    x1, x2, g = L.warp_pair(x, rotation=0, scale=0, translation=0, tps=0, stride=2, crop=2)
+    assert x1.shape == x2.shape == (3, 3, 20, 20) and g.shape == (3, 10, 10, 2)
+    assert torch.allclose(x1, x[..., 2:22, 2:22], atol=1e-4) and torch.allclose(x2, x1, atol=1e-4)
+    centres = L.cell_centres(10, 10, 2).reshape(10, 10, 2)
+    assert torch.allclose(g, centres.expand(3, -1, -1, -1), atol=1e-3)
+    # x2 sampled at g(u) shows what x1 shows at u: exactly for an affine warp of a linear image (bilinear
+    # sampling is exact there), closely for a thin-plate spline
+    for tps, tol in ((0.0, 1e-4), (0.03, 0.02)):
+        gen = torch.Generator().manual_seed(0)
+        x1, x2, g = L.warp_pair(x, generator=gen, rotation=5, scale=0.05, translation=0.05, tps=tps)
+        back = torch.nn.functional.grid_sample(x2, L.to_normalized(g, 24), align_corners=False)
+        inside = ((g > 3) & (g < 20)).all(-1)
+        assert inside.float().mean() > 0.3
+        assert (back - x1).abs().permute(0, 2, 3, 1)[inside].max() < tol
+        assert (x2 - x1).abs().mean() > 1e-3  # the two views differ
+
+
+def test_warp_pair_is_deterministic_and_jitters_colours():
+    x = torch.rand(2, 3, 16, 16)
+    a = L.warp_pair(x, generator=torch.Generator().manual_seed(3), color_jitter=0.3)
+    b = L.warp_pair(x, generator=torch.Generator().manual_seed(3), color_jitter=0.3)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert 0 <= float(a[0].min()) and float(a[0].max()) <= 1
+    for bad in (dict(images=torch.rand(3, 8, 8)), dict(images=x, stride=0), dict(images=x, crop=8)):
+        with pytest.raises(ValueError):
+            L.warp_pair(**bad)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def test_correspondence_cost_matches_brute_force():
+    g = torch.tensor([[[0.5, 0.5], [3.0, 1.0]]])
+    cost = L.correspondence_cost(g, 2, 2, stride=2, gamma=0.5)
+    cells = torch.tensor([[0.5, 0.5], [2.5, 0.5], [0.5, 2.5], [2.5, 2.5]])
+    want = torch.stack([((cells - p) ** 2).sum(1).sqrt().sqrt() for p in g[0]])[None]
+    assert cost.shape == (1, 2, 4) and torch.allclose(cost, want, atol=1e-6)
+    assert torch.allclose(L.correspondence_cost(g, 2, 2, stride=2, gamma=2.0), want ** 4, atol=1e-5)
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        L.correspondence_cost(g, 2, 2, gamma=0)
+
+
+@pytest.mark.parametrize("stride,temperature,gamma", [(1, 1.0, 0.5), (2, 0.5, 1.0)])
+def test_equivariance_and_dve_losses_match_the_reference(stride, temperature, gamma):
+    f1, f2, fa, g = tiny()
+    kw = dict(stride=stride, temperature=temperature, gamma=gamma)
+    eq = L.dense_equivariance_loss(f1, f2, g, **kw)
+    assert eq.shape == () and torch.allclose(eq, ref_matching_loss(f1, f2, g, **kw), atol=1e-5)
+    dve = L.dve_loss(f1, f2, fa, g, **kw)
+    assert torch.allclose(dve, ref_matching_loss(f1, f2, g, fa=fa, **kw), atol=1e-5)
+    rebuilt = L.exchange(f1, fa, temperature=temperature)
+    assert torch.allclose(dve, L.dense_equivariance_loss(rebuilt, f2, g, **kw), atol=1e-5)
+
+
+def test_losses_gradients_by_gradcheck():
+    f1, f2, fa, g = tiny(B=1, C=2, h=2, w=3, dtype=torch.float64)
+    for t in (f1, f2, fa):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: L.dense_equivariance_loss(a, b, g, stride=2), (f1, f2))
+    assert torch.autograd.gradcheck(lambda a, b, c: L.dve_loss(a, b, c, g, stride=2), (f1, f2, fa))
+    assert torch.autograd.gradcheck(lambda a, b, c: L.dve_loss(a, b, c, g, stride=2, chunk=4), (f1, f2, fa))
+
+
+def test_chunked_losses_equal_the_batched_ones_with_gradients():
+    f1, f2, fa, g = tiny(B=2, C=4, h=4, w=5)
+    for fn, args in ((L.dense_equivariance_loss, (f1, f2)), (L.dve_loss, (f1, f2, fa))):
+        leaves = [a.clone().requires_grad_(True) for a in args]
+        full = fn(*leaves, g, stride=2)
+        grads = torch.autograd.grad(full, leaves)
+        leaves2 = [a.clone().requires_grad_(True) for a in args]
+        part = fn(*leaves2, g, stride=2, chunk=7)
+        grads2 = torch.autograd.grad(part, leaves2)
+        assert torch.allclose(full, part, atol=1e-6)
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, grads2))
+
+
+def test_perfect_descriptors_give_a_small_loss():
+    # one-hot positional descriptors with a sharp softmax: p(v|u) concentrates on v = u = g(u)
+    h = w = 4
+    f = torch.eye(h * w).reshape(1, h * w, h, w) * 30
+    g = L.cell_centres(h, w, 1).reshape(1, h, w, 2)
+    assert L.dense_equivariance_loss(f, f, g).item() < 1e-3
+    assert L.dense_equivariance_loss(f, f.flip(-1), g).item() > 0.5
+
+
+def test_exchange_is_a_convex_combination_and_loss_errors():
+    f1, _, fa, g = tiny()
+    rebuilt = L.exchange(f1, fa)
+    assert rebuilt.shape == f1.shape
+    lo, hi = fa.amin(dim=(2, 3), keepdim=True), fa.amax(dim=(2, 3), keepdim=True)
+    assert bool(((rebuilt >= lo - 1e-6) & (rebuilt <= hi + 1e-6)).all())
+    with pytest.raises(ValueError, match="f1 and fa"):
+        L.exchange(f1, fa[:, :2])
+    with pytest.raises(ValueError, match="f1 and f2"):
+        L.dense_equivariance_loss(f1, f1[:1], g)
+    with pytest.raises(ValueError, match="g must be"):
+        L.dense_equivariance_loss(f1, f1, g[:, :2])
+    with pytest.raises(ValueError, match="fa must have"):
+        L.dve_loss(f1, f1, fa[:1], g)
+    with pytest.raises(ValueError, match="chunk must be"):
+        L.dve_loss(f1, f1, fa, g, chunk=0)
+
+
+# ----------------------------------------------------------------------------------------------- network
+def test_smallnet_shapes_parameters_seed_and_errors():
+    net = L.SmallNet(16)
+    assert models.count_parameters(net) == 338_248  # DVE's README: 338.2k (SmallNet, 16 dims)
+    assert models.count_parameters(L.SmallNet(3)) == 334_881  # and 334.9k at 3 dims
+    small = L.SmallNet(8, widths=(4, 4, 4, 4, 4), seed=1)
+    state = torch.get_rng_state()
+    again = L.SmallNet(8, widths=(4, 4, 4, 4, 4), seed=1)
+    assert torch.equal(state, torch.get_rng_state())  # a seeded net leaves the global RNG alone
+    assert all(torch.equal(a, b) for a, b in zip(small.state_dict().values(), again.state_dict().values()))
+    assert small(torch.rand(2, 3, 20, 20)).shape == (2, 8, 10, 10) and small.stride == 2
+    unit = L.SmallNet(8, widths=(4, 4, 4, 4, 4), normalize=3.0, seed=1)(torch.rand(2, 3, 20, 20))
+    assert torch.allclose(unit.norm(dim=1), torch.full((2, 10, 10), 3.0), atol=1e-5)
+    with pytest.raises(ValueError, match="five positive widths"):
+        L.SmallNet(8, widths=(4, 4))
+    with pytest.raises(ValueError, match="normalize must be"):
+        L.SmallNet(8, normalize=0.0)
+
+
+def tiny_net(seed=0):
+    return L.SmallNet(4, widths=(4, 4, 4, 4, 4), seed=seed)
+
+
+def test_train_descriptors_is_deterministic_and_accepts_sequences():
+    x = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for images in (x, list(x), x):
+        net = tiny_net()
+        losses = L.train_descriptors(net, images, epochs=1, batch_size=3, lr=1e-2, dve=True, seed=5, device="cpu",
+                                     warp=dict(rotation=5, color_jitter=0.1))
+        runs.append((losses, torch.cat([p.detach().flatten() for p in net.parameters()])))
+    assert len(runs[0][0]) == 2 and all(math.isfinite(v) for v in runs[0][0])
+    assert runs[0][0] == runs[1][0] == runs[2][0] and torch.equal(runs[0][1], runs[2][1])
+    plain = L.train_descriptors(tiny_net(), x, epochs=1, batch_size=3, dve=False, seed=5, device="cpu", chunk=10)
+    assert len(plain) == 2 and plain != runs[0][0]
+
+
+def test_train_descriptors_errors():
+    x = torch.rand(4, 3, 12, 12)
+    with pytest.raises(ValueError, match="DVE needs batch_size >= 2"):
+        L.train_descriptors(tiny_net(), x, epochs=1, batch_size=1, device="cpu")
+    with pytest.raises(ValueError, match="batch_size must be in"):
+        L.train_descriptors(tiny_net(), x, epochs=1, batch_size=5, device="cpu")
+    with pytest.raises(ValueError, match="gives no training step"):
+        L.train_descriptors(tiny_net(), x, epochs=0.1, batch_size=4, device="cpu")
+
+
+def test_batch_stream_with_workers_keeps_the_order():
+    images = [torch.full((1, 2, 2), float(i)) for i in range(10)]
+    a = [b[:, 0, 0, 0].tolist() for b in L._batch_stream(images, 3, 5, torch.Generator().manual_seed(0))]
+    b = [b[:, 0, 0, 0].tolist() for b in L._batch_stream(images, 3, 5, torch.Generator().manual_seed(0), workers=2)]
+    assert a == b and len(a) == 5
+
+
+def test_extract_descriptors_and_reset_bn_stats():
+    x = torch.rand(5, 3, 12, 12)
+    net = tiny_net().train()
+    f = L.extract_descriptors(net, x, crop=1, batch_size=2, device="cpu")
+    assert f.shape == (5, 4, 5, 5) and net.training
+    assert torch.allclose(f, L.extract_descriptors(net, list(x), crop=1, batch_size=5, device="cpu"), atol=1e-6)
+    conv, bn = net.body[0][0], net.body[0][1]
+    with torch.no_grad():
+        y = conv(x[:4])
+    L.reset_bn_stats(net, x[:4], batch_size=4, device="cpu")  # one batch: the exact statistics
+    assert torch.allclose(bn.running_mean, y.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, y.var(dim=(0, 2, 3)), rtol=1e-4)
+    L.reset_bn_stats(net, x[:4], batch_size=2, device="cpu")  # equal batches: mean of the batch statistics
+    assert torch.allclose(bn.running_mean, y.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, (y[:2].var(dim=(0, 2, 3)) + y[2:].var(dim=(0, 2, 3))) / 2, rtol=1e-4)
+    assert bn.momentum == 0.1 and net.training
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def test_soft_argmax_reference_and_limits():
+    logits = torch.randn(2, 3, 4, 5)
+    p = torch.softmax(logits.flatten(2), -1).reshape(2, 3, 4, 5)
+    xs = (2 * torch.arange(5) + 1) / 5 - 1
+    ys = (2 * torch.arange(4) + 1) / 4 - 1
+    want = torch.stack([(p * xs).sum((2, 3)), (p * ys[:, None]).sum((2, 3))], -1)
+    assert torch.allclose(L.soft_argmax(logits), want, atol=1e-6)
+    peak = torch.full((1, 1, 4, 5), -1e4)
+    peak[0, 0, 1, 3] = 0
+    assert torch.allclose(L.soft_argmax(peak), torch.tensor([[[0.4, -0.25]]]), atol=1e-6)
+    with pytest.raises(ValueError, match="logits must be"):
+        L.soft_argmax(torch.zeros(2, 3, 4))
+
+
+def test_landmark_regressor_matches_a_reference():
+    reg = L.LandmarkRegressor(3, n_landmarks=2, n_intermediate=4, softargmax_mul=5.0, seed=0)
+    with torch.no_grad():
+        reg.bias.normal_()
+    f = torch.randn(2, 3, 5, 6)
+    pred, inter = reg(f)
+    assert pred.shape == (2, 2, 2) and inter.shape == (2, 2, 4, 2)
+    for b in range(2):
+        for l in range(2):
+            pts = []
+            for i in range(4):
+                heat = 5.0 * torch.einsum("c,chw->hw", reg.templates[:, l * 4 + i], f[b])
+                pts.append(L.soft_argmax(heat[None, None])[0, 0])
+            pts = torch.stack(pts)
+            assert torch.allclose(inter[b, l], pts, atol=1e-5)
+            assert torch.allclose(pred[b, l], pts.flatten() @ reg.weight[l] + reg.bias[l], atol=1e-5)
+    again = L.LandmarkRegressor(3, n_landmarks=2, n_intermediate=4, seed=0)
+    assert torch.equal(again.templates, reg.templates)
+    with pytest.raises(ValueError):
+        L.LandmarkRegressor(0)
+
+
+def positional_features(n, h=6, w=6):
+    """One-hot position codes: every image has the same descriptor at the same place."""
+    return torch.eye(h * w).reshape(1, h * w, h, w).expand(n, -1, -1, -1).clone()
+
+
+def test_fit_regressor_learns_and_is_deterministic():
+    gen = torch.Generator().manual_seed(0)
+    n, h = 40, 6
+    idx = torch.randint(0, h * h, (n, 2), generator=gen)
+    feats = torch.zeros(n, 2, h, h)  # channel k lights up at landmark k
+    for k in range(2):
+        feats.view(n, 2, -1)[torch.arange(n), k, idx[:, k]] = 1.0
+    cells = L.cell_centres(h, h, 1)
+    lms = L.to_normalized(cells[idx], h)
+    reg, losses = L.fit_regressor(feats, lms, epochs=60, batch_size=20, lr=0.05, n_intermediate=2,
+                                  softargmax_mul=20.0, seed=0, device="cpu")
+    assert losses[-1] < 0.05 * losses[0] and not reg.training
+    assert (L.predict_landmarks(reg, feats) - lms).norm(dim=-1).mean() < 0.1
+    reg2, losses2 = L.fit_regressor(feats, lms, epochs=60, batch_size=20, lr=0.05, n_intermediate=2,
+                                    softargmax_mul=20.0, seed=0, device="cpu")
+    assert losses == losses2
+    pred = L.predict_landmarks(reg, feats, batch_size=7)
+    assert pred.shape == (n, 2, 2) and torch.allclose(pred, reg(feats)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="need features"):
+        L.fit_regressor(feats, lms[:3], epochs=1)
+    with pytest.raises(ValueError, match="no training step"):
+        L.fit_regressor(feats, lms, epochs=0.01, batch_size=20)
+
+
+def test_iod_error_by_hand_and_errors():
+    target = torch.tensor([[[0.0, 0.0], [10.0, 0.0], [5.0, 5.0]]])
+    pred = target + torch.tensor([[[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]]])
+    assert L.iod_error(pred, target) == pytest.approx(10.0)  # mean(1, 0, 2) / 10 * 100
+    assert L.iod_error(pred, target, reduce=False).shape == (1,)
+    with pytest.raises(ValueError, match="zero inter-ocular"):
+        L.iod_error(pred, torch.zeros_like(pred))
+    with pytest.raises(ValueError, match="pred and target"):
+        L.iod_error(pred[:, :2], target)
+
+
+def test_match_points_and_cross_instance_error():
+    feats = positional_features(3)
+    pts = torch.tensor([[2.5, 4.5], [10.5, 6.5]])  # cell centres of a stride-2 map: (2 j + 0.5, 2 i + 0.5)
+    m = L.match_points(feats[0], pts, feats, stride=2)
+    assert m.shape == (3, 2, 2) and torch.allclose(m, pts.expand(3, -1, -1))
+    lms = torch.tensor([[0.5, 0.5], [6.5, 0.5], [4.5, 6.5]]).expand(3, -1, -1)
+    assert L.cross_instance_error(feats, lms, stride=2) == pytest.approx(0.0, abs=1e-6)
+    shuffled = feats[:, torch.randperm(36, generator=torch.Generator().manual_seed(0))]
+    assert L.cross_instance_error(torch.cat([feats[:1], shuffled[1:]]), lms, stride=2) > 0
+    with pytest.raises(ValueError):
+        L.match_points(feats[0, :3], pts, feats)
+    with pytest.raises(ValueError, match="at least two"):
+        L.cross_instance_error(feats[:1], lms[:1])
+
+
+def test_pca_rgb_range_shape_and_determinism():
+    f = torch.randn(3, 8, 5, 5, generator=torch.Generator().manual_seed(0))
+    rgb = L.pca_rgb(f)
+    assert rgb.shape == (3, 3, 5, 5) and float(rgb.min()) >= 0 and float(rgb.max()) <= 1
+    assert torch.equal(rgb, L.pca_rgb(f))
+    # descriptors varying mostly along one direction: the red channel follows that pattern
+    pattern = torch.linspace(-1, 1, 25).reshape(1, 1, 5, 5).expand(3, 1, 5, 5)
+    direction = torch.randn(1, 8, 1, 1, generator=torch.Generator().manual_seed(1))
+    red = L.pca_rgb(pattern * direction * 10 + 0.1 * f)[:, 0].flatten()
+    assert abs(torch.corrcoef(torch.stack([red, pattern.flatten()]))[0, 1]) > 0.95
+    assert L.pca_rgb(f[:, :2]).shape == (3, 3, 5, 5)
+    with pytest.raises(ValueError):
+        L.pca_rgb(f[0])
+
+
+# ----------------------------------------------------------------------------------------------- data, profiles
+def test_profiles_and_paper_numbers():
+    assert set(L.PROFILES["quick"]) == set(L.PROFILES["paper"])
+    cfg = utils.resolve_profile(L.PROFILES, "quick", epochs=2.0)
+    assert cfg["epochs"] == 2.0 and cfg["dims"] == [16]
+    assert L.PAPER["iod_error_dve"] < L.PAPER["iod_error_no_dve"]
+    with pytest.raises(ValueError, match="allowed"):
+        utils.resolve_profile(L.PROFILES, "quick", epoch=2)
+    for profile in ("quick", "paper"):
+        assert L.check_config(L.PROFILES[profile])["dims"] == L.PROFILES[profile]["dims"]
+    assert L.check_config({**cfg, "dims": 32})["dims"] == [32]
+    for bad, match in ((dict(dims="[16]"), "dims must be"), (dict(dims=[0]), "dims must be"),
+                       (dict(epochs=0), "epochs must be"), (dict(batch_size=1), "batch_size must be"),
+                       (dict(crop=30), "crop must be"), (dict(finetune_epochs=-1), "finetune_epochs")):
+        with pytest.raises(ValueError, match=match):
+            L.check_config({**cfg, **bad})
+
+
+@pytest.mark.parametrize("name", ["celeba", "mafl", "aflw_mtfl"])
+def test_full_datasets_are_registered_and_missing_data_is_explained(name, tmp_path):
+    assert name in data.names()
+    with pytest.raises(data.DataNotFoundError, match=f"dataset '{name}' \\(full\\)"):
+        data.load(name, "test", full=True, data_dir=tmp_path)
+    with pytest.raises(data.DataNotFoundError, match="no shipped subset"):
+        data.load(name, "test")
+
+
+def test_face_images_checks_its_boxes():
+    with pytest.raises(ValueError, match="one box"):
+        L.FaceImages(["a.jpg"], [], 10)
+
+
+def _jpeg(path, w, h, colour):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (w, h), colour).save(path)
+
+
+def test_celeba_and_mafl_loaders_on_a_tiny_layout(tmp_path):
+    root = tmp_path / "celeba"
+    files = ["000001.jpg", "000002.jpg", "000003.jpg"]
+    for k, f in enumerate(files):
+        _jpeg(root / "Img" / "img_align_celeba" / f, 178, 218, (80 * k, 0, 0))
+    rows = [f"{f} 69 109 106 113 77 142 73 152 108 154" for f in files]
+    (root / "Anno").mkdir()
+    (root / "Anno" / "list_landmarks_align_celeba.txt").write_text("3\nlefteye_x ...\n" + "\n".join(rows) + "\n")
+    (root / "Eval").mkdir()
+    (root / "Eval" / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 0\n000003.jpg 2\n")
+    (root / "MAFL").mkdir()
+    (root / "MAFL" / "training.txt").write_text("000001.jpg\n000003.jpg\n")
+    (root / "MAFL" / "testing.txt").write_text("000002.jpg\n")
+    train = data.load("celeba", "train", full=True, data_dir=tmp_path, size=50)
+    assert train.meta["files"] == ["000001.jpg"]  # MAFL test faces are held out
+    test = data.load("mafl", "test", full=True, data_dir=tmp_path, size=50)
+    assert len(test) == 1 and test.images[0].shape == (3, 50, 50) and test.source == "full"
+    assert torch.allclose(test.meta["landmarks"][0, 0], torch.tensor([69.0, 89.0]) * 50 / 178)
+    mafl_train = data.load("mafl", "train", full=True, data_dir=tmp_path)
+    assert len(mafl_train) == 2 and mafl_train.images[1].shape == (3, 100, 100)
+    assert float(mafl_train.images[1][0].mean()) == pytest.approx(160 / 255, abs=0.01)
+    assert len(mafl_train.images[0:1]) == 1
+
+
+def test_aflw_mtfl_loader_on_a_tiny_layout(tmp_path):
+    folder = tmp_path / "aflw_mtfl"
+    _jpeg(folder / "AFLW" / "a.jpg", 120, 80, (0, 255, 0))
+    (folder / "test.txt").write_text("AFLW\\a.jpg 30 90 60 40 80 20 20 40 60 60 1 2 2 3\n")
+    ds = data.load("aflw_mtfl", "test", full=True, data_dir=tmp_path, size=40)
+    assert ds.images[0].shape == (3, 40, 40) and float(ds.images[0][1].mean()) > 0.95
+    assert torch.allclose(ds.meta["landmarks"][0, :2], torch.tensor([[10.0, 10.0], [30.0, 10.0]]))
