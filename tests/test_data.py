@@ -74,10 +74,21 @@ def test_full_only_dataset_without_subset():
 
 
 def test_missing_full_data_offline_says_what_to_do(tmp_path):
-    with pytest.raises(data.DataNotFoundError, match=r"'mnist' \(full\).*download=False.*torchvision"):
+    with pytest.raises(data.DataNotFoundError, match=r"'mnist' \(full\).*download=False.*torchvision.*download=True"):
         data.load("mnist", "train", full=True, data_dir=tmp_path)
-    with pytest.raises(data.DataNotFoundError, match="'pacs' \\(full\\).*PACS/<domain>/<class>"):
+    with pytest.raises(data.DataNotFoundError, match="'pacs' \\(full\\).*PACS/<domain>/<class>") as e:
         data.load("pacs", "all", full=True, data_dir=tmp_path)
+    assert "download=True" not in str(e.value)  # PACS cannot be fetched automatically: do not suggest it
+    with pytest.raises(data.DataError, match="'pacs' cannot be downloaded automatically.*mnist"):
+        data.load("pacs", "all", full=True, download=True, data_dir=tmp_path)
+
+
+def test_splits_only_the_full_dataset_has(tmp_path):
+    assert data.info("cifar10").allowed_splits(full=True) == ("test", "train")
+    with pytest.raises(ValueError, match=r"unknown split 'train' \(full=True only\); allowed: test"):
+        data.load("cifar10", "train")
+    with pytest.raises(data.DataNotFoundError, match=r"'cifar10' \(full\)"):  # accepted, then not found offline
+        data.load("cifar10", "train", full=True, data_dir=tmp_path)
 
 
 def test_download_never_writes_into_shipped_data():

@@ -337,12 +337,8 @@ def test_labeled_split_per_class_and_fraction():
 
 
 def test_loaders(tmp_path):
-    ds = impute.load_classification("mnist", "test")
-    assert ds.images.shape == (10000, 1, 28, 28)
     x, pts = impute.load_landmarks("lfw_landmarks5", "test", size=32)
     assert x.shape == (500, 3, 32, 32) and pts.shape == (500, 10) and float(pts.abs().max()) < 1.0
-    with pytest.raises(data.DataNotFoundError, match="cifar10"):
-        impute.load_classification("cifar10", "train", full=True, data_dir=tmp_path)
     with pytest.raises(data.DataError, match="has no landmarks"):
         impute.load_landmarks("mnist", "test")
 

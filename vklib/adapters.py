@@ -659,7 +659,7 @@ def _office_home_full(root: Path, split: str, download: bool, size):
     folder = next((root / n for n in ("OfficeHomeDataset_10072016", "office_home", "OfficeHome")
                    if (root / n).is_dir()), root / "OfficeHomeDataset_10072016")
     files, labels, doms, classes = _domain_folders(folder, OFFICE_HOME_DOMAINS, "office_home")
-    x = torch.stack([_data._read_image(f, "RGB", size or 64) for f in files])
+    x = torch.stack([_data.read_image(f, "RGB", size or 64) for f in files])
     return _data.ImageSet("office_home", split, x, labels, classes,
                           {"domain": doms, "files": [str(f) for f in files], "_domains": OFFICE_HOME_DOMAINS}, "full")
 

@@ -44,8 +44,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------- datasets
 @dataclass(frozen=True)
 class _DatasetInfo:
-    registry: str          # name in vklib.data for the shipped subset / the test split
-    registry_full: str     # name in vklib.data for the full training split
+    registry: str          # name in vklib.data
     mean: tuple[float, ...]
     std: tuple[float, ...]
     eval_augment: str      # DC's evaluation augmentation for this dataset ("none" or a dc_augment strategy)
@@ -54,22 +53,15 @@ class _DatasetInfo:
 
 #: The four benchmarks of the paper's Table 1, with DC's normalisation constants.
 DATASETS: dict[str, _DatasetInfo] = {
-    "mnist": _DatasetInfo("mnist", "mnist", (0.1307,), (0.3081,), "crop_scale_rotate",
+    "mnist": _DatasetInfo("mnist", (0.1307,), (0.3081,), "crop_scale_rotate",
                           "color_crop_cutout_scale_rotate"),
-    "fashion_mnist": _DatasetInfo("fashion_mnist", "fashion_mnist", (0.2861,), (0.3530,), "none",
+    "fashion_mnist": _DatasetInfo("fashion_mnist", (0.2861,), (0.3530,), "none",
                                   "color_crop_cutout_flip_scale_rotate"),
-    "svhn": _DatasetInfo("svhn", "svhn", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "none",
+    "svhn": _DatasetInfo("svhn", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "none",
                          "color_crop_cutout_scale_rotate"),
-    "cifar10": _DatasetInfo("cifar10", "cifar10_full", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "none",
+    "cifar10": _DatasetInfo("cifar10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "none",
                             "color_crop_cutout_flip_scale_rotate"),
 }
-
-# The shared registry's "cifar10" entry only has the shipped test subset's split; the paper needs the full
-# training split too, so this module registers the torchvision loader under its own name.
-data.register(data.DatasetSpec(
-    "cifar10_full", "CIFAR-10, full train and test splits (torchvision)", ("train", "test"), None,
-    data._torchvision_full("CIFAR10", data.CIFAR10_CLASSES),
-    "Full CIFAR-10: torchvision.datasets.CIFAR10 files under <data_dir>/torchvision (download=True fetches them)."))
 
 
 def _dataset(name: str) -> _DatasetInfo:
@@ -107,7 +99,7 @@ def load_real(dataset: str, split: str = "train", *, full: bool = False, data_di
     class and split); ``full=True`` reads the full dataset through torchvision (see :func:`vklib.data.load`).
     """
     info = _dataset(dataset)
-    name = info.registry_full if full else info.registry
+    name = info.registry
     ds = data.load(name, split, data_dir=data_dir, full=full, download=download)
     if ds.labels is None or not torch.is_tensor(ds.images):
         raise data.DataError(f"{name}: DC needs labelled images of one size")

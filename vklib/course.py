@@ -67,7 +67,7 @@ CATALOGUE: tuple[Notebook, ...] = (
     Notebook("07", "07_normgrad_saliency", "NormGrad: training-specific saliency and meta-saliency",
              "1910.08823", "CIFAR-10", "paper profile", ("deletion_auc_normgrad", "insertion_auc_normgrad"), 1.3),
     Notebook("08", "08_continual_representation", "Continual representation learning for identification",
-             "2006.04455", "LFW people, ORL", "paper profile", ("rank1_finetune", "rank1_lwf", "rank1_crl")),
+             "2006.04455", "LFW people, ORL", "paper profile", ("rank1_finetune", "rank1_lwf", "rank1_crl"), 0.8),
     Notebook("09", "09_topic_attention_captioning", "Captioning with latent-topic attention and a sentence auto-encoder",
              "1911.10082", "generated scenes, COCO sample", "paper profile", ("bleu4_baseline", "bleu4_clta_sae")),
     Notebook("10", "10_personalised_aesthetics", "Personalised aesthetics with residual adapters", "1907.03802",

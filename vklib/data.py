@@ -68,7 +68,7 @@ class LazyImages(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return LazyImages(self.paths[i], self.mode, self.size)
-        return _read_image(self.paths[i], self.mode, self.size)
+        return read_image(self.paths[i], self.mode, self.size)
 
 
 @dataclass
@@ -136,6 +136,8 @@ class DatasetSpec:
 
     ``load_subset(folder, split, size)`` reads the shipped subset from ``folder``; ``load_full(root, split, download,
     size)`` reads the full dataset below ``root``. Either may be ``None`` when that form does not exist.
+    ``full_only_splits`` are splits that only the full dataset has (e.g. CIFAR-10's ``train``: the shipped subset
+    is test images only); ``downloadable`` says whether ``load_full`` can fetch the data itself.
     """
 
     name: str
@@ -145,6 +147,12 @@ class DatasetSpec:
     load_full: Callable[..., ImageSet] | None
     full_hint: str
     subset_note: str = ""
+    full_only_splits: tuple[str, ...] = ()
+    downloadable: bool = False
+
+    def allowed_splits(self, full: bool) -> tuple[str, ...]:
+        """The splits :func:`load` accepts for the shipped subset (``full=False``) or the full dataset."""
+        return self.splits + self.full_only_splits if full else self.splits
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -239,8 +247,10 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
         An :class:`ImageSet`.
     """
     spec = info(name)
-    if split not in spec.splits:
-        raise ValueError(f"dataset {name!r}: unknown split {split!r}; allowed: {', '.join(spec.splits)}")
+    allowed = spec.allowed_splits(full)
+    if split not in allowed:
+        only_full = " (full=True only)" if split in spec.full_only_splits else ""
+        raise ValueError(f"dataset {name!r}: unknown split {split!r}{only_full}; allowed: {', '.join(allowed)}")
     if size is not None and (not isinstance(size, int) or size < 1):
         raise ValueError(f"size must be a positive int or None, got {size!r}")
     if not full:
@@ -251,6 +261,9 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
     if spec.load_full is None:
         raise DataError(f"dataset {name!r} has no full-size loader; only the shipped subset exists")
     root = data_root(data_dir)
+    if download and not spec.downloadable:
+        raise DataError(f"dataset {name!r} cannot be downloaded automatically (download=True is only for "
+                        f"{', '.join(n for n, sp in _REGISTRY.items() if sp.downloadable)}). {spec.full_hint}")
     if download and root.resolve() == REPO_DATA.resolve():
         raise DataError(f"dataset {name!r}: downloads never go into the course's data/ folder ({REPO_DATA}); "
                         f"pass data_dir=... or set ${DATA_ENV} to a folder for full datasets")
@@ -261,9 +274,10 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
     except (FileNotFoundError, RuntimeError, OSError) as e:  # torchvision/sklearn: missing files or offline
         how = ("the download failed (offline? only package registries are reachable on some machines)"
                if download else "it is not there and download=False")
+        retry = " Or pass download=True with a network." if spec.downloadable and not download else ""
         raise DataNotFoundError(
-            f"dataset {name!r} (full): could not load from {root}: {how}. {spec.full_hint} "
-            f"Or pass download=True with a network. Original error: {e}") from e
+            f"dataset {name!r} (full): could not load from {root}: {how}. {spec.full_hint}{retry} "
+            f"Original error: {e}") from e
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -283,7 +297,9 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return out[0] if x.ndim == 3 else out
 
 
-def _read_image(path: Path, mode: str = "RGB", size: int | None = None) -> torch.Tensor:
+def read_image(path: str | Path, mode: str = "RGB", size: int | None = None) -> torch.Tensor:
+    """One image file as float32 ``(C, H, W)`` in [0, 1] (PIL ``mode``: ``"RGB"`` or ``"L"``), resized to
+    ``size x size`` when given (for loaders of full datasets in method modules)."""
     from PIL import Image
     with Image.open(path) as im:
         a = np.asarray(im.convert(mode))
@@ -348,24 +364,26 @@ _TV_HINT = ("Full {0}: torchvision.datasets.{1} files under <data_dir>/torchvisi
 register(DatasetSpec(
     "mnist", "MNIST handwritten digits", ("train", "test"), _mnist_subset,
     _torchvision_full("MNIST", MNIST_CLASSES), _TV_HINT.format("MNIST", "MNIST"),
-    "subset: 5,000 real training images (500/class) and the full official 10,000-image test set"))
+    "subset: 5,000 real training images (500/class) and the full official 10,000-image test set",
+    downloadable=True))
 register(DatasetSpec(
     "fashion_mnist", "Fashion-MNIST", ("train", "test"),
     _npz_classes("fashion_mnist", {"train": "fashion_mnist_train_500pc.npz", "test": "fashion_mnist_test_500pc.npz"},
                  FASHION_CLASSES),
     _torchvision_full("FashionMNIST", FASHION_CLASSES), _TV_HINT.format("Fashion-MNIST", "FashionMNIST"),
-    "subset: 500 training and 500 test images per class"))
+    "subset: 500 training and 500 test images per class", downloadable=True))
 register(DatasetSpec(
     "cifar10", "CIFAR-10", ("test",),
     _npz_classes("cifar10", {"test": "cifar10_test_300pc.npz"}, CIFAR10_CLASSES),
     _torchvision_full("CIFAR10", CIFAR10_CLASSES), _TV_HINT.format("CIFAR-10", "CIFAR10"),
-    "subset: 300 test images per class, decoded from JPEG (q~75) copies, so slightly lossy; split it yourself"))
+    "subset: 300 test images per class, decoded from JPEG (q~75) copies, so slightly lossy; split it yourself",
+    full_only_splits=("train",), downloadable=True))
 register(DatasetSpec(
     "cifar100", "CIFAR-100", ("train", "test"), None, _torchvision_full("CIFAR100", None),
-    _TV_HINT.format("CIFAR-100", "CIFAR100")))
+    _TV_HINT.format("CIFAR-100", "CIFAR100"), downloadable=True))
 register(DatasetSpec(
     "svhn", "SVHN street-view house numbers", ("train", "test"), None, _torchvision_full("SVHN", MNIST_CLASSES),
-    _TV_HINT.format("SVHN", "SVHN")))
+    _TV_HINT.format("SVHN", "SVHN"), downloadable=True))
 
 
 # ----------------------------------------------------------------------------------------------- faces
@@ -387,7 +405,8 @@ def _lfw_people_full(root: Path, split: str, download: bool, size):
 register(DatasetSpec(
     "lfw_people", "Labeled Faces in the Wild: 62 people with >= 20 images", ("all",), _lfw_people_subset,
     _lfw_people_full, "Full LFW people: scikit-learn's fetch_lfw_people files under <data_dir>/sklearn.",
-    "subset: all 3,023 images of the 62 people (sklearn's crop, 62x47 grey); split by identity yourself"))
+    "subset: all 3,023 images of the 62 people (sklearn's crop, 62x47 grey); split by identity yourself",
+    downloadable=True))
 
 
 def _orl_subset(folder: Path, split: str, size):
@@ -401,7 +420,7 @@ def _orl_full(root: Path, split: str, download: bool, size):
     paths = sorted(folder.glob("s*/*.pgm"), key=lambda p: (int(p.parent.name[1:]), int(p.stem)))
     if not paths:
         raise FileNotFoundError(f"no s*/N.pgm files in {folder}")
-    x = torch.stack([_read_image(p, "L", size) for p in paths])
+    x = torch.stack([read_image(p, "L", size) for p in paths])
     y = torch.tensor([int(p.parent.name[1:]) - 1 for p in paths])
     return ImageSet("orl_faces", split, x, y, [f"s{i + 1}" for i in range(int(y.max()) + 1)],
                     {"image_index": torch.tensor([int(p.stem) for p in paths])}, "full")
@@ -474,7 +493,7 @@ def _pacs_full(root: Path, split: str, download: bool, size):
             domains += [di] * len(ps)
     if not paths:
         raise FileNotFoundError(f"no <domain>/<class>/*.jpg images in {folder}")
-    x = torch.stack([_read_image(p, "RGB", size or 64) for p in paths])
+    x = torch.stack([read_image(p, "RGB", size or 64) for p in paths])
     return ImageSet("pacs", split, x, torch.tensor(labels), PACS_CLASSES,
                     {"domain": torch.tensor(domains), "files": [str(p) for p in paths], "_domains": PACS_DOMAINS},
                     "full")
@@ -490,7 +509,7 @@ def _coco_subset(folder: Path, split: str, size):
     records = json.loads((folder / "captions.json").read_text())["images"]
     if split != "all":
         records = [r for r in records if r["split"] == f"{split}2017"]
-    return ImageSet("coco_captions_mini", split, [_read_image(folder / r["file"], "RGB", size) for r in records],
+    return ImageSet("coco_captions_mini", split, [read_image(folder / r["file"], "RGB", size) for r in records],
                     None, None, {"captions": [r["captions"] for r in records], "files": [r["file"] for r in records],
                                  "licence": [r["license_name"] for r in records]})
 
@@ -516,7 +535,7 @@ register(DatasetSpec(
 # ----------------------------------------------------------------------------------------------- deconvolution
 def _set12_subset(folder: Path, split: str, size):
     paths = sorted(folder.glob("[0-9][0-9]_*.png"))
-    return ImageSet("set12", split, torch.stack([_read_image(p, "L", size) for p in paths]), None, None,
+    return ImageSet("set12", split, torch.stack([read_image(p, "L", size) for p in paths]), None, None,
                     {"names": [p.stem.split("_", 1)[1] for p in paths]})
 
 
@@ -524,7 +543,7 @@ def _set12_full(root: Path, split: str, download: bool, size):
     paths = sorted((root / "set12").glob("*.png"))
     if not paths:
         raise FileNotFoundError(f"no *.png images in {root / 'set12'}")
-    return ImageSet("set12", split, [_read_image(p, "L", size) for p in paths], None, None,
+    return ImageSet("set12", split, [read_image(p, "L", size) for p in paths], None, None,
                     {"names": [p.stem for p in paths]}, "full")
 
 

@@ -26,7 +26,7 @@ Contents
     :func:`meta_grad_labeller`, :func:`pull_agreement`, :func:`random_shift`, :func:`iod_error` (from
     :mod:`vklib.landmarks`);
     training: :func:`fit` (supervised, Mean Teacher, L2I), :func:`fit_settings`, :func:`evaluate`, :func:`build_model`,
-    :class:`WideResNet` (WRN-28-2); data: :func:`labeled_split`, :func:`load_classification`,
+    :class:`WideResNet` (WRN-28-2); data: :func:`labeled_split`,
     :func:`load_landmarks`, :func:`to_normalized`; the full AFLW release of the paper is registered in
     :mod:`vklib.data` as ``aflw_imm`` when this module is imported.
 """
@@ -53,7 +53,7 @@ from .utils import resolve_device
 __all__ = [
     "METHODS", "PAPER", "PROFILES", "TASKS", "VARIANTS", "FitResult", "WideResNet", "build_model",
     "consistency_loss", "ema_update", "evaluate", "fit", "fit_settings", "impute", "iod_error", "labeled_split",
-    "load_classification", "load_landmarks", "meta_grad_labeller", "meta_grad_targets", "meta_loss", "pull_agreement",
+    "load_landmarks", "meta_grad_labeller", "meta_grad_targets", "meta_loss", "pull_agreement",
     "random_shift", "rampup", "supervised_loss", "to_normalized", "virtual_step",
 ]
 
@@ -609,21 +609,6 @@ def labeled_split(n_or_labels, *, per_class: int | None = None, fraction: float 
     mask = torch.ones(n, dtype=torch.bool)
     mask[lab] = False
     return lab, torch.nonzero(mask).flatten()
-
-
-def load_classification(name: str, split: str, *, full: bool = False, data_dir=None,
-                        size: int | None = None) -> _data.ImageSet:
-    """``vklib.data.load`` for the classification data of this notebook; the full CIFAR-10 training split (which
-    the course registry lists only as ``test`` for its shipped subset) is read through the registered full loader.
-    """
-    spec = _data.info(name)
-    if full and split not in spec.splits and spec.load_full is not None:
-        try:
-            return spec.load_full(_data.data_root(data_dir), split, False, size)
-        except (FileNotFoundError, RuntimeError, OSError) as e:
-            raise _data.DataNotFoundError(f"dataset {name!r} (full, split {split!r}) is not under "
-                                          f"{_data.data_root(data_dir)}. {spec.full_hint} Original error: {e}") from e
-    return _data.load(name, split, data_dir=data_dir, full=full, size=size)
 
 
 def load_landmarks(name: str, split: str, *, full: bool = False, data_dir=None, size: int | None = None

@@ -1,0 +1,442 @@
+"""Unit tests of vklib.continual: protocol splits, the identity network, the distillation losses, one training step,
+retrieval metrics, forgetting and the registered full-size datasets (all tiny, CPU, a few seconds)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vklib import continual, data, utils
+
+
+def _labels(counts):
+    return torch.cat([torch.full((c,), i) for i, c in enumerate(counts)])
+
+
+# ----------------------------------------------------------------------------------------------- protocol
+def test_split_identities_partition_and_determinism():
+    labels = _labels([3] * 20)
+    steps, holdout = continual.split_identities(labels, n_steps=3, n_holdout=5, seed=1)
+    assert len(steps) == 3 and holdout.shape == (5,)
+    assert [len(s) for s in steps] == [5, 5, 5]
+    every = torch.cat(steps + [holdout])
+    assert sorted(every.tolist()) == list(range(20))
+    assert all(torch.equal(s, s.sort().values) for s in steps)
+    again, h2 = continual.split_identities(labels, 3, 5, seed=1)
+    assert torch.equal(h2, holdout) and all(torch.equal(a, b) for a, b in zip(again, steps))
+    _, h3 = continual.split_identities(labels, 3, 5, seed=2)
+    assert not torch.equal(h3, holdout)
+
+
+def test_split_identities_first_step():
+    labels = _labels([2] * 30)
+    steps, holdout = continual.split_identities(labels, n_steps=4, n_holdout=6, seed=0, first_step=12)
+    assert [len(s) for s in steps] == [12, 4, 4, 4] and len(holdout) == 6
+    assert sorted(torch.cat(steps + [holdout]).tolist()) == list(range(30))
+    with pytest.raises(ValueError, match="first_step"):
+        continual.split_identities(labels, 4, 6, first_step=20)
+    with pytest.raises(ValueError, match="first_step"):
+        continual.split_identities(labels, 4, 6, first_step=1)
+
+
+def test_split_identities_errors():
+    labels = _labels([2] * 6)
+    with pytest.raises(ValueError, match="n_steps"):
+        continual.split_identities(labels, 0, 1)
+    with pytest.raises(ValueError, match="n_holdout"):
+        continual.split_identities(labels, 1, -1)
+    with pytest.raises(ValueError, match="cannot give"):
+        continual.split_identities(labels, 3, 2)
+
+
+def test_split_images_matches_a_loop_reference():
+    labels = _labels([6, 3, 8, 5])[torch.randperm(22, generator=torch.Generator().manual_seed(0))]
+    ids = torch.tensor([0, 2, 3])
+    train, test = continual.split_images(labels, ids, n_test=2, max_train=3, seed=4)
+    for i in ids.tolist():
+        n = int((labels == i).sum())
+        assert int((labels[test] == i).sum()) == 2
+        assert int((labels[train] == i).sum()) == min(3, n - 2)
+    assert not (labels[train] == 1).any() and not (labels[test] == 1).any()
+    assert not set(train.tolist()) & set(test.tolist())
+    assert torch.equal(train, train.sort().values)
+    t2, s2 = continual.split_images(labels, ids, n_test=2, max_train=3, seed=4)
+    assert torch.equal(t2, train) and torch.equal(s2, test)
+    all_train, none_test = continual.split_images(labels, ids, n_test=0, seed=0)
+    assert len(none_test) == 0
+    assert sorted(all_train.tolist()) == torch.nonzero(torch.isin(labels, ids)).flatten().tolist()
+
+
+def test_split_images_errors():
+    labels = _labels([3, 2])
+    with pytest.raises(ValueError, match="n_test"):
+        continual.split_images(labels, torch.tensor([0]), n_test=-1)
+    with pytest.raises(ValueError, match="max_train"):
+        continual.split_images(labels, torch.tensor([0]), max_train=0)
+    with pytest.raises(ValueError, match="at most n_test"):
+        continual.split_images(labels, torch.tensor([0, 1]), n_test=2)
+
+
+def test_local_labels():
+    ids = torch.tensor([7, 2, 5])
+    assert continual.local_labels(torch.tensor([5, 2, 7, 7]), ids).tolist() == [1, 0, 2, 2]
+    with pytest.raises(ValueError, match="not among"):
+        continual.local_labels(torch.tensor([3]), ids)
+
+
+# ----------------------------------------------------------------------------------------------- model
+@pytest.mark.parametrize("arch", ["convnet", "resnet"])
+def test_identity_net_shapes(arch):
+    torch.manual_seed(0)
+    net = continual.IdentityNet(1, 16, emb_dim=8, arch=arch, width=4, depth=2, scale=10.0)
+    with pytest.raises(RuntimeError, match="no classifier head"):
+        net(torch.zeros(2, 1, 16, 16))
+    net.add_head(3)
+    net.add_head(2)
+    e, z = net(torch.rand(5, 1, 16, 16))
+    assert e.shape == (5, 8) and z.shape == (5, 5) and net.num_ids == 5
+    assert torch.allclose(e.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert z.abs().max() <= 10.0 + 1e-4   # cosine logits are bounded by the scale
+
+
+def test_identity_net_errors():
+    with pytest.raises(ValueError, match="arch"):
+        continual.IdentityNet(arch="vit")
+    with pytest.raises(ValueError, match="emb_dim"):
+        continual.IdentityNet(emb_dim=0)
+    with pytest.raises(ValueError, match="n_ids"):
+        continual.IdentityNet().add_head(0)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def _reference_kd(zs, zt, T, k, margin):
+    """Sample by sample, the way the paper's loss reads."""
+    out = []
+    for s, t in zip(zs, zt):
+        idx = sorted(range(len(t)), key=lambda j: -t[j].item())[: (k or len(t))]
+        q = torch.softmax(t[idx] / T, 0)
+        p = torch.softmax(s[idx] / T, 0)
+        kl = (q * (q.log() - p.log())).sum()
+        h = -(q * q.log()).sum()
+        out.append(T * T * torch.clamp(kl - margin * h, min=0))
+    return torch.stack(out)
+
+
+def test_select_neighbours():
+    t = torch.tensor([[0.1, 3.0, 2.0, 3.5], [5.0, -1.0, 0.0, 1.0]])
+    assert continual.select_neighbours(t, 2).tolist() == [[3, 1], [0, 3]]
+    big = torch.randn(3, 500, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(continual.select_neighbours(big, 7), torch.argsort(big, 1, descending=True)[:, :7])
+    assert continual.select_neighbours(t, None).tolist() == [[0, 1, 2, 3]] * 2
+    assert continual.select_neighbours(t, 10).shape == (2, 4)
+    with pytest.raises(ValueError, match="k must"):
+        continual.select_neighbours(t, 0)
+    with pytest.raises(ValueError, match=r"\(B, C\)"):
+        continual.select_neighbours(t[0], 1)
+
+
+@pytest.mark.parametrize("k,margin", [(None, 0.0), (3, 0.0), (3, 0.2), (1, 0.0)])
+def test_distillation_loss_matches_reference(k, margin):
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(6, 7, generator=g) * 3, torch.randn(6, 7, generator=g) * 3
+    got = continual.distillation_loss(zs, zt, temperature=2.0, k=k, margin=margin, reduction="none")
+    ref = _reference_kd(zs, zt, 2.0, k, margin)
+    assert got.shape == (6,)
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(continual.distillation_loss(zs, zt, 2.0, k, margin), ref.mean(), atol=1e-5)
+    assert torch.allclose(continual.distillation_loss(zs, zt, 2.0, k, margin, reduction="sum"), ref.sum(), atol=1e-4)
+    if k == 1:
+        assert torch.all(got == 0)   # one neighbour: both distributions are a point mass
+
+
+def test_full_distillation_is_lwf_kl_div():
+    g = torch.Generator().manual_seed(1)
+    zs, zt = torch.randn(4, 5, generator=g), torch.randn(4, 5, generator=g)
+    T = 3.0
+    lwf = F.kl_div(F.log_softmax(zs / T, 1), F.log_softmax(zt / T, 1), log_target=True, reduction="batchmean") * T * T
+    assert torch.allclose(continual.distillation_loss(zs, zt, T), lwf, atol=1e-6)
+    assert continual.distillation_loss(zt, zt, T).abs() < 1e-6
+
+
+def test_relaxation_forgives_small_kl_and_gradients_match_autograd():
+    g = torch.Generator().manual_seed(2)
+    zt = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    zs = (zt + 0.01 * torch.randn(3, 6, generator=g, dtype=torch.float64)).requires_grad_()
+    loss = continual.distillation_loss(zs, zt, 2.0, k=4, margin=0.1)
+    assert loss.item() == 0.0
+    zs2 = torch.randn(3, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    zt2 = zt.clone().requires_grad_()
+    torch.autograd.gradcheck(lambda s: continual.distillation_loss(s, zt2, 2.0, k=4, margin=0.05), (zs2,))
+    continual.distillation_loss(zs2, zt2, 2.0, k=4).backward()
+    assert zt2.grad is None                      # the teacher is a constant
+    # only the selected neighbours receive gradient
+    idx = continual.select_neighbours(zt, 4)
+    mask = torch.zeros_like(zs2, dtype=torch.bool).scatter_(1, idx, True)
+    assert torch.all(zs2.grad[~mask] == 0) and torch.any(zs2.grad[mask] != 0)
+
+
+def test_distillation_loss_errors():
+    z = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="both be"):
+        continual.distillation_loss(z, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="temperature"):
+        continual.distillation_loss(z, z, temperature=0)
+    with pytest.raises(ValueError, match="margin"):
+        continual.distillation_loss(z, z, margin=-1)
+    with pytest.raises(ValueError, match="reduction"):
+        continual.distillation_loss(z, z, reduction="max")
+
+
+def test_step_loss():
+    g = torch.Generator().manual_seed(3)
+    logits, teacher = torch.randn(5, 7, generator=g), torch.randn(5, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    ce = F.cross_entropy(logits[:, 4:], y)
+    assert torch.allclose(continual.step_loss(logits, y, 4, method="finetune"), ce)
+    assert torch.allclose(continual.step_loss(logits, y, 4, teacher, method="joint"), ce)
+    lwf = continual.step_loss(logits, y, 4, teacher, method="lwf", temperature=2.0, kd_weight=0.5)
+    assert torch.allclose(lwf, ce + 0.5 * continual.distillation_loss(logits[:, :4], teacher, 2.0))
+    crl = continual.step_loss(logits, y, 4, teacher, method="crl", k=2, margin=0.1)
+    assert torch.allclose(crl, ce + continual.distillation_loss(logits[:, :4], teacher, 2.0, 2, 0.1))
+    assert torch.allclose(continual.step_loss(logits[:, 4:], y, 0, method="crl"), ce)   # first step: no teacher
+    with pytest.raises(ValueError, match="method"):
+        continual.step_loss(logits, y, 4, method="ewc")
+    with pytest.raises(ValueError, match="teacher_logits"):
+        continual.step_loss(logits, y, 4, method="lwf")
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _tiny_problem(n_ids=3, per_id=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(n_ids, 1, 8, 8, generator=g)
+    y = torch.arange(n_ids).repeat_interleave(per_id)
+    x = (protos[y] + 0.1 * torch.randn(len(y), 1, 8, 8, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def _tiny_net(seed=0):
+    torch.manual_seed(seed)
+    return continual.IdentityNet(1, 8, emb_dim=6, width=4, depth=1, scale=8.0)
+
+
+def test_train_step_learns_and_is_deterministic():
+    x, y = _tiny_problem()
+    runs = []
+    for _ in range(2):
+        net = _tiny_net()
+        net.add_head(3, generator=torch.Generator().manual_seed(0))
+        hist = continual.train_step(net, x, y, method="finetune", epochs=6, batch_size=6, lr=0.1, seed=0,
+                                    device="cpu")
+        runs.append((hist, [p.detach().clone() for p in net.parameters()]))
+    assert len(runs[0][0]) == 6 and runs[0][0][-1] < runs[0][0][0]
+    assert runs[0][0] == runs[1][0] and all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
+
+
+@pytest.mark.parametrize("method", ["lwf", "crl"])
+def test_train_step_with_teacher(method):
+    x, y = _tiny_problem(seed=1)
+    net = _tiny_net()
+    net.add_head(3)
+    continual.train_step(net, x, y, method="finetune", epochs=2, batch_size=9, seed=0, device="cpu")
+    teacher = copy.deepcopy(net).eval()
+    before = [h.detach().clone() for h in teacher.heads]
+    net.add_head(2)
+    x2, y2 = _tiny_problem(n_ids=2, seed=2)
+    hist = continual.train_step(net, x2, y2, method=method, teacher=teacher, epochs=2, batch_size=4, k=2,
+                                margin=0.1, seed=0, device="cpu")
+    assert len(hist) == 2 and all(np.isfinite(hist))
+    assert all(torch.equal(a, b) for a, b in zip(before, teacher.heads))   # the teacher stays frozen
+    with pytest.raises(ValueError, match="teacher"):
+        continual.train_step(net, x2, y2, method=method, epochs=1, device="cpu")
+
+
+def test_warm_up_trains_only_the_new_head():
+    x, y = _tiny_problem(seed=3)
+    net = _tiny_net()
+    net.add_head(3)
+    net.add_head(3)
+    before = copy.deepcopy(net.state_dict())
+    continual._warm_up_head(net, x, y, epochs=5, batch_size=6, lr=0.1, flip=True,
+                            generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    after = net.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == ["heads.1"]
+    # with warm-up, train_step differs from without (and stays deterministic)
+    runs = []
+    for warm in (0, 3, 3):
+        m = _tiny_net()
+        m.add_head(3)
+        m.add_head(3)
+        continual.train_step(m, x, y, method="finetune", epochs=1, batch_size=6, warmup_epochs=warm, seed=0,
+                             device="cpu")
+        runs.append(m.heads[1].detach().clone())
+    assert not torch.equal(runs[0], runs[1]) and torch.equal(runs[1], runs[2])
+
+
+def test_train_step_errors():
+    x, y = _tiny_problem()
+    net = _tiny_net()
+    with pytest.raises(ValueError, match="no head"):
+        continual.train_step(net, x, y, method="finetune", epochs=1, device="cpu")
+    net.add_head(2)
+    with pytest.raises(ValueError, match="last head"):
+        continual.train_step(net, x, y, method="finetune", epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="method"):
+        continual.train_step(net, x, y, method="replay", epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="epochs"):
+        continual.train_step(net, x, y, method="finetune", epochs=0, device="cpu")
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        continual.train_step(net, x, y, method="finetune", epochs=1, warmup_epochs=-1, device="cpu")
+    with pytest.raises(ValueError, match="differ in length"):
+        continual.train_step(net, x, y[:3], method="finetune", epochs=1, device="cpu")
+
+
+def test_embed_shapes_and_sequences():
+    x, _ = _tiny_problem()
+    net = _tiny_net()
+    net.add_head(4)
+    e, z = continual.embed(net, x, batch_size=5, device="cpu", logits=True)
+    assert e.shape == (len(x), 6) and z.shape == (len(x), 4)
+    assert torch.allclose(e.norm(dim=1), torch.ones(len(x)), atol=1e-5)
+    assert torch.allclose(continual.embed(net, list(x), batch_size=7, device="cpu"), e, atol=1e-6)
+    assert net.training   # the mode is restored
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def _reference_retrieval(q, ql, g, gl, loo, qg=None, gg=None):
+    sim = F.normalize(q, dim=1) @ F.normalize(g, dim=1).T
+    r1 = r5 = aps = n = 0
+    for i in range(len(q)):
+        cand = [j for j in range(len(g)) if not (loo and j == i)
+                and not (qg is not None and gl[j] == ql[i] and gg[j] == qg[i])]
+        cand.sort(key=lambda j: (-sim[i, j].item(), j))
+        hits = [gl[j] == ql[i] for j in cand]
+        if not any(hits):
+            continue
+        n += 1
+        first = hits.index(True) + 1
+        r1 += first <= 1
+        r5 += first <= 5
+        prec = [sum(hits[:r + 1]) / (r + 1) for r in range(len(hits)) if hits[r]]
+        aps += sum(prec) / len(prec)
+    return {"rank1": r1 / n, "rank5": r5 / n, "map": aps / n, "n_queries": n}
+
+
+def test_retrieval_metrics_match_reference():
+    g = torch.Generator().manual_seed(0)
+    q, ql = torch.randn(30, 4, generator=g), torch.randint(0, 5, (30,), generator=g)
+    gal, gl = torch.randn(25, 4, generator=g), torch.randint(0, 6, (25,), generator=g)
+    for args, loo in (((q, ql), True), ((q, ql, gal, gl), False)):
+        got = continual.retrieval_metrics(*args, chunk=7)
+        ref = _reference_retrieval(q, ql.tolist(), *((q, ql.tolist()) if loo else (gal, gl.tolist())), loo)
+        assert got["n_queries"] == ref["n_queries"]
+        for key in ("rank1", "rank5", "map"):
+            assert abs(got[key] - ref[key]) < 1e-6, key
+    qc, gc = torch.randint(0, 2, (30,), generator=g), torch.randint(0, 2, (25,), generator=g)
+    got = continual.retrieval_metrics(q, ql, gal, gl, query_groups=qc, gallery_groups=gc)
+    ref = _reference_retrieval(q, ql.tolist(), gal, gl.tolist(), False, qc.tolist(), gc.tolist())
+    assert got["n_queries"] == ref["n_queries"] and abs(got["map"] - ref["map"]) < 1e-6
+    assert abs(got["rank1"] - ref["rank1"]) < 1e-6
+
+
+def test_retrieval_ranks_per_query():
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.2, 0.9], [0.5, 0.5]])
+    labels = torch.tensor([0, 1, 0, 1, 2])
+    first, ap = continual.retrieval_ranks(emb, labels)
+    assert first.shape == ap.shape == (5,)
+    # query 0: ranking 1 (id 1), 4 (id 2), 3 (id 1), 2 (id 0) -> first match at rank 4, AP 1/4
+    assert first[0] == 4 and abs(ap[0] - 0.25) < 1e-6
+    assert torch.isinf(first[4]) and torch.isnan(ap[4])   # identity 2 has one image only
+    ref = _reference_retrieval(emb, labels.tolist(), emb, labels.tolist(), True)
+    ok = torch.isfinite(first)
+    assert abs(ap[ok].mean().item() - ref["map"]) < 1e-6 and abs((first[ok] <= 1).float().mean() - ref["rank1"]) < 1e-6
+
+
+def test_retrieval_metrics_perfect_and_errors():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    emb = F.one_hot(labels, 3).float()
+    m = continual.retrieval_metrics(emb, labels, ks=(1,))
+    assert m == {"rank1": 1.0, "map": 1.0, "n_queries": 4}   # the single image of identity 2 has no match
+    with pytest.raises(ValueError, match="no query"):
+        continual.retrieval_metrics(emb[[0, 2, 4]], labels[[0, 2, 4]])
+    with pytest.raises(ValueError, match="both gallery"):
+        continual.retrieval_metrics(emb, labels, emb)
+    with pytest.raises(ValueError, match="groups"):
+        continual.retrieval_metrics(emb, labels, emb, labels, query_groups=labels)
+    with pytest.raises(ValueError, match=r"\(Q, D\)"):
+        continual.retrieval_metrics(emb, labels, emb[:, :2], labels)
+    with pytest.raises(ValueError, match="one label"):
+        continual.retrieval_metrics(emb, labels[:3])
+    with pytest.raises(ValueError, match="ks"):
+        continual.retrieval_metrics(emb, labels, ks=(0,))
+
+
+def test_average_forgetting():
+    acc = torch.tensor([[0.8, 0.0, 0.0], [0.6, 0.7, 0.0], [0.5, 0.75, 0.9]])
+    # step 0: best 0.8 -> 0.5 (0.3); step 1: best 0.7 -> 0.75 (-0.05)
+    assert abs(continual.average_forgetting(acc) - 0.125) < 1e-6
+    assert continual.average_forgetting(torch.eye(2)) == 1.0
+    # weighted: (3 * 0.3 + 1 * -0.05) / 4
+    assert abs(continual.average_forgetting(acc, torch.tensor([3.0, 1.0, 7.0])) - 0.2125) < 1e-6
+    with pytest.raises(ValueError, match="weights"):
+        continual.average_forgetting(acc, torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match="weights"):
+        continual.average_forgetting(acc, torch.tensor([0.0, 0.0, 1.0]))
+    with pytest.raises(ValueError, match="T >= 2"):
+        continual.average_forgetting(torch.ones(1, 1))
+    with pytest.raises(ValueError, match="T >= 2"):
+        continual.average_forgetting(torch.ones(2, 3))
+
+
+# ----------------------------------------------------------------------------------------------- profiles, data
+def test_profiles_resolve():
+    assert set(continual.PROFILES["quick"]) == set(continual.PROFILES["paper"])
+    cfg = utils.resolve_profile(continual.PROFILES, "quick", k=3, margin=None)
+    assert cfg["k"] == 3 and cfg["margin"] == continual.PROFILES["quick"]["margin"]
+    with pytest.raises(ValueError, match="unknown setting"):
+        utils.resolve_profile(continual.PROFILES, "quick", kk=3)
+    assert all(0 <= v <= 1 for v in continual.PAPER.values())
+
+
+def test_full_datasets_registered_with_clear_errors(tmp_path):
+    for name in ("casia_webface", "market1501", "dukemtmc_reid"):
+        assert name in data.names()
+        split = data.info(name).splits[0]
+        with pytest.raises(data.DataNotFoundError, match=name):
+            data.load(name, split, full=True, data_dir=tmp_path)
+        with pytest.raises(data.DataNotFoundError, match="no shipped subset"):
+            data.load(name, split)
+
+
+def test_full_loaders_read_the_original_layouts(tmp_path):
+    from PIL import Image
+    px = Image.fromarray(np.full((16, 8, 3), 128, np.uint8))
+    market = tmp_path / "Market-1501-v15.09.15" / "query"
+    market.mkdir(parents=True)
+    for name in ("0002_c1s1_000451_03.jpg", "0002_c3s1_000551_01.jpg", "0007_c2s3_070952_01.jpg",
+                 "-1_c1s1_000401_03.jpg", "Thumbs.db"):
+        (px.save(market / name) if name.endswith(".jpg") else (market / name).write_text(""))
+    ds = data.load("market1501", "query", full=True, data_dir=tmp_path, size=16)
+    assert ds.labels.tolist() == [2, 2, 7] and ds.meta["camera"].tolist() == [1, 3, 2]
+    assert ds.images[0].shape == (3, 16, 16)
+    casia = tmp_path / "CASIA-WebFace"
+    for person, n in (("0000045", 2), ("0000099", 3)):
+        (casia / person).mkdir(parents=True)
+        for i in range(n):
+            px.save(casia / person / f"{i:03d}.jpg")
+    faces = data.load("casia_webface", "all", full=True, data_dir=tmp_path, size=12)
+    assert faces.labels.tolist() == [0, 0, 1, 1, 1] and faces.classes == ["0000045", "0000099"]
+    assert faces.images[4].shape == (3, 12, 12)
+    # the paper profile's path: lazily decoded images through training (teacher, flips, warm-up) and embedding
+    torch.manual_seed(0)
+    net = continual.IdentityNet(3, 12, emb_dim=4, arch="resnet", width=2, depth=2)
+    net.add_head(1)
+    teacher = copy.deepcopy(net).eval()
+    net.add_head(2)
+    hist = continual.train_step(net, faces.images, faces.labels, method="crl", teacher=teacher, epochs=1,
+                                batch_size=2, k=1, warmup_epochs=1, device="cpu")
+    assert len(hist) == 1 and np.isfinite(hist[0])
+    assert continual.embed(net, faces.images, batch_size=2, device="cpu").shape == (5, 4)

@@ -1,0 +1,635 @@
+"""Continual representation learning for identification (Zhao, Tang, Chen, Bilen, Zhao; WACV 2021, arXiv 2006.04455).
+
+An identity embedding is learnt over a sequence of *steps*; each step brings identities never seen before and only
+that step's images are available. The model of the previous step is frozen and serves as a teacher. What counts is
+not the classifier but the embedding: it is judged by retrieval on identities that no step ever trained on.
+
+Kernels (the notebook ``08_continual_representation`` runs the experiment with them):
+
+* protocol: :func:`split_identities` (held-out identities + identities per step), :func:`split_images` (per
+  identity train / test images), :func:`local_labels`;
+* model: :class:`IdentityNet` (a backbone giving an L2-normalised embedding, one cosine classifier head per step);
+* losses: :func:`select_neighbours` and :func:`distillation_loss`, which is full knowledge distillation (LwF) with
+  ``k=None, margin=0`` and the paper's loss with neighbourhood selection (``k``) and consistency relaxation
+  (``margin``); :func:`step_loss` adds cross-entropy on the new identities;
+* training: :func:`train_step` (one step of any of ``METHODS``);
+* evaluation: :func:`embed`, :func:`retrieval_ranks` / :func:`retrieval_metrics` (rank-k and mAP with cosine
+  similarity) and :func:`average_forgetting`.
+
+``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, shipped LFW people + ORL) and ``paper`` (GPU, full
+face / person re-identification benchmarks) settings; ``PAPER`` the paper's reference numbers for the notebook's
+metric names (see its comment). The full-size benchmarks the paper profile needs are registered in
+:mod:`vklib.data` on import: ``casia_webface``, ``market1501`` and ``dukemtmc_reid``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import data, models
+from .utils import resolve_device
+
+__all__ = ["METHODS", "PAPER", "PROFILES", "IdentityNet", "average_forgetting", "distillation_loss", "embed",
+           "local_labels", "retrieval_metrics", "retrieval_ranks", "select_neighbours", "split_identities",
+           "split_images", "step_loss", "train_step"]
+
+METHODS = ("finetune", "lwf", "crl", "joint")
+
+PROFILES = {
+    "quick": {
+        "dataset": "lfw_people",      # identities for the steps and the held-out identities
+        "second_test": "orl_faces",   # a second set of unseen identities (another dataset)
+        "full_data": False,           # shipped subsets
+        "image_size": 32,
+        "n_holdout": 22,              # identities never trained on, for evaluation
+        "n_steps": 11,                # the remaining identities arrive in this many steps: ...
+        "first_step": 20,             # ... a base step with this many, then the rest in pairs (10 steps of 2)
+        "n_test_per_id": 5,           # images of each trained identity kept back (forgetting)
+        "max_train_per_id": 25,       # cap on training images per identity (LFW is very unbalanced)
+        "max_eval_per_id": 20,        # cap on evaluation images per held-out identity
+        "arch": "convnet",
+        "width": 32,
+        "depth": 3,
+        "emb_dim": 128,
+        "scale": 16.0,                # cosine-classifier scale s
+        "epochs": 30,                 # per step
+        "batch_size": 64,
+        "lr": 0.05,
+        "weight_decay": 5e-4,
+        "temperature": 2.0,
+        "k": 5,                       # neighbourhood size (old identities distilled per sample)
+        "margin": 0.1,                # relaxation: forgive KL below margin x teacher entropy
+        "kd_weight": 1.0,
+        "warmup_epochs": 20,          # new head trained alone first, on the frozen embedding
+    },
+    "paper": {
+        "dataset": "casia_webface",
+        "second_test": "lfw_people",
+        "full_data": True,
+        "image_size": 112,
+        "n_holdout": 500,
+        "n_steps": 10,
+        "first_step": None,
+        "n_test_per_id": 3,
+        "max_train_per_id": None,
+        "max_eval_per_id": 20,
+        "arch": "resnet",             # SmallResNet (64, 128, 256, 512) x 2 blocks: a ResNet-18-sized network
+        "width": 64,
+        "depth": 4,
+        "emb_dim": 512,
+        "scale": 30.0,
+        "epochs": 30,
+        "batch_size": 256,
+        "lr": 0.1,
+        "weight_decay": 5e-4,
+        "temperature": 2.0,
+        "k": 10,
+        "margin": 0.5,
+        "kd_weight": 1.0,
+        "warmup_epochs": 5,
+    },
+}
+
+# The paper's reference numbers for the notebook's metric names. The paper reports its results on its own large
+# multi-step face and person re-identification benchmarks, not on the shipped LFW / ORL subsets, and its tables could
+# not be checked offline when this module was written: rather than quote unchecked values, none are filled in. Add
+# them from the paper's tables keyed by rank1_finetune, rank1_lwf, rank1_crl, rank1_joint, map_finetune, map_crl
+# (fractions in [0, 1]).
+PAPER: dict[str, float] = {}
+
+
+# ----------------------------------------------------------------------------------------------- protocol
+def split_identities(labels: torch.Tensor, n_steps: int, n_holdout: int, seed: int = 0,
+                     first_step: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Split the identities present in ``labels`` into held-out identities and ``n_steps`` steps.
+
+    Args:
+        labels: ``(N,)`` int64 identity of every image.
+        n_steps: number of steps; the non-held-out identities are shared out as evenly as possible.
+        n_holdout: identities kept for evaluation only (never trained on).
+        seed: fixes the random assignment.
+        first_step: identities of the first (base) step; the others share the rest evenly. ``None``: all steps
+            get (nearly) the same number.
+
+    Returns:
+        ``(steps, holdout)``: a list of ``n_steps`` sorted ``(n_t,)`` int64 tensors of identities, and the sorted
+        ``(n_holdout,)`` held-out identities. Every identity is in exactly one of them.
+    """
+    ids = torch.unique(torch.as_tensor(labels))
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if n_holdout < 0:
+        raise ValueError(f"n_holdout must be >= 0, got {n_holdout}")
+    rest_n = len(ids) - n_holdout
+    if rest_n < 2 * n_steps:
+        raise ValueError(f"{len(ids)} identities cannot give n_holdout={n_holdout} held-out identities and "
+                         f"n_steps={n_steps} steps of at least 2 identities each")
+    if first_step is not None and not (2 <= first_step <= rest_n - 2 * (n_steps - 1)):
+        raise ValueError(f"first_step must leave at least 2 identities to each later step: between 2 and "
+                         f"{rest_n - 2 * (n_steps - 1)} here, got {first_step}")
+    g = torch.Generator().manual_seed(seed)
+    ids = ids[torch.randperm(len(ids), generator=g)]
+    holdout, rest = ids[:n_holdout], ids[n_holdout:]
+    if first_step is None or n_steps == 1:
+        parts = list(torch.tensor_split(rest, n_steps))
+    else:
+        parts = [rest[:first_step]] + list(torch.tensor_split(rest[first_step:], n_steps - 1))
+    return [s.sort().values for s in parts], holdout.sort().values
+
+
+def split_images(labels: torch.Tensor, identities: torch.Tensor, n_test: int = 0, max_train: int | None = None,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per identity of ``identities``, pick ``n_test`` test images and up to ``max_train`` training images.
+
+    Args:
+        labels: ``(N,)`` identity of every image.
+        identities: ``(M,)`` identities to split (the others are ignored).
+        n_test: test images per identity (taken first from a seeded shuffle of the identity's images).
+        max_train: cap on the training images per identity (``None``: all the rest).
+
+    Returns:
+        ``(train_idx, test_idx)``: sorted int64 indices into ``labels``.
+    """
+    labels = torch.as_tensor(labels)
+    if n_test < 0:
+        raise ValueError(f"n_test must be >= 0, got {n_test}")
+    if max_train is not None and max_train < 1:
+        raise ValueError(f"max_train must be >= 1 or None, got {max_train}")
+    identities = torch.as_tensor(identities)
+    keep = torch.isin(labels, identities)
+    counts = torch.bincount(labels[keep], minlength=int(labels.max()) + 1 if len(labels) else 0)
+    missing = identities[(counts[identities] if len(counts) else torch.zeros_like(identities)) <= n_test]
+    if len(missing):
+        raise ValueError(f"identities {missing.tolist()[:5]} have at most n_test={n_test} images, leaving none "
+                         f"to train on")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.nonzero(keep).flatten()
+    idx = idx[torch.randperm(len(idx), generator=g)]                 # random order ...
+    idx = idx[torch.sort(labels[idx], stable=True).indices]          # ... grouped by identity
+    lab = labels[idx]
+    start = torch.searchsorted(lab, lab, side="left")                # first position of each identity's group
+    rank = torch.arange(len(idx)) - start                             # rank of each image inside its identity
+    test = rank < n_test
+    train = ~test if max_train is None else (~test) & (rank < n_test + max_train)
+    return idx[train].sort().values, idx[test].sort().values
+
+
+def local_labels(labels: torch.Tensor, identities: torch.Tensor) -> torch.Tensor:
+    """Map identities to positions in the sorted ``identities`` (a step's head index); others raise ``ValueError``.
+
+    ``(N,)`` int64 -> ``(N,)`` int64 in ``[0, len(identities))``.
+    """
+    identities = torch.as_tensor(identities).sort().values
+    labels = torch.as_tensor(labels)
+    pos = torch.searchsorted(identities, labels).clamp(max=max(len(identities) - 1, 0))
+    if len(identities) == 0 or not torch.equal(identities[pos], labels):
+        raise ValueError("local_labels: some labels are not among the given identities")
+    return pos
+
+
+# ----------------------------------------------------------------------------------------------- model
+class IdentityNet(nn.Module):
+    """An identity embedding network with one cosine classifier head per step.
+
+    ``embed(x)``: ``(N, C, S, S)`` -> ``(N, emb_dim)`` L2-normalised embeddings (the representation that is judged).
+    ``logits(e)``: ``(N, emb_dim)`` -> ``(N, num_ids)`` cosine logits ``s * <e, w_c / |w_c|>`` over the identities
+    of every head so far, in head order; ``forward(x)`` returns ``(embedding, logits)``.
+
+    Args:
+        in_channels, image_size: input images.
+        emb_dim: embedding size.
+        arch: ``"convnet"`` (:class:`vklib.models.ConvNet`, ``width`` channels, ``depth`` blocks, batch norm) or
+            ``"resnet"`` (:class:`vklib.models.SmallResNet` with ``depth`` stages of widths ``width * 2**i``,
+            two blocks each).
+        scale: the cosine classifier's scale ``s``.
+    """
+
+    ARCHS = ("convnet", "resnet")
+
+    def __init__(self, in_channels: int = 1, image_size: int = 32, emb_dim: int = 128, arch: str = "convnet",
+                 width: int = 32, depth: int = 3, scale: float = 16.0, norm: str = "batchnorm"):
+        super().__init__()
+        if arch not in self.ARCHS:
+            raise ValueError(f"arch must be one of {', '.join(self.ARCHS)}, got {arch!r}")
+        if emb_dim < 1 or scale <= 0:
+            raise ValueError(f"emb_dim must be >= 1 and scale > 0, got emb_dim={emb_dim}, scale={scale}")
+        if arch == "convnet":
+            self.backbone = models.ConvNet(in_channels, emb_dim, image_size, width, depth, norm=norm)
+        else:
+            self.backbone = models.SmallResNet(in_channels, emb_dim, tuple(width * 2 ** i for i in range(depth)), 2)
+        self.emb_dim, self.scale = emb_dim, float(scale)
+        self.heads = nn.ParameterList()
+
+    @property
+    def num_ids(self) -> int:
+        return sum(h.shape[0] for h in self.heads)
+
+    def add_head(self, n_ids: int, generator: torch.Generator | None = None) -> None:
+        """Append a head for ``n_ids`` new identities (random unit-scale weights)."""
+        if n_ids < 1:
+            raise ValueError(f"n_ids must be >= 1, got {n_ids}")
+        w = torch.randn(n_ids, self.emb_dim, generator=generator) / self.emb_dim ** 0.5
+        ref = next(self.backbone.parameters())
+        self.heads.append(nn.Parameter(w.to(ref.device, ref.dtype)))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone(x), dim=1)
+
+    def logits(self, emb: torch.Tensor) -> torch.Tensor:
+        if not len(self.heads):
+            raise RuntimeError("IdentityNet has no classifier head yet; call add_head(n_ids) first")
+        w = F.normalize(torch.cat(list(self.heads)), dim=1)
+        return self.scale * emb @ w.T
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.embed(x)
+        return e, self.logits(e)
+
+
+# ----------------------------------------------------------------------------------------------- losses
+def select_neighbours(teacher_logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Neighbourhood selection: the indices ``(B, k)`` of each sample's ``k`` largest teacher logits, in descending
+    order (``torch.topk``: O(C) per row, so it scales to many old identities). ``k=None`` or ``k >= C`` selects all
+    ``C`` old identities, in index order."""
+    if teacher_logits.ndim != 2:
+        raise ValueError(f"teacher_logits must be (B, C), got shape {tuple(teacher_logits.shape)}")
+    c = teacher_logits.shape[1]
+    if k is None or k >= c:
+        return torch.arange(c, device=teacher_logits.device).expand(teacher_logits.shape[0], c)
+    if k < 1:
+        raise ValueError(f"k must be >= 1 or None, got {k}")
+    return torch.topk(teacher_logits, k, dim=1, largest=True, sorted=True).indices
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0,
+                      k: int | None = None, margin: float = 0.0, reduction: str = "mean") -> torch.Tensor:
+    """Knowledge distillation on the old identities, with the paper's neighbourhood selection and relaxation.
+
+    With ``N_i`` the ``k`` old identities the teacher ranks highest for sample ``i`` (all of them if ``k=None``),
+    ``q_i = softmax(z^t_i[N_i] / T)`` and ``p_i = softmax(z^s_i[N_i] / T)``:
+
+    ``loss_i = T^2 * max(KL(q_i || p_i) - margin * H(q_i), 0)``
+
+    ``k=None, margin=0`` is LwF's full distillation; ``margin > 0`` forgives a student whose distribution is within
+    ``margin`` times the teacher's entropy ``H(q_i)`` of the teacher's (consistency relaxation).
+
+    Args:
+        student_logits, teacher_logits: ``(B, C)`` logits over the ``C`` old identities (the teacher's are
+            treated as constants).
+        temperature: ``T > 0``.
+        k: neighbourhood size (``None``: all ``C``).
+        margin: relaxation factor ``>= 0``.
+        reduction: ``"mean"`` (a scalar), ``"sum"`` or ``"none"`` (``(B,)``).
+    """
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
+        raise ValueError(f"student and teacher logits must both be (B, C); got {tuple(student_logits.shape)} and "
+                         f"{tuple(teacher_logits.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    teacher_logits = teacher_logits.detach()
+    idx = select_neighbours(teacher_logits, k)
+    log_q = F.log_softmax(teacher_logits.gather(1, idx) / temperature, dim=1)
+    log_p = F.log_softmax(student_logits.gather(1, idx) / temperature, dim=1)
+    q = log_q.exp()
+    kl = (q * (log_q - log_p)).sum(1)
+    if margin > 0:
+        kl = torch.clamp(kl - margin * -(q * log_q).sum(1), min=0)
+    loss = temperature ** 2 * kl
+    return loss.mean() if reduction == "mean" else loss.sum() if reduction == "sum" else loss
+
+
+def step_loss(logits: torch.Tensor, labels: torch.Tensor, n_old: int, teacher_logits: torch.Tensor | None = None,
+              *, method: str, temperature: float = 2.0, k: int | None = None, margin: float = 0.0,
+              kd_weight: float = 1.0) -> torch.Tensor:
+    """The training loss of one batch of a step.
+
+    ``logits`` ``(B, n_old + n_new)`` of the student (old heads first), ``labels`` ``(B,)`` in ``[0, n_new)`` (the
+    new head's identities). Cross-entropy on the new head, plus for ``"lwf"`` full distillation and for ``"crl"``
+    distillation with neighbourhood selection (``k``) and consistency relaxation (``margin``), both against
+    ``teacher_logits`` ``(B, n_old)``. ``"finetune"`` and ``"joint"`` use cross-entropy only.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    loss = F.cross_entropy(logits[:, n_old:], labels)
+    if method in ("lwf", "crl") and n_old > 0:
+        if teacher_logits is None:
+            raise ValueError(f"method {method!r} after the first step needs teacher_logits")
+        kd = distillation_loss(logits[:, :n_old], teacher_logits, temperature,
+                               k=None if method == "lwf" else k, margin=0.0 if method == "lwf" else margin)
+        loss = loss + kd_weight * kd
+    return loss
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _gather(images, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` of an image tensor or of a sequence of equally sized ``(C, H, W)`` tensors (lazy datasets)."""
+    if torch.is_tensor(images):
+        return images[idx]
+    return torch.stack([images[i] for i in idx.tolist()])
+
+
+@torch.no_grad()
+def embed(model: IdentityNet, images, *, batch_size: int = 512, device: str | torch.device = "auto",
+          logits: bool = False):
+    """L2-normalised embeddings ``(N, emb_dim)`` of ``images`` (eval mode, returned on the CPU); with
+    ``logits=True`` also the logits ``(N, num_ids)``."""
+    dev = resolve_device(device)
+    was_training = model.training
+    model.eval().to(dev)
+    embs, outs = [], []
+    for i in torch.arange(len(images)).split(batch_size):
+        e = model.embed(_gather(images, i).to(dev))
+        embs.append(e.cpu())
+        if logits:
+            outs.append(model.logits(e).cpu())
+    model.train(was_training)
+    e = torch.cat(embs) if embs else torch.zeros(0, model.emb_dim)
+    return (e, torch.cat(outs)) if logits else e
+
+
+def train_step(model: IdentityNet, images, labels: torch.Tensor, *, method: str, teacher: IdentityNet | None = None,
+               epochs: int, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
+               temperature: float = 2.0, k: int | None = None, margin: float = 0.0, kd_weight: float = 1.0,
+               flip: bool = True, freeze_old_heads: bool = True, warmup_epochs: int = 0, seed: int = 0,
+               device: str | torch.device = "auto", progress: bool = False) -> list[float]:
+    """Train ``model`` on one step (in place) and return the mean loss of every epoch.
+
+    ``model`` must already have a head for this step's identities as its last head; ``labels`` ``(N,)`` index that
+    head (see :func:`local_labels`); ``images`` ``(N, C, S, S)`` (or a sequence of ``(C, S, S)`` tensors). For
+    ``"lwf"`` and ``"crl"`` the frozen ``teacher`` (the previous step's model, whose heads are the model's old heads)
+    gives the old-identity logits; they are computed once for every image and its mirror image, so random
+    horizontal flips (``flip``) cost no teacher passes. With ``freeze_old_heads`` (the default) only the backbone
+    and the new head are trained: the old heads are the teacher's classifiers, so distilling their logits constrains
+    the embedding itself. With ``warmup_epochs`` (steps after the first only) the new head is first trained alone on
+    the frozen embeddings (LwF's warm-up), so the embedding is not updated through a random classifier. SGD with
+    momentum 0.9 and a cosine learning-rate schedule over the step.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if epochs < 1 or batch_size < 1 or warmup_epochs < 0:
+        raise ValueError(f"epochs and batch_size must be >= 1 and warmup_epochs >= 0, got epochs={epochs}, "
+                         f"batch_size={batch_size}, warmup_epochs={warmup_epochs}")
+    labels = torch.as_tensor(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
+    if not len(model.heads):
+        raise ValueError("model has no head for this step; call model.add_head(n_new) first")
+    n_new = model.heads[-1].shape[0]
+    n_old = model.num_ids - n_new
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_new):
+        raise ValueError(f"labels must index the last head, in [0, {n_new}); got [{labels.min()}, {labels.max()}]")
+    distil = method in ("lwf", "crl") and n_old > 0
+    if distil and (teacher is None or teacher.num_ids != n_old):
+        raise ValueError(f"method {method!r} needs the previous model as teacher, with {n_old} identities")
+    dev = resolve_device(device)
+    model.to(dev).train()
+    t_logits = None
+    if distil:
+        mirrored = images.flip(-1) if torch.is_tensor(images) else _Flipped(images)
+        t_logits = (embed(teacher, images, device=dev, logits=True)[1],
+                    embed(teacher, mirrored, device=dev, logits=True)[1] if flip else None)
+    if warmup_epochs > 0 and n_old > 0:
+        _warm_up_head(model, images, labels, epochs=warmup_epochs, batch_size=batch_size, lr=lr, flip=flip,
+                      generator=torch.Generator().manual_seed(seed + 1), device=dev)
+    # the old heads are the previous steps' classifiers: kept fixed, so that distilling their logits constrains the
+    # embedding itself (a student free to move them could match the teacher while its embedding drifts)
+    params = list(model.backbone.parameters()) + [model.heads[-1]] if freeze_old_heads else list(model.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    n_batches = max(1, -(-len(labels) // batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * n_batches)
+    g = torch.Generator().manual_seed(seed)
+    history = []
+    for _ in tqdm(range(epochs), desc=method, disable=not progress, leave=False):
+        total = 0.0
+        for idx in torch.randperm(len(labels), generator=g).split(batch_size):
+            x, y = _gather(images, idx), labels[idx]
+            t = None
+            if flip:
+                f = torch.rand(len(idx), generator=g) < 0.5
+                x = torch.where(f[:, None, None, None], x.flip(-1), x)
+                if distil:
+                    t = torch.where(f[:, None], t_logits[1][idx], t_logits[0][idx])
+            elif distil:
+                t = t_logits[0][idx]
+            _, logits = model(x.to(dev))
+            loss = step_loss(logits, y.to(dev), n_old, None if t is None else t.to(dev), method=method,
+                             temperature=temperature, k=k, margin=margin, kd_weight=kd_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+        history.append(total / max(1, len(labels)))
+    return history
+
+
+def _warm_up_head(model: IdentityNet, images, labels: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
+                  flip: bool, generator: torch.Generator, device: torch.device) -> None:
+    """Train the last head alone on the current (frozen) embeddings: a linear problem on ``(N, emb_dim)`` features
+    computed once, so the first gradients of a step do not come from a random classifier."""
+    emb = embed(model, images, device=device)
+    emb_flip = embed(model, images.flip(-1) if torch.is_tensor(images) else _Flipped(images), device=device) \
+        if flip else None
+    head = model.heads[-1]
+    opt = torch.optim.SGD([head], lr=lr, momentum=0.9)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(labels), generator=generator).split(batch_size):
+            e = emb[idx]
+            if flip:
+                f = torch.rand(len(idx), generator=generator) < 0.5
+                e = torch.where(f[:, None], emb_flip[idx], e)
+            logits = model.scale * e.to(device) @ F.normalize(head, dim=1).T
+            loss = F.cross_entropy(logits, labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+class _Flipped:
+    """Mirror images of an image tensor or sequence, on access."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i].flip(-1)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def _check_retrieval(query, query_labels, gallery, gallery_labels, query_groups, gallery_groups):
+    if (gallery is None) != (gallery_labels is None):
+        raise ValueError("give both gallery and gallery_labels, or neither")
+    g, gl = (query, query_labels) if gallery is None else (gallery, gallery_labels)
+    gg = query_groups if gallery is None else gallery_groups
+    if (query_groups is None) != (gg is None):
+        raise ValueError("give query_groups and gallery_groups together")
+    if query.ndim != 2 or g.ndim != 2 or query.shape[1] != g.shape[1]:
+        raise ValueError(f"embeddings must be (Q, D) and (G, D); got {tuple(query.shape)} and {tuple(g.shape)}")
+    if len(query_labels) != len(query) or len(gl) != len(g):
+        raise ValueError("every embedding needs one label")
+    return g, gl, gg
+
+
+@torch.no_grad()
+def retrieval_ranks(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor | None = None,
+                    gallery_labels: torch.Tensor | None = None, *, query_groups: torch.Tensor | None = None,
+                    gallery_groups: torch.Tensor | None = None, chunk: int = 1024
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query, the rank of its first correct match and its average precision (cosine similarity).
+
+    Without a gallery every query searches all the *other* query images (leave-one-out). With groups (e.g. camera
+    ids, the re-id protocol) gallery images of the query's identity *and* group are ignored. Ties are ranked by
+    gallery order.
+
+    Args:
+        query: ``(Q, D)`` embeddings; query_labels ``(Q,)``.
+        gallery: ``(G, D)`` embeddings and gallery_labels ``(G,)``, or ``None`` (leave-one-out).
+        chunk: queries per block (bounds memory at ``chunk x G``).
+
+    Returns:
+        ``(first_rank, ap)``: ``(Q,)`` float tensors; the 1-based rank of the first correct match (``inf`` when the
+        query has no valid match) and the average precision (``nan`` when it has none).
+    """
+    g, gl, gg = _check_retrieval(query, query_labels, gallery, gallery_labels, query_groups, gallery_groups)
+    loo = gallery is None
+    q, g = F.normalize(query.float(), dim=1), F.normalize(g.float(), dim=1)
+    first_rank, ap = torch.full((len(q),), float("inf")), torch.full((len(q),), float("nan"))
+    for start in range(0, len(q), chunk):
+        rows = torch.arange(start, min(start + chunk, len(q)))
+        valid = torch.ones(len(rows), len(g), dtype=torch.bool)
+        if loo:
+            valid[torch.arange(len(rows)), rows] = False
+        if query_groups is not None:
+            valid &= ~((gl[None, :] == query_labels[rows, None]) & (gg[None, :] == query_groups[rows, None]))
+        sim = (q[rows] @ g.T).masked_fill(~valid, float("-inf"))
+        order = torch.sort(sim, dim=1, descending=True, stable=True).indices
+        keep = valid.gather(1, order)                    # invalid items sort last; they take no rank
+        match = (gl[order] == query_labels[rows, None]) & keep
+        n_pos = match.sum(1)
+        rank_of = keep.long().cumsum(1).float()         # 1-based rank among the valid gallery items
+        first = torch.where(match, rank_of, torch.full_like(rank_of, float("inf"))).min(1).values
+        precision = match.cumsum(1) / rank_of.clamp(min=1)
+        ok = n_pos > 0
+        first_rank[rows] = first
+        ap[rows] = torch.where(ok, (precision * match).sum(1) / n_pos.clamp(min=1), float("nan"))
+    return first_rank, ap
+
+
+def retrieval_metrics(query: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor | None = None,
+                      gallery_labels: torch.Tensor | None = None, *, ks: Sequence[int] = (1, 5),
+                      query_groups: torch.Tensor | None = None, gallery_groups: torch.Tensor | None = None,
+                      chunk: int = 1024) -> dict[str, float]:
+    """Retrieval by cosine similarity: rank-k accuracy (CMC) and mean average precision.
+
+    The arguments are those of :func:`retrieval_ranks` (leave-one-out without a gallery; the re-id camera rule with
+    groups), plus ``ks``, the ranks of the ``rank{k}`` metrics. Queries without any valid match are left out.
+
+    Returns:
+        ``{"rank1": ..., "rank5": ..., "map": ..., "n_queries": ...}`` (fractions in [0, 1]).
+    """
+    if any(int(k) < 1 for k in ks):
+        raise ValueError(f"ks must be positive ranks, got {tuple(ks)}")
+    first, ap = retrieval_ranks(query, query_labels, gallery, gallery_labels, query_groups=query_groups,
+                                gallery_groups=gallery_groups, chunk=chunk)
+    ok = torch.isfinite(first)
+    if not ok.any():
+        raise ValueError("no query has a matching identity in the gallery; retrieval metrics are undefined")
+    out = {f"rank{int(k)}": (first[ok] <= int(k)).double().mean().item() for k in ks}
+    out["map"] = ap[ok].double().mean().item()
+    out["n_queries"] = int(ok.sum())
+    return out
+
+
+def average_forgetting(acc: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """Average forgetting (Chaudhry et al. 2018) from ``acc`` ``(T, T)``, where ``acc[i, j]`` is a score on step
+    ``j``'s data after training step ``i`` (only ``j <= i`` is read).
+
+    ``F = sum_{j < T-1} w_j ( max_{j <= i < T-1} acc[i, j] - acc[T-1, j] ) / sum_{j < T-1} w_j``; positive means the
+    score dropped. ``weights`` ``(T,)`` (e.g. the number of test images of each step; only the first ``T-1`` are
+    used) default to equal weights.
+    """
+    acc = torch.as_tensor(acc, dtype=torch.float64)
+    if acc.ndim != 2 or acc.shape[0] != acc.shape[1] or acc.shape[0] < 2:
+        raise ValueError(f"acc must be a (T, T) matrix with T >= 2, got shape {tuple(acc.shape)}")
+    t = acc.shape[0]
+    w = torch.ones(t, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    if w.shape != (t,) or (w < 0).any() or w[:-1].sum() <= 0:
+        raise ValueError(f"weights must be {t} non-negative numbers, not all zero before the last step")
+    lower = torch.tril(torch.ones(t - 1, t - 1, dtype=torch.bool))
+    best = acc[:-1, :-1].masked_fill(~lower, float("-inf")).max(0).values
+    return ((best - acc[-1, :-1]) * w[:-1]).sum().item() / w[:-1].sum().item()
+
+
+# ----------------------------------------------------------------------------------------------- full datasets
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
+
+
+def _casia_full(root: Path, split: str, download: bool, size):
+    folder = root / "CASIA-WebFace"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no CASIA-WebFace folder in {root}")
+    people = sorted(p for p in folder.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for i, person in enumerate(people):
+        files = _image_files(person)
+        paths += files
+        labels += [i] * len(files)
+    if not paths:
+        raise FileNotFoundError(f"no <identity>/*.jpg images in {folder}")
+    return data.ImageSet("casia_webface", split, data.LazyImages(paths, "RGB", size or 112),
+                         torch.tensor(labels), [p.name for p in people], {"files": [str(p) for p in paths]}, "full")
+
+
+_REID_NAME = re.compile(r"^(-?\d+)_c(\d+)")
+_REID_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+
+
+def _reid_full(name: str, folder_name: str):
+    def load_full(root: Path, split: str, download: bool, size):
+        folder = root / folder_name / _REID_FOLDERS[split]
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no {_REID_FOLDERS[split]} folder in {root / folder_name}")
+        paths, pids, cams = [], [], []
+        for p in _image_files(folder):
+            m = _REID_NAME.match(p.name)
+            if m is None or int(m.group(1)) < 0:       # junk images (pid -1) are not part of the protocol
+                continue
+            paths.append(p)
+            pids.append(int(m.group(1)))
+            cams.append(int(m.group(2)))
+        if not paths:
+            raise FileNotFoundError(f"no <pid>_c<cam>... images in {folder}")
+        # person ids are kept as they are (not renumbered), so query and gallery labels agree; pid 0 marks
+        # distractors that match no query
+        return data.ImageSet(name, split, data.LazyImages(paths, "RGB", size or 128), torch.tensor(pids), None,
+                             {"camera": torch.tensor(cams), "files": [str(p) for p in paths]}, "full")
+    return load_full
+
+
+data.register(data.DatasetSpec(
+    "casia_webface", "CASIA-WebFace: 10,575 identities, 494k face images", ("all",), None, _casia_full,
+    "Full CASIA-WebFace: the aligned CASIA-WebFace/<identity>/<n>.jpg folders under <data_dir> (request the data "
+    "from its authors; it cannot be downloaded automatically)."))
+data.register(data.DatasetSpec(
+    "market1501", "Market-1501 person re-identification: 1,501 identities, 6 cameras", ("train", "query", "gallery"),
+    None, _reid_full("market1501", "Market-1501-v15.09.15"),
+    "Full Market-1501: the Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test} folders under "
+    "<data_dir>."))
+data.register(data.DatasetSpec(
+    "dukemtmc_reid", "DukeMTMC-reID person re-identification: 1,404 identities, 8 cameras",
+    ("train", "query", "gallery"), None, _reid_full("dukemtmc_reid", "DukeMTMC-reID"),
+    "Full DukeMTMC-reID: the DukeMTMC-reID/{bounding_box_train,query,bounding_box_test} folders under <data_dir>."))
