@@ -323,16 +323,6 @@ def test_split_cells_and_subsample_domain():
         A.subsample_domain(tr, labels, domains, 7, 0.5)
 
 
-def test_random_shift_per_sample():
-    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
-    g = torch.Generator().manual_seed(0)
-    out = A._random_shift(x, 1, g)
-    dy, dx = torch.randint(0, 3, (2, 2), generator=torch.Generator().manual_seed(0))
-    pad = F.pad(x, (1, 1, 1, 1), mode="reflect")
-    for i in range(2):
-        assert torch.equal(out[i], pad[i, :, dy[i]:dy[i] + 4, dx[i]:dx[i] + 4])
-
-
 def test_full_loaders_registered_and_read_the_layout(tmp_path):
     from PIL import Image
     assert {"office_home", "domainnet"} <= set(data.names())
@@ -390,5 +380,10 @@ def test_fit_learns_is_deterministic_and_trains_only_what_it_should():
 def test_profiles_and_paper_numbers():
     assert set(A.PROFILES) == {"quick", "paper"} and set(A.PROFILES["quick"]) == set(A.PROFILES["paper"])
     assert A.PROFILES["quick"]["gate"] in A.GATES and A.PROFILES["quick"]["num_adapters"] >= 2
+    assert set(A.PAPER) == {"pacs", "office_home"}, "PAPER is keyed by the datasets of the paper profile"
     for numbers in A.PAPER.values():
-        assert all(0 < v <= 1 and k.startswith("acc_") for k, v in numbers.items())
+        assert all(0 < v <= 1 and k.startswith("acc_") for k, v in numbers.items()), "fractions, acc_ names"
+        # the paper's PACS average is the image-weighted overall accuracy and its smallest domain (photo) is small by
+        # nature, so no paper number belongs under the notebook's mean-over-domains or subsampled-domain metrics
+        recorded = {f"acc_{v}" for v in A.VARIANTS} | {f"acc_smallest_domain_{v}" for v in A.VARIANTS}
+        assert not recorded & set(numbers), "see the comment above adapters.PAPER"

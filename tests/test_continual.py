@@ -259,8 +259,8 @@ def test_warm_up_trains_only_the_new_head():
     net.add_head(3)
     net.add_head(3)
     before = copy.deepcopy(net.state_dict())
-    continual._warm_up_head(net, x, y, epochs=5, batch_size=6, lr=0.1, flip=True,
-                            generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    continual._warm_up_head(net, x, y, epochs=5, batch_size=6, lr=0.1, flip=True, seed=0,
+                            device=torch.device("cpu"))
     after = net.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed == ["heads.1"]

@@ -65,6 +65,72 @@ def test_train_classifier_learns_and_is_deterministic():
     assert [len(b) for b in train.batches(10, 4)] == [4, 4, 2]
 
 
+def test_gather_reads_tensors_and_lazy_sequences():
+    x = torch.rand(6, 1, 3, 3)
+    idx = torch.tensor([4, 0, 4])
+    assert torch.equal(train.gather(x, idx), x[idx])
+    assert torch.equal(train.gather(list(x), idx), x[idx])
+
+
+def test_random_flip_mirrors_the_drawn_images():
+    x = torch.rand(8, 2, 3, 5)
+    y, flipped = train.random_flip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(flipped, torch.rand(8, generator=torch.Generator().manual_seed(0)) < 0.5)
+    assert 0 < int(flipped.sum()) < 8
+    assert torch.equal(y[flipped], x[flipped].flip(-1)) and torch.equal(y[~flipped], x[~flipped])
+
+
+def test_random_shift_moves_whole_pixels():
+    x = torch.rand(5, 2, 9, 9)
+    g = torch.Generator().manual_seed(0)
+    y, s = train.random_shift(x, 2, g)
+    assert y.shape == x.shape and s.shape == (5, 2) and int(s.abs().max()) <= 2 and s.abs().sum() > 0
+    for i in range(5):
+        dx, dy = int(s[i, 0]), int(s[i, 1])
+        ref = torch.roll(x[i], (dy, dx), dims=(1, 2))
+        assert torch.allclose(y[i, :, 2:-2, 2:-2], ref[:, 2:-2, 2:-2])  # away from the padded border
+    y2, s2 = train.random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert torch.equal(y, y2) and torch.equal(s, s2)
+    same, zero = train.random_shift(x, 0, g)
+    assert torch.equal(same, x) and not zero.any()
+    refl, s3 = train.random_shift(x, 2, torch.Generator().manual_seed(1), padding_mode="reflection")
+    assert not (refl == 0).any(), "reflection padding fills the border with image values"
+    with pytest.raises(ValueError, match="max_shift must be >= 0"):
+        train.random_shift(x, -1)
+    with pytest.raises(ValueError, match="must be"):
+        train.random_shift(x[0], 1)
+
+
+def test_fit_epochs_visits_every_sample_and_steps_the_schedule():
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([w], lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    seen = []
+
+    def batch_loss(idx, g):
+        seen.append(idx)
+        return ((w - 1) ** 2).sum()
+
+    losses = train.fit_epochs(batch_loss, 10, epochs=2, batch_size=4, optimizer=opt, scheduler=sched,
+                              schedule_every="epoch", seed=3)
+    assert len(losses) == 2 and losses[1] < losses[0]
+    assert [len(i) for i in seen] == [4, 4, 2, 4, 4, 2]
+    assert sorted(torch.cat(seen[:3]).tolist()) == list(range(10))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    again = []
+
+    def record(idx, g):
+        again.append(idx)
+        return (w * 0).sum()
+
+    train.fit_epochs(record, 10, epochs=2, batch_size=4, optimizer=torch.optim.SGD([w], lr=0.0), seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(seen, again)), "the seed fixes the batch order"
+    with pytest.raises(ValueError, match="schedule_every"):
+        train.fit_epochs(batch_loss, 10, epochs=1, batch_size=4, optimizer=opt, schedule_every="step")
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        train.fit_epochs(batch_loss, 10, epochs=0, batch_size=4, optimizer=opt)
+
+
 def test_utils_seed_device_profile_timer():
     utils.seed_everything(5)
     a = torch.rand(3)
@@ -105,6 +171,12 @@ def test_results_run_writes_json_and_artifacts(tmp_path):
     assert {"notebook", "profile", "seed", "device", "runtime_s", "versions"} <= set(saved)
     assert "torch" in saved["versions"] and "| acc | 0.8 | 0.917 |" in run.table()
     json.dumps(saved)
+
+
+def test_results_table_formats_counts_in_full(tmp_path):
+    run = results.start("03_demo", profile="quick", seed=0, device="cpu", results_dir=tmp_path, paper={"p": 1234567})
+    run.log(p=13569, acc=0.123456)
+    assert "| p | 13,569 | 1,234,567 |" in run.table() and "| acc | 0.1235 |  |" in run.table()
 
 
 def test_results_reject_bad_values(tmp_path):

@@ -190,26 +190,7 @@ def test_pull_agreement_measures_alignment_with_the_truth():
         impute.pull_agreement(z[:, :2], z, truth, C)
 
 
-# ----------------------------------------------------------------------------------------------- augmentation, metric
-def test_random_shift_moves_whole_pixels():
-    x = torch.rand(5, 2, 9, 9)
-    g = torch.Generator().manual_seed(0)
-    y, s = impute.random_shift(x, 2, g)
-    assert y.shape == x.shape and s.shape == (5, 2) and int(s.abs().max()) <= 2
-    for i in range(5):
-        dx, dy = int(s[i, 0]), int(s[i, 1])
-        ref = torch.roll(x[i], (dy, dx), dims=(1, 2))
-        assert torch.allclose(y[i, :, 2:-2, 2:-2], ref[:, 2:-2, 2:-2])  # away from the zero-padded border
-    y2, s2 = impute.random_shift(x, 2, torch.Generator().manual_seed(0))
-    assert torch.equal(y, y2) and torch.equal(s, s2)
-    same, zero = impute.random_shift(x, 0, g)
-    assert torch.equal(same, x) and not zero.any()
-    with pytest.raises(ValueError, match="max_shift must be >= 0"):
-        impute.random_shift(x, -1)
-    with pytest.raises(ValueError, match="must be"):
-        impute.random_shift(x[0], 1)
-
-
+# ----------------------------------------------------------------------------------------------- metric
 def test_iod_error_and_normalisation():
     target = torch.tensor([[[10.0, 10.0], [20.0, 10.0], [15.0, 15.0]]])
     pred = target + torch.tensor([[[3.0, 4.0], [0.0, 0.0], [0.0, 0.0]]])
@@ -280,6 +261,37 @@ def test_fit_regression_moves_targets_with_the_views():
                    method="l2i", variant="labeller", steps=3, batch_labeled=4, batch_unlabeled=6, inner_lr=0.1,
                    meta_lr=1.0, y_u=y[6:], log_every=1, device="cpu")
     assert len(r.history["impute_before"]) == 3 and all(v > 0 for v in r.history["impute_before"])
+
+
+def test_fit_settings_maps_the_profile_onto_fit():
+    import inspect
+    fit_args = set(inspect.signature(impute.fit).parameters)
+    for profile in impute.PROFILES:
+        cfg = impute.PROFILES[profile]
+        for task, prefix in ((C, "cls"), (R, "reg")):
+            kw = impute.fit_settings(cfg, task)
+            assert set(kw) <= fit_args, f"{profile}/{task}: keywords fit does not take: {set(kw) - fit_args}"
+            assert kw["steps"] == cfg[f"{prefix}_steps"] and kw["lr"] == cfg[f"{prefix}_lr"]
+            assert kw["padding_mode"] == cfg[f"{prefix}_padding"] and kw["inner_lr"] == cfg[f"{prefix}_inner_lr"]
+            assert kw["rampup_fraction"] == cfg["rampup"] and kw["variant"] == cfg["variant"]
+    with pytest.raises(ValueError, match="task must be one of"):
+        impute.fit_settings(impute.PROFILES["quick"], "detection")
+
+
+def test_paper_numbers_use_recorded_metric_names_and_scales():
+    recorded = {"acc_supervised", "acc_mean_teacher", "acc_l2i", "iod_error_supervised", "iod_error_mean_teacher",
+                "iod_error_l2i"}
+    assert "cifar10_250" in impute.PAPER  # the setting the notebook reads
+    for setting, numbers in impute.PAPER.items():
+        assert set(numbers) <= recorded, f"{setting}: {set(numbers) - recorded} is not a metric the notebook records"
+        for name, v in numbers.items():
+            if name.startswith("acc_"):
+                assert 0 < v < 1, f"{setting}/{name}: accuracies are fractions, got {v}"
+    # fewer labels, lower accuracy, for every metric present at several label counts
+    counts = sorted(int(k.split("_")[1]) for k in impute.PAPER if k.startswith("cifar10_"))
+    for name in sorted(n for n in recorded if n.startswith("acc_")):
+        vals = [impute.PAPER[f"cifar10_{n}"][name] for n in counts if name in impute.PAPER[f"cifar10_{n}"]]
+        assert vals == sorted(vals), f"{name}: accuracy must not fall with more labels"
 
 
 def test_fit_errors():

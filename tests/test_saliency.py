@@ -369,12 +369,40 @@ def test_pointing_game_counts_image_class_pairs():
         out[:, 0, 0] = 1
         return out
 
-    acc = saliency.pointing_game(ds, {"good": top_left, "corner": always_corner}, tolerance=0, batch_size=2,
-                                 device="cpu")
-    assert acc == {"good": 100.0, "corner": pytest.approx(100 / 3)}
+    methods = {"good": top_left, "corner": always_corner}
+    # "corner" hits the one pair of class a and neither of the two pairs of class b
+    acc = saliency.pointing_game(ds, methods, tolerance=0, batch_size=2, device="cpu")
+    assert acc == {"good": 100.0, "corner": pytest.approx(50.0)}  # mean of the class accuracies (TorchRay's)
+    pooled = saliency.pointing_game(ds, methods, tolerance=0, batch_size=2, average="pairs", device="cpu")
+    assert pooled == {"good": 100.0, "corner": pytest.approx(100 / 3)}
     assert saliency.pointing_game(ds, {"good": top_left}, tolerance=0, limit=1, device="cpu") == {"good": 100.0}
     with pytest.raises(ValueError, match="needs meta\\['boxes'\\]"):
         saliency.pointing_game(data.ImageSet("t", "s", x), {"good": top_left}, device="cpu")
+    with pytest.raises(ValueError, match="average must be one of class, pairs"):
+        saliency.pointing_game(ds, methods, average="images", device="cpu")
+
+
+def test_pointing_game_skips_pairs_whose_boxes_are_all_pascal_difficult():
+    x = torch.zeros(2, 3, 8, 8)
+    boxes = [torch.tensor([[0.0, 0.0, 1.0, 1.0], [6.0, 6.0, 7.0, 7.0]]), torch.tensor([[6.0, 6.0, 7.0, 7.0]])]
+    labels = [torch.tensor([0, 0]), torch.tensor([1])]
+
+    def corner(images, labels):  # always points at (0, 0)
+        out = torch.zeros(len(labels), 8, 8)
+        out[:, 0, 0] = 1
+        return out
+
+    def meta(difficult):
+        return {"boxes": boxes, "box_labels": labels, "difficult": [torch.tensor(d) for d in difficult]}
+    # image 0: its difficult class-a box at (0, 0) still counts as a hit, since the pair has a non-difficult box
+    ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, False], [False]]))
+    assert saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu") == {"corner": 50.0}
+    # image 1: its only class-b box is difficult, so the pair is skipped and class b drops out of the mean
+    ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, False], [True]]))
+    assert saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu") == {"corner": 100.0}
+    ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, True], [True]]))
+    with pytest.raises(ValueError, match="no \\(image, class\\) pairs"):
+        saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu")
 
 
 # ----------------------------------------------------------------------------------------------- models, training
@@ -438,6 +466,11 @@ def test_profiles_and_paper_numbers():
         name, arch = spec.split("/")
         assert name in data.names() and arch in saliency.ARCHS
     assert saliency.PAPER == {"pointing_voc07_vgg16_gradcam": 86.6}
+    # every reference is a metric the paper profile records (pointing_<dataset>_<arch>_<method>), in percent
+    recorded = {f"pointing_{spec.replace('/', '_')}_{m}" for spec in saliency.PROFILES["paper"]["pointing"]
+                for m in saliency.METHODS}
+    assert set(saliency.PAPER) <= recorded
+    assert all(0 < v <= 100 for v in saliency.PAPER.values())
     with pytest.raises(ValueError, match="allowed"):
         utils.resolve_profile(saliency.PROFILES, "quick", meta_learning_rate=0.5)
 

@@ -17,8 +17,8 @@ Kernels (the notebook ``08_continual_representation`` runs the experiment with t
   similarity) and :func:`average_forgetting`.
 
 ``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, shipped LFW people + ORL) and ``paper`` (GPU, full
-face / person re-identification benchmarks) settings; ``PAPER`` the paper's reference numbers for the notebook's
-metric names (see its comment). The full-size benchmarks the paper profile needs are registered in
+face / person re-identification benchmarks) settings; ``PAPER`` is meant for the paper's reference numbers but
+is empty (its comment says why). The full-size benchmarks the paper profile needs are registered in
 :mod:`vklib.data` on import: ``casia_webface``, ``market1501`` and ``dukemtmc_reid``.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import data, models
+from .train import fit_epochs, gather, random_flip
 from .utils import resolve_device
 
 __all__ = ["METHODS", "PAPER", "PROFILES", "IdentityNet", "average_forgetting", "distillation_loss", "embed",
@@ -96,11 +96,17 @@ PROFILES = {
     },
 }
 
-# The paper's reference numbers for the notebook's metric names. The paper reports its results on its own large
-# multi-step face and person re-identification benchmarks, not on the shipped LFW / ORL subsets, and its tables could
-# not be checked offline when this module was written: rather than quote unchecked values, none are filled in. Add
-# them from the paper's tables keyed by rank1_finetune, rank1_lwf, rank1_crl, rank1_joint, map_finetune, map_crl
-# (fractions in [0, 1]).
+# The paper's reference numbers for the notebook's metric names: deliberately empty. The paper (Zhao, Tang, Chen,
+# Bilen, Zhao; WACV 2021 pp. 1198-1208, arXiv 2006.04455v2) reports its results on its own two large-scale multi-step
+# benchmarks for biometric identification (its introduction names face recognition and person re-identification), not
+# on the shipped LFW / ORL subsets, so no cell of its tables is the same quantity as this run's rank1_* / map_*
+# (held-out LFW identities, leave-one-out retrieval, fractions in [0, 1]); its numbers would only go in under
+# descriptive keys such as rank1_<benchmark>_<method>. Its result tables could not be read either: the stored copies
+# of the paper that the course's search tools reach (vdocuments.net, the CVF open-access and arXiv abstract pages,
+# fatcat, tomesphere, arxivlens, emergentmind) give only the title, authors, abstract and the start of the
+# introduction, and no public code repository of the authors was found. Rather than quote numbers from memory, none
+# are filled in. To add them, copy them from the paper's tables as fractions in [0, 1] and name the table and setting
+# in this comment.
 PAPER: dict[str, float] = {}
 
 
@@ -331,13 +337,6 @@ def step_loss(logits: torch.Tensor, labels: torch.Tensor, n_old: int, teacher_lo
 
 
 # ----------------------------------------------------------------------------------------------- training
-def _gather(images, idx: torch.Tensor) -> torch.Tensor:
-    """Rows ``idx`` of an image tensor or of a sequence of equally sized ``(C, H, W)`` tensors (lazy datasets)."""
-    if torch.is_tensor(images):
-        return images[idx]
-    return torch.stack([images[i] for i in idx.tolist()])
-
-
 @torch.no_grad()
 def embed(model: IdentityNet, images, *, batch_size: int = 512, device: str | torch.device = "auto",
           logits: bool = False):
@@ -348,7 +347,7 @@ def embed(model: IdentityNet, images, *, batch_size: int = 512, device: str | to
     model.eval().to(dev)
     embs, outs = [], []
     for i in torch.arange(len(images)).split(batch_size):
-        e = model.embed(_gather(images, i).to(dev))
+        e = model.embed(gather(images, i).to(dev))
         embs.append(e.cpu())
         if logits:
             outs.append(model.logits(e).cpu())
@@ -400,59 +399,48 @@ def train_step(model: IdentityNet, images, labels: torch.Tensor, *, method: str,
                     embed(teacher, mirrored, device=dev, logits=True)[1] if flip else None)
     if warmup_epochs > 0 and n_old > 0:
         _warm_up_head(model, images, labels, epochs=warmup_epochs, batch_size=batch_size, lr=lr, flip=flip,
-                      generator=torch.Generator().manual_seed(seed + 1), device=dev)
+                      seed=seed + 1, device=dev)
     # the old heads are the previous steps' classifiers: kept fixed, so that distilling their logits constrains the
     # embedding itself (a student free to move them could match the teacher while its embedding drifts)
     params = list(model.backbone.parameters()) + [model.heads[-1]] if freeze_old_heads else list(model.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
     n_batches = max(1, -(-len(labels) // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * n_batches)
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    for _ in tqdm(range(epochs), desc=method, disable=not progress, leave=False):
-        total = 0.0
-        for idx in torch.randperm(len(labels), generator=g).split(batch_size):
-            x, y = _gather(images, idx), labels[idx]
-            t = None
-            if flip:
-                f = torch.rand(len(idx), generator=g) < 0.5
-                x = torch.where(f[:, None, None, None], x.flip(-1), x)
-                if distil:
-                    t = torch.where(f[:, None], t_logits[1][idx], t_logits[0][idx])
-            elif distil:
-                t = t_logits[0][idx]
-            _, logits = model(x.to(dev))
-            loss = step_loss(logits, y.to(dev), n_old, None if t is None else t.to(dev), method=method,
-                             temperature=temperature, k=k, margin=margin, kd_weight=kd_weight)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        history.append(total / max(1, len(labels)))
-    return history
+
+    def batch_loss(idx, g):
+        x, t = gather(images, idx), None
+        if flip:
+            x, flipped = random_flip(x, g)
+            if distil:
+                t = torch.where(flipped[:, None], t_logits[1][idx], t_logits[0][idx])
+        elif distil:
+            t = t_logits[0][idx]
+        _, logits = model(x.to(dev))
+        return step_loss(logits, labels[idx].to(dev), n_old, None if t is None else t.to(dev), method=method,
+                         temperature=temperature, k=k, margin=margin, kd_weight=kd_weight)
+
+    return fit_epochs(batch_loss, len(labels), epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,
+                      seed=seed, progress=progress, desc=method)
 
 
 def _warm_up_head(model: IdentityNet, images, labels: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-                  flip: bool, generator: torch.Generator, device: torch.device) -> None:
+                  flip: bool, seed: int, device: torch.device) -> None:
     """Train the last head alone on the current (frozen) embeddings: a linear problem on ``(N, emb_dim)`` features
     computed once, so the first gradients of a step do not come from a random classifier."""
     emb = embed(model, images, device=device)
     emb_flip = embed(model, images.flip(-1) if torch.is_tensor(images) else _Flipped(images), device=device) \
         if flip else None
     head = model.heads[-1]
-    opt = torch.optim.SGD([head], lr=lr, momentum=0.9)
-    for _ in range(epochs):
-        for idx in torch.randperm(len(labels), generator=generator).split(batch_size):
-            e = emb[idx]
-            if flip:
-                f = torch.rand(len(idx), generator=generator) < 0.5
-                e = torch.where(f[:, None], emb_flip[idx], e)
-            logits = model.scale * e.to(device) @ F.normalize(head, dim=1).T
-            loss = F.cross_entropy(logits, labels[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+
+    def batch_loss(idx, g):
+        e = emb[idx]
+        if flip:
+            e = torch.where((torch.rand(len(idx), generator=g) < 0.5)[:, None], emb_flip[idx], e)
+        logits = model.scale * e.to(device) @ F.normalize(head, dim=1).T
+        return F.cross_entropy(logits, labels[idx].to(device))
+
+    fit_epochs(batch_loss, len(labels), epochs=epochs, batch_size=batch_size,
+               optimizer=torch.optim.SGD([head], lr=lr, momentum=0.9), seed=seed)
 
 
 class _Flipped:

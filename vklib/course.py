@@ -69,9 +69,9 @@ CATALOGUE: tuple[Notebook, ...] = (
     Notebook("08", "08_continual_representation", "Continual representation learning for identification",
              "2006.04455", "LFW people, ORL", "paper profile", ("rank1_finetune", "rank1_lwf", "rank1_crl"), 0.8),
     Notebook("09", "09_topic_attention_captioning", "Captioning with latent-topic attention and a sentence auto-encoder",
-             "1911.10082", "generated scenes, COCO sample", "paper profile", ("bleu4_baseline", "bleu4_clta_sae")),
+             "1911.10082", "generated scenes, COCO sample", "paper profile", ("bleu4_baseline", "bleu4_clta_sae"), 2.5),
     Notebook("10", "10_personalised_aesthetics", "Personalised aesthetics with residual adapters", "1907.03802",
-             "COCO + PACS photos, simulated users", "paper profile", ("spearman_generic", "spearman_adapter_k100")),
+             "COCO + PACS photos, simulated users", "paper profile", ("spearman_generic", "spearman_adapter_k100"), 2.5),
 )
 
 
@@ -177,7 +177,7 @@ def store_outputs(executed: str | Path, nb: Notebook) -> None:
 
 def summary_markdown(results: list[dict], profile: str) -> str:
     """``summary.md``: per notebook its headline metrics beside the paper's numbers, and its runtime."""
-    fmt = lambda v: "" if v is None else f"{v:.4g}"
+    from .results import format_value
     lines = [f"# Course run ({profile} profile)", "",
              "| notebook | metric | this run | paper | runtime (min) |", "|---|---|---:|---:|---:|"]
     for r in results:
@@ -186,7 +186,7 @@ def summary_markdown(results: list[dict], profile: str) -> str:
         for i, m in enumerate(names):
             first = i == 0
             runtime = f"{r['wall_s'] / 60:.1f}" if first else ""
-            lines.append(f"| {nb.stem if first else ''} | {m} | {fmt(r['metrics'][m])} | {fmt(r['paper'].get(m))} | "
+            lines.append(f"| {nb.stem if first else ''} | {m} | {format_value(r['metrics'][m])} | {format_value(r['paper'].get(m))} | "
                          f"{runtime} |")
     return "\n".join(lines) + "\n"
 

@@ -71,9 +71,11 @@ PROFILES = {
         "demo_noise_std": 0.1,
         "demo_iterations": 300,
     },
-    # The paper's setting: six standard test images (the shipped Set12 images are the full 256 x 256 originals;
-    # "Lena" is left out, see data/README.md), all eight Levin kernels, the blind kernel size equal to the true one
-    # (None: the Levin protocol, problems grouped by kernel), the DIP/SelfDeblur networks and thousands of steps.
+    # The paper-sized setting: six standard test images, as in the paper's abstract (the shipped Set12 images are the
+    # full 256 x 256 originals; "Lena" is left out, see data/README.md), all eight Levin kernels, the blind kernel
+    # size equal to the true one (None: the Levin protocol, problems grouped by kernel), the DIP/SelfDeblur networks
+    # and thousands of steps. Which images, kernels, noise level and iteration counts the paper itself used could not
+    # be read from its text (see PAPER below), so these follow the Levin et al. benchmark and the DIP code.
     "paper": {
         "images": ("cameraman", "house", "peppers", "starfish", "monarch", "airplane"),
         "kernels": ("k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8"),
@@ -101,9 +103,18 @@ PROFILES = {
     },
 }
 
-# The paper reports its numbers in tables of per-image PSNR (six standard test images); they could not be checked
-# against the paper's text while this module was written (no network), so none are quoted here rather than numbers
-# from memory. Fill in from arXiv 1910.08386, keyed by the metric names the notebook records (psnr_dikp_blind, ...).
+# The paper's own numbers: none are quoted. Its abstract (arXiv 1910.08386; ICCV 2019 workshops; Zhunxuan Wang,
+# Zipei Wang, Qiqi Li, Hakan Bilen, University of Edinburgh) says only that DIKP is evaluated "on the standard
+# benchmark of six standard test images in terms of PSNR and visual effects", in a kernel-known and a kernel-unknown
+# (blind) setting. Its result tables could not be read: the stored copies of the paper searched for this course
+# (deepai.org/publication/image-deconvolution-with-deep-image-and-kernel-priors,
+# groundai.com/project/image-deconvolution-with-deep-image-and-kernel-priors/, scholarfeed.org/paper/1910.08386v1)
+# are available only up to the introduction, and no official code repository was found. Rather than numbers from
+# memory or from papers that cite it, PAPER stays empty. To fill it, read the paper's PSNR table(s) and key each
+# number by the metric the notebook records only where it is the same quantity (mean PSNR in dB over the same
+# images and kernels: psnr_dip_nonblind for the kernel-known DIP column, psnr_dikp_blind for blind DIKP,
+# psnr_blurred for the degraded input), the other cells under descriptive keys such as psnr_<image>_<method>, with
+# a comment naming the table.
 PAPER: dict[str, float] = {}
 
 

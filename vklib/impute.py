@@ -23,8 +23,8 @@ Tasks
 Contents
     kernels: :func:`impute`, :func:`supervised_loss`, :func:`consistency_loss`, :func:`rampup`,
     :func:`ema_update`, :func:`virtual_step`, :func:`meta_loss`, :func:`meta_grad_targets`,
-    :func:`meta_grad_labeller`, :func:`pull_agreement`, :func:`random_shift`, :func:`iod_error` (from
-    :mod:`vklib.landmarks`);
+    :func:`meta_grad_labeller`, :func:`pull_agreement`, :func:`iod_error` (from :mod:`vklib.landmarks`); the
+    shifted views come from :func:`vklib.train.random_shift`;
     training: :func:`fit` (supervised, Mean Teacher, L2I), :func:`fit_settings`, :func:`evaluate`, :func:`build_model`,
     :class:`WideResNet` (WRN-28-2); data: :func:`labeled_split`,
     :func:`load_landmarks`, :func:`to_normalized`; the full AFLW release of the paper is registered in
@@ -47,14 +47,14 @@ from tqdm.auto import tqdm
 from . import data as _data
 from . import models
 from .landmarks import iod_error  # the landmark error of notebook 04, shared
-from .train import predict
+from .train import predict, random_shift
 from .utils import resolve_device
 
 __all__ = [
     "METHODS", "PAPER", "PROFILES", "TASKS", "VARIANTS", "FitResult", "WideResNet", "build_model",
     "consistency_loss", "ema_update", "evaluate", "fit", "fit_settings", "impute", "iod_error", "labeled_split",
     "load_landmarks", "meta_grad_labeller", "meta_grad_targets", "meta_loss", "pull_agreement",
-    "random_shift", "rampup", "supervised_loss", "to_normalized", "virtual_step",
+    "rampup", "supervised_loss", "to_normalized", "virtual_step",
 ]
 
 TASKS = ("classification", "regression")
@@ -125,11 +125,21 @@ def fit_settings(cfg: dict, task: str) -> dict:
     return out
 
 
-#: Reference numbers for the metric names the notebook records, keyed by the setting they belong to. Only numbers
-#: that could be checked against a published table offline are listed: the Mean Teacher baseline on CIFAR-10 with
-#: WRN-28-2 under the common protocol (Berthelot et al. 2019, MixMatch, Table 1: 47.32 / 17.32 / 10.36 % error at
-#: 250 / 1,000 / 4,000 labels), which is the protocol and code base L2I builds on. The L2I and AFLW numbers must be
-#: read from the paper's tables (arXiv 1912.10364); they are not copied here because they could not be verified.
+#: Reference numbers under the metric names the notebook records (accuracy as a fraction), keyed by the setting of
+#: the paper profile they belong to (``cifar10_<labels>``: CIFAR-10, WRN-28-2, that many labels in all).
+#:
+#: What is here, and from where:
+#: * ``acc_mean_teacher``: the Mean Teacher baseline of the common CIFAR-10 / WRN-28-2 protocol as reported by
+#:   Berthelot et al. 2019 (MixMatch, arXiv 1905.02249), in the appendix table of CIFAR-10 error rates behind its
+#:   Figure 2: 47.32 / 17.32 / 10.36 % error at 250 / 1,000 / 4,000 labels, stored as 1 - error. This is the
+#:   protocol and code base L2I builds on, but these are *not* numbers of the L2I paper, and the MixMatch table could
+#:   not be re-read when this was last checked; treat them as a reference for the baseline only.
+#: * The L2I paper's own numbers (arXiv 1912.10364, Li, Foo and Bilen: its CIFAR-10 results for Mean Teacher with
+#:   L2I-O / L2I-L and its AFLW landmark results) are deliberately absent: only the opening of the paper (title,
+#:   abstract, introduction) and its code repository could be read with the tools available, not its result tables,
+#:   so no ``acc_l2i`` or ``iod_error_*`` value is entered. Add them under ``acc_l2i`` (a fraction) and
+#:   ``iod_error_*`` (percent of the inter-ocular distance, if the paper normalises the same way), plus descriptive
+#:   keys for the other cells, only after reading the tables.
 PAPER = {
     "cifar10_250": {"acc_mean_teacher": 1 - 0.4732},
     "cifar10_1000": {"acc_mean_teacher": 1 - 0.1732},
@@ -299,27 +309,6 @@ def meta_grad_labeller(model: nn.Module, x_u: torch.Tensor, x_u_labeller: torch.
     if return_imputation:
         return loss.detach(), grads, z.detach(), grad_z
     return loss.detach(), grads
-
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | None = None,
-                 padding_mode: str = "zeros") -> tuple[torch.Tensor, torch.Tensor]:
-    """Translate every image of ``x`` ``(N, C, H, W)`` by its own random whole-pixel shift in
-    ``[-max_shift, max_shift]`` (one batched ``grid_sample``). Returns the shifted images and the shifts
-    ``(N, 2)`` as ``(dx, dy)`` pixels (content moves right / down for positive values)."""
-    if max_shift < 0:
-        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-    if x.ndim != 4:
-        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
-    n, _, h, w = x.shape
-    shifts = torch.randint(-max_shift, max_shift + 1, (n, 2), generator=generator).to(x.device)
-    if max_shift == 0:
-        return x, shifts
-    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-    theta[:, 0, 2] = -2.0 * shifts[:, 0] / w
-    theta[:, 1, 2] = -2.0 * shifts[:, 1] / h
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode=padding_mode, align_corners=False), shifts
 
 
 def to_normalized(points: torch.Tensor, size: int) -> torch.Tensor:

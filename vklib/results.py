@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Run", "load", "start"]
+__all__ = ["Run", "format_value", "load", "start"]
 
 _VERSIONS = ("torch", "torchvision", "numpy", "scipy", "scikit-image", "scikit-learn", "kornia", "captum",
              "pycocoevalcap", "vklib")
@@ -119,8 +119,18 @@ class Run:
         rows = ["| metric | this run | paper |", "|---|---:|---:|"]
         for k, v in self.metrics.items():
             p = self.paper.get(k)
-            rows.append(f"| {k} | {v:.4g} | {'' if p is None else f'{p:.4g}'} |")
+            rows.append(f"| {k} | {format_value(v)} | {format_value(p)} |")
         return "\n".join(rows)
+
+
+def format_value(v: float | int | None) -> str:
+    """A metric for a table: integers in full with thousands separators, other numbers to 4 significant digits,
+    ``None`` (no paper number) as an empty cell."""
+    if v is None:
+        return ""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return f"{v:.4g}"
 
 
 def start(notebook: str, *, profile: str, seed: int, device: str, results_dir: str | Path,

@@ -35,7 +35,7 @@ def show_images(images: torch.Tensor | Sequence[torch.Tensor], titles: Sequence[
         ax.axis("off")
     for i, (ax, im) in enumerate(zip(axes.flat, x)):
         im = im.clamp(0, 1)
-        ax.imshow(im[0] if im.shape[0] == 1 else im.permute(1, 2, 0), cmap=cmap, vmin=0, vmax=1)
+        ax.imshow((im[0] if im.shape[0] == 1 else im.permute(1, 2, 0)).numpy(), cmap=cmap, vmin=0, vmax=1)
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8)
     if suptitle:

@@ -9,21 +9,12 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
 
 import torch
+from timing import clock, notebook_wall
 from torch.nn import functional as F
 
-from vklib import adapters, course
-
-
-def clock(fn, repeat=20):
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t0) / repeat
+from vklib import adapters
 
 
 def bench_kernel():
@@ -39,7 +30,8 @@ def bench_kernel():
         def separate():
             sum(g[:, j, None, None, None] * F.conv2d(x, w[j, :, :, None, None]) for j in range(k)).sum().backward()
 
-        print(f"  N={n} C={c:<3} H={h:<3} K={k}                  {clock(ours) * 1e3:8.2f}   {clock(separate) * 1e3:8.2f}")
+        t_ours, t_separate = clock(ours, repeat=20), clock(separate, repeat=20)
+        print(f"  N={n} C={c:<3} H={h:<3} K={k}                  {t_ours * 1e3:8.2f}   {t_separate * 1e3:8.2f}")
 
 
 def bench_epoch():
@@ -52,9 +44,9 @@ def bench_epoch():
                        ("dynamic_adapters_style", 2)]:
         model = adapters.make_variant(backbone, variant, 7, num_adapters=k, gate_noise=cfg["gate_noise"],
                                       style_after=cfg["style_after"])
-        t0 = time.perf_counter()
-        adapters.fit(model, x, y, epochs=1, batch_size=cfg["batch_size"], lr=cfg["lr"], crop=2, device="cpu")
-        print(f"  {variant:<24} K={k}  {time.perf_counter() - t0:6.2f}")
+        t = clock(lambda: adapters.fit(model, x, y, epochs=1, batch_size=cfg["batch_size"], lr=cfg["lr"], crop=2,
+                                       device="cpu"), repeat=1, warmup=0)
+        print(f"  {variant:<24} K={k}  {t:6.2f}")
 
 
 if __name__ == "__main__":
@@ -65,6 +57,5 @@ if __name__ == "__main__":
     bench_kernel()
     bench_epoch()
     if args.notebook:
-        with tempfile.TemporaryDirectory() as out:
-            r = course.execute(course.find("06"), profile="quick", out=out)
+        r = notebook_wall("06")
         print(f"notebook 06 (quick): {r['wall_s']:.1f} s wall, runtime_s {r['runtime_s']:.1f}")

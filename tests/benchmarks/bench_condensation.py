@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from timing import clock
 
 from vklib import condensation, models
 from vklib.utils import resolve_device
@@ -25,19 +25,6 @@ def one_iteration(net, real, syn, vectorised: bool, metric: str):
     loss = condensation.matching_loss(net, real, syn, metric, vectorised=vectorised)
     loss.backward()
     return loss.detach(), syn.grad
-
-
-def timed(fn, device, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def main(argv=None) -> dict:
@@ -66,8 +53,11 @@ def main(argv=None) -> dict:
 
     for v in (True, False):  # warm-up (first calls create kernels / import torch.func internals)
         one_iteration(net, real, syn, v, a.metric)
-    t_vec = timed(lambda: one_iteration(net, real, syn, True, a.metric), dev, a.repeats)
-    t_loop = timed(lambda: one_iteration(net, real, syn, False, a.metric), dev, a.repeats)
+    # one timing per repeat (the warm-up is above), so that the median can be reported
+    t_vec = [clock(lambda: one_iteration(net, real, syn, True, a.metric), repeat=1, warmup=0, device=dev)
+             for _ in range(a.repeats)]
+    t_loop = [clock(lambda: one_iteration(net, real, syn, False, a.metric), repeat=1, warmup=0, device=dev)
+              for _ in range(a.repeats)]
     res = {"device": str(dev), "threads": torch.get_num_threads(), "width": a.width, "batch_real": a.batch_real,
            "ipc": a.ipc, "classes": a.classes, "loss_vmap": l_vec.item(), "loss_loop": l_loop.item(),
            "same_loss": same_loss, "vmap_ms": 1000 * statistics.median(t_vec),

@@ -11,20 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
-import timeit
 
 import torch
+from timing import clock, notebook_wall
 
-from vklib import course, deconv
+from vklib import deconv
 
 Q = deconv.PROFILES["quick"]
-
-
-def clock(fn, repeat=10):
-    fn()  # warm-up
-    return timeit.timeit(fn, number=repeat) / repeat
 
 
 def step_fn(n_models, n_problems, side, kernel_size):
@@ -68,20 +61,15 @@ def bench_solvers():
     args = dict(channels=Q["channels"], skip_channels=Q["skip_channels"], levels=Q["levels"],
                 input_channels=Q["input_channels"], device="cpu")
     it = 20
-    t0 = time.perf_counter()
-    deconv.deconv_dip(prob.y, prob.kernels, iterations=it, **args)
-    dip = (time.perf_counter() - t0) / it
-    t0 = time.perf_counter()
-    deconv.deconv_dikp(prob.y, Q["kernel_size"], iterations=it, **args)
-    dikp = (time.perf_counter() - t0) / it
+    dip = clock(lambda: deconv.deconv_dip(prob.y, prob.kernels, iterations=it, **args), repeat=1, warmup=0) / it
+    dikp = clock(lambda: deconv.deconv_dikp(prob.y, Q["kernel_size"], iterations=it, **args), repeat=1, warmup=0) / it
     print(f"quick profile, {len(prob)} problems: DIP {dip * 1e3:.0f} ms/step x {Q['iterations_dip']} = "
           f"{dip * Q['iterations_dip']:.0f} s, DIKP {dikp * 1e3:.0f} ms/step x {Q['iterations_dikp']} = "
           f"{dikp * Q['iterations_dikp']:.0f} s")
 
 
 def bench_notebook():
-    with tempfile.TemporaryDirectory() as out:
-        r = course.execute(course.find("03"), profile="quick", out=out)
+    r = notebook_wall("03")
     print(f"notebook 03 (quick): {r['wall_s']:.0f} s wall, runtime_s {r['runtime_s']:.0f}; "
           + ", ".join(f"{k}={v:.2f}" for k, v in r["metrics"].items() if k.startswith("psnr")))
 

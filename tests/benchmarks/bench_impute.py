@@ -12,22 +12,13 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
 
 import torch
 import torch.nn.functional as F
+from timing import clock, notebook_wall
 from torch.func import functional_call, jvp
 
-from vklib import course, impute
-
-
-def clock(fn, repeat=10):
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t0) / repeat
+from vklib import impute
 
 
 def closed_form_targets_grad(net, x_u, z, x_l, y_l, alpha):
@@ -79,17 +70,15 @@ def bench_iterations(cfg):
             kw = impute.fit_settings(cfg, task) | {"steps": 20, "variant": variant}
             torch.manual_seed(0)
             net = impute.build_model("convnet", c, out, s, cfg[f"{prefix}_width"], cfg[f"{prefix}_depth"])
-            t0 = time.perf_counter()
-            impute.fit(net, x[:50], y[:50], x[50:], task=task, method=method, device="cpu", **kw)
-            times.append(1000 * (time.perf_counter() - t0) / 20)
+            fit = clock(lambda: impute.fit(net, x[:50], y[:50], x[50:], task=task, method=method, device="cpu", **kw),
+                        repeat=1, warmup=0)
+            times.append(1000 * fit / 20)
         print(f"  {task:<14} ({s} px)               " + "".join(f"{t:11.1f}  " for t in times))
 
 
 def bench_notebook():
-    with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
-        course.execute(course.find("05"), profile="quick", out=out)
-        print(f"notebook 05, quick profile: {time.perf_counter() - t0:.0f} s wall")
+    r = notebook_wall("05")
+    print(f"notebook 05, quick profile: {r['wall_s']:.0f} s wall")
 
 
 if __name__ == "__main__":

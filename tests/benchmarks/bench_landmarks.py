@@ -6,19 +6,10 @@ Run with ``OMP_NUM_THREADS`` set to the cores you want to measure.
 """
 from __future__ import annotations
 
-import time
-
 import torch
+from timing import clock
 
 from vklib import landmarks as L
-
-
-def timed(fn, repeat: int = 5) -> float:
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t0) / repeat
 
 
 def main() -> None:
@@ -27,15 +18,15 @@ def main() -> None:
         f1, f2 = (torch.randn(B, C, hw, hw, requires_grad=True) for _ in range(2))
         g = torch.rand(B, hw, hw, 2) * 2 * hw
         for chunk in (None, 256):
-            eq = timed(lambda: L.dense_equivariance_loss(f1, f2, g, stride=2, chunk=chunk).backward())
-            dve = timed(lambda: L.dve_loss(f1, f2, f1.roll(-1, 0), g, stride=2, chunk=chunk).backward())
+            eq = clock(lambda: L.dense_equivariance_loss(f1, f2, g, stride=2, chunk=chunk).backward(), repeat=5)
+            dve = clock(lambda: L.dve_loss(f1, f2, f1.roll(-1, 0), g, stride=2, chunk=chunk).backward(), repeat=5)
             print(f"B={B} {hw}x{hw} C={C} chunk={chunk}: equivariance {eq * 1e3:.0f} ms, DVE {dve * 1e3:.0f} ms "
                   f"(forward+backward)")
     for name, size, widths, batch, normalize in (("quick", 48, (8, 16, 16, 32, 32), 8, 4.0),
                                                  ("paper", 70, (20, 48, 64, 80, 256), 32, None)):
         net = L.SmallNet(16, widths=widths, normalize=normalize, seed=0)
         x = torch.rand(2 * batch, 3, size, size)
-        step = timed(lambda: L.train_descriptors(net, x, epochs=1, batch_size=batch, device="cpu"), repeat=2) / 2
+        step = clock(lambda: L.train_descriptors(net, x, epochs=1, batch_size=batch, device="cpu"), repeat=2) / 2
         print(f"{name} profile: SmallNet{tuple(widths)} at {size}px, {batch} pairs: {step * 1e3:.0f} ms per DVE "
               f"training step")
 

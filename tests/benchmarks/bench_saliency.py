@@ -10,20 +10,11 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
-import time
 
 import torch
+from timing import clock, notebook_wall
 
-from vklib import course, saliency
-
-
-def clock(fn, repeat=3):
-    fn()
-    t0 = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return (time.perf_counter() - t0) / repeat
+from vklib import saliency
 
 
 def main():
@@ -40,8 +31,8 @@ def main():
             with saliency.sgd_step(net, x[i:i + 1], y[i:i + 1], lr=0.03):
                 saliency.normgrad_layers(net, x[i:i + 1], y[i:i + 1], layers)
 
-    vmapped = clock(lambda: saliency.meta_normgrad_layers(net, x, y, layers, lr=0.03))
-    print(f"meta-saliency, 250 images (s):  vmap {vmapped:.2f}   loop of sgd_step {clock(meta_loop, 1):.2f}")
+    vmapped = clock(lambda: saliency.meta_normgrad_layers(net, x, y, layers, lr=0.03), repeat=3)
+    print(f"meta-saliency, 250 images (s):  vmap {vmapped:.2f}   loop of sgd_step {clock(meta_loop, repeat=1):.2f}")
 
     sal = torch.rand(250, 32, 32)
 
@@ -53,14 +44,12 @@ def main():
             net(img.view_as(x)).softmax(1)
             img.scatter_(2, order[:, None, 64 * k:64 * k + 64].expand(-1, 3, -1), 0.0)
 
-    batched = clock(lambda: saliency.perturbation_curves(net, x, y, sal, steps=16))
-    print(f"deletion, 250 images x 17 points (s):  kernel {batched:.2f}   per point {clock(curve_loop):.2f}")
+    batched = clock(lambda: saliency.perturbation_curves(net, x, y, sal, steps=16), repeat=3)
+    print(f"deletion, 250 images x 17 points (s):  kernel {batched:.2f}   per point {clock(curve_loop, repeat=3):.2f}")
 
     if args.notebook:
-        with tempfile.TemporaryDirectory() as out:
-            t0 = time.perf_counter()
-            course.execute(course.find("07"), out=out)
-            print(f"notebook 07, quick profile: {time.perf_counter() - t0:.0f} s")
+        r = notebook_wall("07")
+        print(f"notebook 07, quick profile: {r['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

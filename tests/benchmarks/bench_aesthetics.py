@@ -1,0 +1,62 @@
+"""Speed of vklib.aesthetics on the quick profile's sizes (not collected by pytest; run it by hand):
+
+    OMP_NUM_THREADS=2 python tests/benchmarks/bench_aesthetics.py [--notebook]
+
+1. one personalisation step (forward + backward) of M personal models: vklib's batched ``adapted_forward`` (shared
+   frozen convolutions, einsum adapters) against a Python loop over the M models;
+2. one step of the fine-tune-everything baseline (vmap over whole networks) for the same M models;
+3. with --notebook: the whole notebook 10 (quick profile) through papermill, wall time.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from timing import clock, notebook_wall
+
+from vklib import aesthetics as A
+
+
+def bench_step(models: int = 36, batch: int = 20):
+    cfg = A.PROFILES["quick"]
+    torch.manual_seed(0)
+    model = A.build_model("small", widths=cfg["widths"], hidden=cfg["head_hidden"]).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    x = torch.rand(models, batch, 3, cfg["image_size"], cfg["image_size"])
+    with torch.no_grad():
+        feats = model.features(x.flatten(0, 1)).view(models, batch, -1, *model.features(x[0, :1]).shape[-2:])
+    r = torch.rand(models, batch) * 4 + 1
+    params = {n: t.requires_grad_(True) for n, t in A.init_user_params(model, models).items()}
+
+    def batched():
+        A.personal_loss(A.adapted_forward(model, params, feats), r, params, params, 0.0).backward()
+
+    def loop():
+        for m in range(models):
+            p = {n: t[m:m + 1] for n, t in params.items()}
+            ((A.adapted_forward(model, p, feats[m:m + 1]) - r[m:m + 1]) ** 2).mean().backward()
+
+    from torch.func import functional_call, vmap
+    whole = {n: p[None].repeat(models, *([1] * p.ndim)).clone().requires_grad_(True)
+             for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    fwd = vmap(lambda p, xx: functional_call(model, (p, buffers), (xx,)))
+
+    def finetune():
+        ((fwd(whole, x) - r) ** 2).mean(1).sum().backward()
+
+    print(f"one step, {models} models x {batch} images at {cfg['image_size']} px (ms):")
+    print(f"  adapters, batched (vklib)     {1e3 * clock(batched, repeat=5):8.1f}")
+    print(f"  adapters, loop over models    {1e3 * clock(loop, repeat=3):8.1f}")
+    print(f"  fine-tune all (vmap)          {1e3 * clock(finetune, repeat=3):8.1f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--notebook", action="store_true")
+    args = ap.parse_args()
+    bench_step()
+    if args.notebook:
+        res = notebook_wall("10")
+        print(f"notebook 10 (quick): {res['wall_s']:.1f} s wall, runtime_s {res['runtime_s']}")

@@ -1,0 +1,454 @@
+"""Unit tests of vklib.aesthetics (personalised aesthetics with residual adapters): shapes, small readable
+references or autograd, determinism under a seed, and the error cases. Fast: tiny inputs only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.stats import spearmanr
+
+from vklib import aesthetics as A
+from vklib import data
+
+
+def _imgs(n=4, size=8, seed=0):
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _tiny_model(seed=0):
+    torch.manual_seed(seed)
+    model = A.build_model("small", widths=(4, 6, 8, 10), hidden=5).eval()
+    g = torch.Generator().manual_seed(seed)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.3, generator=g)
+            mod.running_var.uniform_(0.5, 2.0, generator=g)
+    return model
+
+
+# ------------------------------------------------------------------------------------------------ image properties
+def test_colourfulness_matches_numpy_reference():
+    x = _imgs(3, 5)
+    got = A.colourfulness(x)
+    for i in range(3):
+        r, g, b = (x[i, c].numpy().astype(np.float64).ravel() for c in range(3))
+        rg, yb = r - g, 0.5 * (r + g) - b
+        ref = np.sqrt(rg.std() ** 2 + yb.std() ** 2) + 0.3 * np.sqrt(rg.mean() ** 2 + yb.mean() ** 2)
+        assert abs(got[i].item() - ref) < 1e-5
+    assert A.colourfulness(torch.full((2, 3, 4, 4), 0.5)).abs().max() < 1e-6   # grey has no colour
+
+
+def test_colourfulness_gradcheck():
+    x = _imgs(2, 4).double().requires_grad_(True)
+    assert torch.autograd.gradcheck(A.colourfulness, (x,))
+
+
+def test_laplacian_variance_reference_and_errors():
+    x = _imgs(2, 6)
+    y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).numpy().astype(np.float64)
+    for i in range(2):
+        lap = (y[i, :-2, 1:-1] + y[i, 2:, 1:-1] + y[i, 1:-1, :-2] + y[i, 1:-1, 2:] - 4 * y[i, 1:-1, 1:-1])
+        assert abs(A.laplacian_variance(x)[i].item() - lap.var()) < 1e-5
+    assert A.laplacian_variance(torch.full((1, 3, 5, 5), 0.3)).item() < 1e-10
+    with pytest.raises(ValueError, match="3x3"):
+        A.laplacian_variance(torch.rand(1, 3, 2, 8))
+
+
+def test_image_properties_shapes_and_values():
+    x = _imgs(5, 8)
+    p = A.image_properties(x)
+    assert p.shape == (5, len(A.PROPERTIES))
+    grey = torch.full((1, 3, 6, 6), 0.4)
+    pg = A.image_properties(grey)[0]
+    assert abs(pg[0] - 0.4) < 1e-6 and pg[1] < 1e-6 and pg[4] == 0 and abs(pg[5]) < 1e-7
+    black = torch.zeros(1, 3, 4, 4)
+    assert A.image_properties(black)[0, 4] == 0                       # saturation defined as 0 at max = 0
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    pr = A.image_properties(red)[0]
+    assert abs(pr[4] - 1.0) < 1e-6 and abs(pr[5] - 1.0) < 1e-6       # fully saturated, warm
+    for bad in (torch.rand(2, 1, 8, 8), torch.rand(3, 8, 8)):
+        with pytest.raises(ValueError, match="RGB"):
+            A.image_properties(bad)
+
+
+# ------------------------------------------------------------------------------------------------ simulated raters
+def test_draw_users_shapes_determinism_and_errors():
+    u1 = A.draw_users(7, spread=0.5, ideal_spread=0.3, generator=torch.Generator().manual_seed(1))
+    u2 = A.draw_users(7, spread=0.5, ideal_spread=0.3, generator=torch.Generator().manual_seed(1))
+    assert u1.weights.shape == (7, len(A.PROPERTIES)) and u1.ideal.shape == (7, len(A.POPULATION["peaked"]))
+    assert torch.equal(u1.weights, u2.weights) and torch.equal(u1.ideal, u2.ideal)
+    u0 = A.draw_users(3, spread=0.0, ideal_spread=0.0)
+    assert torch.allclose(u0.weights, torch.tensor(A.POPULATION["weights"]).expand(3, -1))
+    assert len(u1[[0, 2]]) == 2 and len(u1[1]) == 1
+    with pytest.raises(ValueError, match="n must be"):
+        A.draw_users(0, spread=0.1, ideal_spread=0.1)
+    with pytest.raises(ValueError, match="spread"):
+        A.draw_users(2, spread=-1, ideal_spread=0.1)
+
+
+def test_latent_and_rate_reference():
+    users = A.draw_users(2, spread=0.5, ideal_spread=0.5, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(4, len(A.PROPERTIES), generator=torch.Generator().manual_seed(1))
+    lat = users.latent(z)
+    assert lat.shape == (2, 4)
+    b, s = A.PROPERTIES.index("brightness"), A.PROPERTIES.index("saturation")
+    for u in range(2):
+        for i in range(4):
+            ref = float(users.weights[u] @ z[i]) - 0.5 * users.curvature * (
+                (z[i, b] - users.ideal[u, 0]) ** 2 + (z[i, s] - users.ideal[u, 1]) ** 2)
+            assert abs(lat[u, i].item() - ref) < 1e-5
+    exact = A.rate(users, z, noise=0.0, stars=False)
+    assert torch.allclose(exact, 3 + lat)
+    stars = A.rate(users, z, noise=1.0, generator=torch.Generator().manual_seed(2))
+    assert stars.shape == (2, 4) and stars.min() >= 1 and stars.max() <= 5 and torch.equal(stars, stars.round())
+    again = A.rate(users, z, noise=1.0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(stars, again)
+    with pytest.raises(ValueError, match="z must be"):
+        A.rate(users, z[:, :3], noise=0.1)
+    with pytest.raises(ValueError, match="noise"):
+        A.rate(users, z, noise=-0.1)
+
+
+# ------------------------------------------------------------------------------------------------ metrics, protocol
+def test_spearman_matches_scipy_and_edge_cases():
+    a = torch.tensor([1.0, 2.0, 2.0, 5.0, 3.0])
+    b = torch.tensor([2.0, 1.0, 4.0, 5.0, 3.0])
+    assert abs(A.spearman(a, b) - spearmanr(a.numpy(), b.numpy()).statistic) < 1e-12
+    assert A.spearman(a, a) == pytest.approx(1.0)
+    assert A.spearman(torch.ones(5), b) == 0.0
+    mean, rhos = A.mean_spearman([a, a], [b, a])
+    assert len(rhos) == 2 and mean == pytest.approx((rhos[0] + 1.0) / 2)
+    with pytest.raises(ValueError, match="equal length"):
+        A.spearman(a, b[:3])
+    with pytest.raises(ValueError, match="mean_spearman"):
+        A.mean_spearman([a], [])
+
+
+def test_kshot_draws_disjoint_and_deterministic():
+    tr, te = A.kshot_draws(30, 10, draws=4, test_size=12, generator=torch.Generator().manual_seed(0))
+    tr2, te2 = A.kshot_draws(30, 10, draws=4, test_size=12, generator=torch.Generator().manual_seed(0))
+    assert tr.shape == (4, 10) and te.shape == (4, 12)
+    assert torch.equal(tr, tr2) and torch.equal(te, te2)
+    for d in range(4):
+        assert not set(tr[d].tolist()) & set(te[d].tolist())
+    tr, te = A.kshot_draws(30, 10, draws=1)
+    assert te.shape == (1, 20)
+    with pytest.raises(ValueError, match="cannot give"):
+        A.kshot_draws(10, 9, draws=1)
+    with pytest.raises(ValueError, match="k and draws"):
+        A.kshot_draws(10, 0, draws=1)
+
+
+def test_user_draws_uses_only_rated_images():
+    r = torch.full((3, 20), float("nan"))
+    r[0, :12] = 1.0
+    r[1, 5:20] = 2.0
+    r[2, ::2] = 3.0
+    tr, te, rows = A.user_draws(r, 4, draws=2, generator=torch.Generator().manual_seed(0))
+    assert tr.shape == (6, 4) and te.shape == (6, 11) and rows.tolist() == [0, 0, 1, 1, 2, 2]   # 15 rated - 4
+    assert (te >= 0).sum(1).tolist() == [8, 8, 11, 11, 6, 6]                                # padded with -1
+    for m in range(6):
+        u, t = rows[m], te[m][te[m] >= 0]
+        assert not torch.isnan(r[u, tr[m]]).any() and not torch.isnan(r[u, t]).any()
+        assert not set(tr[m].tolist()) & set(t.tolist())
+    tr, te, rows = A.user_draws(r, 4, draws=1, test_size=5)
+    assert te.shape == (3, 5) and (te >= 0).all()
+    with pytest.raises(ValueError, match=r"\(U, R\)"):
+        A.user_draws(r[0], 4, draws=1)
+
+
+# ------------------------------------------------------------------------------------------------ model
+def test_build_model_shapes_and_errors(tmp_path):
+    m = A.build_model("small", widths=(4, 6, 8, 10), hidden=5)
+    x = _imgs(2, 32)
+    assert m(x).shape == (2,) and m.features(x).shape == (2, 6, 8, 8)
+    with pytest.raises(ValueError, match="backbone"):
+        A.build_model("vgg")
+    with pytest.raises(ValueError, match="4 widths"):
+        A.build_model("small", widths=(4, 6))
+    r = A.build_model("resnet18", hidden=8, weights=None)
+    assert r.eval()(_imgs(1, 32)).shape == (1,) and len(r.tail) == 2
+    with pytest.raises(FileNotFoundError):
+        A.build_model("resnet18", weights=str(tmp_path / "missing.pth"))
+    import torchvision
+    plain = torchvision.models.resnet18(weights=None)
+    torch.save(plain.state_dict(), tmp_path / "plain.pth")
+    loaded = A.build_model("resnet18", weights=str(tmp_path / "plain.pth"))
+    assert torch.equal(loaded.tail[0].conv1.weight, plain.layer4[0].conv1.weight)
+    with pytest.raises(KeyError):
+        A.build_model("resnet18", weights="NO_SUCH_WEIGHTS")
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url).name
+    if not cached.is_file():                                               # nothing is downloaded: random weights
+        with pytest.warns(UserWarning, match="random"):
+            A.build_model("resnet18", weights="IMAGENET1K_V1")
+
+
+def test_init_user_params_and_count():
+    m = _tiny_model()
+    p = A.init_user_params(m, 3)
+    assert p["tail.0.a1"].shape == (3, 8, 6) and p["tail.0.a2"].shape == (3, 8, 8)
+    assert p["tail.1.a1"].shape == (3, 10, 8) and p["head.0.weight"].shape == (3, 5, 10)
+    assert p["head.2.weight"].shape == (3, 1, 5) and p["tail.1.bn2.bias"].shape == (3, 10)
+    assert all(not t.requires_grad for t in p.values()) and p["tail.0.a1"].abs().sum() == 0
+    assert torch.equal(p["head.0.weight"][2], m.head[0].weight)
+    expected = 8 * 6 + 8 * 8 + 10 * 8 + 10 * 10 + 2 * (8 + 8 + 10 + 10) + 5 * 10 + 5 + 5 + 1
+    assert A.user_parameter_count(m) == expected
+    assert {A.param_part(n) for n in p} == set(A.PARTS)
+    with pytest.raises(ValueError, match="n must be"):
+        A.init_user_params(m, 0)
+
+
+def test_adapter_conv_against_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 7, 7, generator=g)
+    w = torch.randn(5, 4, 3, 3, generator=g)
+    a = torch.randn(3, 5, 4, generator=g)
+    for stride in (1, 2):
+        y = A.adapter_conv(x, w, a, stride=stride)
+        for m in range(3):
+            ref = F.conv2d(x[m], w, stride=stride, padding=1) + F.conv2d(x[m], a[m][:, :, None, None], stride=stride)
+            assert y.shape[:3] == (3, 2, 5) and (y[m] - ref).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="adapter_conv"):
+        A.adapter_conv(x, w, a[:2])
+    with pytest.raises(ValueError, match="adapter_conv"):
+        A.adapter_conv(x[0], w, a)
+
+
+def test_adapted_forward_zero_adapters_is_generic_and_matches_reference():
+    m = _tiny_model()
+    feats = torch.randn(3, 4, 6, 8, 8, generator=torch.Generator().manual_seed(1))
+    p0 = A.init_user_params(m, 3)
+    with torch.no_grad():
+        out = A.adapted_forward(m, p0, feats)
+        ref = torch.stack([m.forward_tail(feats[i]) for i in range(3)])
+    assert out.shape == (3, 4) and (out - ref).abs().max() < 1e-5
+    g = torch.Generator().manual_seed(2)
+    p = {n: t + 0.2 * torch.randn(t.shape, generator=g) for n, t in p0.items()}
+    with torch.no_grad():
+        out = A.adapted_forward(m, p, feats)
+        for i in range(3):                                   # model i == a copy of the network with its parameters
+            net = _tiny_model()
+            for b, block in enumerate(net.tail):
+                for j in (1, 2):
+                    conv = getattr(block, f"conv{j}")
+                    conv.weight += F.pad(p[f"tail.{b}.a{j}"][i][:, :, None, None], (1, 1, 1, 1))
+                    getattr(block, f"bn{j}").weight.copy_(p[f"tail.{b}.bn{j}.weight"][i])
+                    getattr(block, f"bn{j}").bias.copy_(p[f"tail.{b}.bn{j}.bias"][i])
+            for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
+                net.head.get_parameter(name).copy_(p[f"head.{name}"][i])
+            assert (out[i] - net.forward_tail(feats[i])).abs().max() < 1e-4
+
+
+def test_personal_loss_reference_autograd_and_errors():
+    g = torch.Generator().manual_seed(0)
+    init = {"a": torch.zeros(2, 3), "h": torch.ones(2, 4)}
+    p = {n: (t + torch.randn(t.shape, generator=g)).requires_grad_(True) for n, t in init.items()}
+    pred = torch.randn(2, 5, generator=g, requires_grad=True)
+    r = torch.randn(2, 5, generator=g)
+    loss = A.personal_loss(pred, r, p, init, 0.1)
+    ref = sum(((pred[m] - r[m]) ** 2).mean() + 0.1 * ((p["a"][m] - init["a"][m]) ** 2).sum()
+              + 0.1 * ((p["h"][m] - init["h"][m]) ** 2).sum() for m in range(2))
+    assert abs(loss.item() - ref.item()) < 1e-5
+    gp, ga = torch.autograd.grad(loss, (pred, p["a"]))
+    assert torch.allclose(gp, 2 * (pred - r) / 5) and torch.allclose(ga, 0.2 * (p["a"] - init["a"]))
+    with pytest.raises(ValueError, match="both be"):
+        A.personal_loss(pred[0], r[0], p, init, 0.1)
+    with pytest.raises(ValueError, match="offset_decay"):
+        A.personal_loss(pred, r, p, init, -1)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_fit_generic_deterministic_and_errors():
+    x, y = _imgs(12, 16), torch.rand(12) * 4 + 1
+    runs = []
+    for _ in range(2):
+        m = A.build_model("small", widths=(4, 6, 8, 10), hidden=5)
+        torch.manual_seed(0)
+        m = A.build_model("small", widths=(4, 6, 8, 10), hidden=5)
+        losses = A.fit_generic(m, x, y, epochs=3, lr=1e-2, batch_size=4, seed=3, device="cpu", progress=False)
+        runs.append((losses, A.predict(m, x, device="cpu")))
+    assert len(runs[0][0]) == 3 and runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+    assert runs[0][1].shape == (12,)
+    seq = [x[i] for i in range(12)]                                       # a sequence works as well
+    assert torch.allclose(A.predict(m, seq, device="cpu"), A.predict(m, x, device="cpu"))
+    assert A.trunk_features(m, seq, device="cpu").shape == (12, 6, 4, 4)
+    with pytest.raises(ValueError, match="epochs"):
+        A.fit_generic(m, x, y, epochs=0, lr=1e-2)
+    with pytest.raises(ValueError, match="differ in length"):
+        A.fit_generic(m, x, y[:5], epochs=1, lr=1e-2)
+
+
+def _personal_problem(m_models=4, n=24, k=6, t=8):
+    g = torch.Generator().manual_seed(0)
+    model = _tiny_model()
+    feats = torch.randn(n, 6, 8, 8, generator=g)
+    ratings = torch.randint(1, 6, (m_models, n), generator=g).float()
+    tr, te = A.kshot_draws(n, k, draws=m_models, test_size=t, generator=g)
+    return model, feats, ratings, tr, te
+
+
+def test_personalise_shapes_determinism_selection_and_errors():
+    model, feats, ratings, tr, te = _personal_problem()
+    kw = dict(steps=6, lr=1e-2, batch_size=4, offset_decay=1e-3, eval_every=2, seed=0, device="cpu", progress=False)
+    r1 = A.personalise(model, feats, ratings, tr, te, n_select=1, **kw)
+    r2 = A.personalise(model, feats, ratings, tr, te, n_select=1, **kw)
+    assert r1.steps == [0, 2, 4, 6] and r1.rho.shape == (4, 3) and r1.val_rho.shape == (4, 1)
+    assert torch.equal(r1.rho, r2.rho) and r1.best_step == r2.best_step
+    assert r1.best_step == r1.steps[int(r1.val_rho[:, 0].argmax())]
+    assert r1.params["tail.0.a1"].shape[0] == 3 and torch.equal(r1.final, r1.rho[r1.steps.index(r1.best_step)])
+    # the training error on the k ratings falls when only the head trains (a convex-ish, small problem)
+    r3 = A.personalise(model, feats, ratings, tr, te, **{**kw, "steps": 40, "lr": 3e-2}, parts=("head",))
+    assert np.mean(r3.losses[-5:]) < np.mean(r3.losses[:5])
+    assert r3.params["tail.0.a1"].abs().sum() == 0 and r3.best_step == 40          # adapters untouched; last step
+    with pytest.raises(ValueError, match="parts"):
+        A.personalise(model, feats, ratings, tr, te, parts=("bias",), **kw)
+    padded = te.clone()
+    padded[:, 5:] = -1                                                  # ragged test sets: only 5 valid each
+    r4 = A.personalise(model, feats, ratings, tr, padded, **{**kw, "steps": 1})
+    with torch.no_grad():
+        gen = model.forward_tail(feats)
+    ref = torch.tensor([A.spearman(gen[te[m, :5]], ratings[m, te[m, :5]]) for m in range(4)])
+    assert torch.allclose(r4.rho[0], ref, atol=1e-6)
+    with pytest.raises(ValueError, match="same number of models"):
+        A.personalise(model, feats, ratings[:2], tr, te, **kw)
+    with pytest.raises(ValueError, match="n_select"):
+        A.personalise(model, feats, ratings, tr, te, n_select=4, **kw)
+
+
+def test_finetune_all_runs_and_chunks_agree():
+    g = torch.Generator().manual_seed(0)
+    model = _tiny_model()
+    images = torch.rand(16, 3, 16, 16, generator=g)
+    ratings = torch.randint(1, 6, (3, 16), generator=g).float()
+    tr, te = A.kshot_draws(16, 4, draws=3, test_size=6, generator=g)
+    kw = dict(steps=3, lr=1e-2, batch_size=4, eval_every=1, seed=0, device="cpu", progress=False)  # full batches
+    a = A.finetune_all(model, images, ratings, tr, te, **kw)
+    b = A.finetune_all(model, images, ratings, tr, te, chunk=1, **kw)
+    assert a.rho.shape == (4, 3) and a.steps == [0, 1, 2, 3] and a.best_step == 3 and a.params == {}
+    assert torch.allclose(a.rho, b.rho, atol=1e-6)
+    with torch.no_grad():
+        gen = model(images)
+    assert torch.allclose(a.rho[0], torch.tensor([A.spearman(gen[te[m]], ratings[m, te[m]]) for m in range(3)]))
+    with pytest.raises(ValueError, match="chunk"):
+        A.finetune_all(model, images, ratings, tr, te, chunk=-1, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ enhancement
+def test_adjust_identity_reference_and_errors():
+    x = _imgs(2, 6) * 0.8 + 0.1
+    assert torch.allclose(A.adjust(x, 0.0, 1.0, 1.0), x, atol=1e-5)
+    assert torch.allclose(A.adjust(x, 0.05, 1.0, 1.0), (x + 0.05).clamp(0, 1), atol=1e-6)
+    assert torch.allclose(A.adjust(x, 0.0, 1.3, 1.0), (x * 1.3).clamp(0, 1), atol=1e-6)     # kornia: a factor
+    grey = A.adjust(x, 0.0, 1.0, 0.0)
+    assert (grey.amax(1) - grey.amin(1)).max() < 1e-5                                     # no saturation left
+    with pytest.raises(ValueError, match="RGB"):
+        A.adjust(x[:, :1], 0.0, 1.0, 1.0)
+
+
+def test_enhance_raises_the_score_within_ranges():
+    x = _imgs(3, 8) * 0.5
+    brighter = lambda im: A.image_properties(im)[:, 0]
+    out, s = A.enhance(x, brighter, steps=30, lr=0.1, max_offset=0.2)
+    assert out.shape == x.shape and (brighter(out) > brighter(x)).all()
+    assert (s["brightness"] <= 0.2).all() and (s["contrast"] <= np.exp(0.5) + 1e-6).all()
+    with pytest.raises(ValueError, match="steps"):
+        A.enhance(x, brighter, steps=0, lr=0.1)
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_square_crops_shapes_determinism_and_errors():
+    ims = [torch.rand(3, 20, 30), torch.rand(3, 16, 12)]
+    a, src = A.square_crops(ims, 8, extra=2, generator=torch.Generator().manual_seed(0))
+    b, _ = A.square_crops(ims, 8, extra=2, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (6, 3, 8, 8) and src.tolist() == [0, 0, 0, 1, 1, 1] and torch.equal(a, b)
+    c, _ = A.square_crops([torch.rand(3, 8, 8)], 8)
+    assert c.shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="square_crops"):
+        A.square_crops(ims, 8, scale=(0.0, 0.5))
+
+
+def _flickr_layout(root, per_worker_csv=False):
+    from PIL import Image
+    folder = root / "flickr_aes"
+    (folder / "40K").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((10, 12, 3), 40 * i, np.uint8)).save(folder / "40K" / f"im{i}.jpg")
+    rows = [("w1", "im0.jpg", 5), ("w1", "im1.jpg", 3), ("w2", "im1.jpg", 4), ("w2", "im2.jpg", 2),
+            ("w3", "im3.jpg", 1), ("w3", "im2.jpg", 2)]
+    if per_worker_csv:
+        (folder / "workers").mkdir()
+        for w in ("w1", "w2", "w3"):
+            lines = ["image,score"] + [f"{im},{s}" for ww, im, s in rows if ww == w]
+            (folder / "workers" / f"{w}.csv").write_text("\n".join(lines) + "\n")
+    else:
+        lines = [" worker, imagePair, score"] + [f"{w},{im},{s}" for w, im, s in rows]
+        (folder / "FLICKR-AES_image_labeled_by_each_worker.csv").write_text("\n".join(lines) + "\n")
+    (folder / "test_workers.txt").write_text("w3\n")
+    return folder
+
+
+@pytest.mark.parametrize("per_worker_csv", [False, True])
+def test_flickr_loader_layouts(tmp_path, per_worker_csv):
+    _flickr_layout(tmp_path, per_worker_csv)
+    train = data.load("flickr_aes", "train", full=True, data_dir=tmp_path, size=8)
+    test = data.load("flickr_aes", "test", full=True, data_dir=tmp_path)
+    assert train.meta["files"] == ["im0.jpg", "im1.jpg", "im2.jpg"] and test.meta["_workers"] == ["w3"]
+    assert torch.allclose(train.meta["mean_score"], torch.tensor([5.0, 3.5, 2.0]))
+    assert train.images[0].shape == (3, 8, 8) and test.images[0].shape == (3, 10, 12)
+    idx, sc = test.meta["_ratings"]["w3"]
+    assert [test.meta["files"][i] for i in idx] == ["im3.jpg", "im2.jpg"] and sc.tolist() == [1.0, 2.0]
+
+
+def test_flickr_loader_errors(tmp_path):
+    with pytest.raises(data.DataNotFoundError, match="flickr_aes"):
+        data.load("flickr_aes", "train", full=True, data_dir=tmp_path)
+    with pytest.raises(data.DataNotFoundError, match="no shipped subset"):
+        data.load("flickr_aes", "train")
+    folder = _flickr_layout(tmp_path)
+    (folder / "test_workers.txt").unlink()
+    with pytest.raises(data.DataNotFoundError, match="test_workers"):
+        data.load("flickr_aes", "test", full=True, data_dir=tmp_path)
+    (folder / "test_workers.txt").write_text("w9\n")
+    with pytest.raises(data.DataError, match="without ratings"):
+        data.load("flickr_aes", "test", full=True, data_dir=tmp_path)
+
+
+def test_simulated_benchmark_small_and_deterministic():
+    cfg = dict(A.PROFILES["quick"], crops_per_image=0, image_size=16, train_raters=10, test_users=2, val_users=1)
+    b1 = A.simulated_benchmark(cfg, seed=0)
+    b2 = A.simulated_benchmark(cfg, seed=0)
+    assert b1.generic_images.shape == (239, 3, 16, 16) and b1.generic_targets.shape == (239,)
+    assert b1.user_images.shape == (280, 3, 16, 16) and b1.user_ratings.shape == (3, 280)
+    assert b1.n_select == 1 and b1.user_ids == ["select0", "user0", "user1"] and b1.simulated
+    assert torch.equal(b1.user_ratings, b2.user_ratings) and torch.equal(b1.generic_targets, b2.generic_targets)
+    assert b1.true_scores(b1.user_images[:5], [0, 2]).shape == (2, 5)
+    with pytest.raises(ValueError, match="ratings_per_image"):
+        A.simulated_benchmark(dict(cfg, ratings_per_image=20), seed=0)
+
+
+@pytest.mark.parametrize("per_worker_csv", [False, True])
+def test_flickr_benchmark_from_the_loader(tmp_path, per_worker_csv):
+    _flickr_layout(tmp_path, per_worker_csv)
+    cfg = dict(A.PROFILES["paper"], image_size=8, test_users=37)
+    b = A.flickr_benchmark(cfg, data_dir=tmp_path)
+    assert torch.allclose(b.generic_targets, torch.tensor([5.0, 3.5, 2.0]))         # mean of the training workers
+    assert len(b.generic_images) == 3 and b.generic_images[0].shape == (3, 8, 8)
+    assert b.user_ids == ["w3"] and b.n_select == 0 and not b.simulated and b.users is None
+    assert len(b.user_images) == 2 and b.user_ratings.tolist() == [[1.0, 2.0]]      # im3, im2 as w3 rated them
+    with pytest.raises(ValueError, match="simulated"):
+        b.true_scores(torch.rand(1, 3, 8, 8), [0])
+
+
+def test_paper_numbers_use_the_recorded_scales():
+    # PAPER puts the paper's numbers beside the run's metrics of the same name: Spearman's rho as a fraction in
+    # [-1, 1] (not percent), parameter counts as whole numbers.
+    for key, value in A.PAPER.items():
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), key
+        if key.startswith("spearman_"):
+            assert -1.0 <= value <= 1.0, f"{key} must be a fraction in [-1, 1], got {value}"
+        if key.endswith("_params"):
+            assert value >= 1 and float(value).is_integer(), f"{key} must be a count, got {value}"
