@@ -135,3 +135,21 @@ def test_register_a_new_dataset():
         assert len(data.load("toy_for_test", "all", full=True, data_dir="/nonexistent")) == 2
     finally:
         data._REGISTRY.pop("toy_for_test")
+
+
+def test_registry_is_complete_on_importing_vklib_data():
+    """Every dataset, the full-size benchmarks of single methods included, is registered by `import vklib.data`."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import vklib.data as d; print(' '.join(d.names()))"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    for name in ("voc07", "imagenet", "coco_instances", "flickr_aes", "celeba", "mafl", "aflw_mtfl", "aflw_imm",
+                 "office_home", "domainnet", "casia_webface", "market1501", "dukemtmc_reid", "coco_karpathy", "lfw"):
+        assert name in out, f"{name} is registered only after importing its method module"
+
+
+def test_landmark_coordinates_round_trip():
+    p = torch.tensor([[0.0, 0.0], [99.0, 49.0]])
+    n = data.to_normalized(p, (50, 100))
+    assert torch.allclose(n, torch.tensor([[-0.99, -0.98], [0.99, 0.98]]))
+    assert torch.allclose(data.to_pixels(n, (50, 100)), p, atol=1e-5)

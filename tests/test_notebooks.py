@@ -30,6 +30,8 @@ def test_notebook(nb, tmp_path):
     result = course.execute(nb, profile="quick", out=tmp_path)
     assert result["profile"] == "quick" and result["notebook"] == nb.stem
     assert result["metrics"], "no metrics recorded"
+    unlogged = sorted(set(result["paper"]) - set(result["metrics"]))
+    assert not unlogged, f"the paper's numbers for {unlogged} (vklib/paper_numbers.csv) have no logged metric"
     for name in result.get("artifacts", []):
         assert (tmp_path / name).is_file(), f"artifact {name} named in the JSON was not written"
     problems = compare(nb.path, tmp_path / f"{nb.stem}.ipynb")

@@ -661,12 +661,3 @@ def _domainnet_full(root: Path, split: str, download: bool, size):
     files, labels, doms, classes = _domain_folders(root / "domainnet", DOMAINNET_DOMAINS, "domainnet")
     return _data.ImageSet("domainnet", split, _data.LazyImages(files, "RGB", size or 64), labels, classes,
                           {"domain": doms, "files": [str(f) for f in files], "_domains": DOMAINNET_DOMAINS}, "full")
-
-
-_data.register(_data.DatasetSpec(
-    "office_home", "Office-Home: art, clipart, product, real-world (65 classes)", ("all",), None, _office_home_full,
-    "Full Office-Home: <data_dir>/OfficeHomeDataset_10072016/{Art,Clipart,Product,Real World}/<class>/*.jpg "
-    "(from the dataset's site, after accepting its terms)."))
-_data.register(_data.DatasetSpec(
-    "domainnet", "DomainNet: six domains, 345 classes (decoded lazily)", ("all",), None, _domainnet_full,
-    "Full DomainNet: <data_dir>/domainnet/{clipart,infograph,painting,quickdraw,real,sketch}/<class>/*.jpg."))

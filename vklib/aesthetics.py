@@ -908,11 +908,6 @@ def flickr_benchmark(cfg: dict, *, data_dir=None, seed: int = 0) -> Benchmark:
 
 
 # ---------------------------------------------------------------------------------------------- FLICKR-AES loader
-_FLICKR_HINT = ("FLICKR-AES (Ren et al., ICCV 2017): put the release under <data_dir>/flickr_aes/ as "
-                "images in 40K/ (file names as in the CSV), the ratings either as "
-                "FLICKR-AES_image_labeled_by_each_worker.csv (columns worker, imagePair, score) or as one CSV per "
-                "worker in workers/<worker>.csv (columns image, score), and the 37 test workers' ids in "
-                "test_workers.txt (one per line).")
 
 
 def _read_flickr_ratings(folder: Path) -> dict[str, list[tuple[str, float]]]:
@@ -934,7 +929,7 @@ def _read_flickr_ratings(folder: Path) -> dict[str, list[tuple[str, float]]]:
     files = sorted((folder / "workers").glob("*.csv"))
     if not files:
         raise _data.DataNotFoundError(f"flickr_aes: no ratings in {folder} (neither "
-                                      f"FLICKR-AES_image_labeled_by_each_worker.csv nor workers/*.csv). {_FLICKR_HINT}")
+                                      f"FLICKR-AES_image_labeled_by_each_worker.csv nor workers/*.csv). {_data.info('flickr_aes').full_hint}")
     for path in files:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -946,11 +941,11 @@ def _read_flickr_ratings(folder: Path) -> dict[str, list[tuple[str, float]]]:
 def _flickr_full(root: Path, split: str, download: bool, size):
     folder = root / "flickr_aes"
     if not folder.is_dir():
-        raise _data.DataNotFoundError(f"flickr_aes: folder {folder} not found. {_FLICKR_HINT}")
+        raise _data.DataNotFoundError(f"flickr_aes: folder {folder} not found. {_data.info('flickr_aes').full_hint}")
     per_worker = _read_flickr_ratings(folder)
     tw = folder / "test_workers.txt"
     if not tw.is_file():
-        raise _data.DataNotFoundError(f"flickr_aes: {tw} (the test workers' ids) not found. {_FLICKR_HINT}")
+        raise _data.DataNotFoundError(f"flickr_aes: {tw} (the test workers' ids) not found. {_data.info('flickr_aes').full_hint}")
     test_workers = [w.strip() for w in tw.read_text().split() if w.strip()]
     missing = [w for w in test_workers if w not in per_worker]
     if missing:
@@ -973,13 +968,7 @@ def _flickr_full(root: Path, split: str, download: bool, size):
     paths = [folder / "40K" / n for n in files]
     absent = [p for p in paths[:50] if not p.is_file()]
     if absent:
-        raise _data.DataNotFoundError(f"flickr_aes: image {absent[0]} not found. {_FLICKR_HINT}")
+        raise _data.DataNotFoundError(f"flickr_aes: image {absent[0]} not found. {_data.info('flickr_aes').full_hint}")
     mean = torch.tensor([sum(s) / len(s) for s in scores])
     return _data.ImageSet("flickr_aes", split, _data.LazyImages(paths, "RGB", size), None, None,
                           {"files": files, "mean_score": mean, "_ratings": ratings, "_workers": chosen}, "full")
-
-
-_data.register(_data.DatasetSpec(
-    "flickr_aes", "FLICKR-AES personalised aesthetics (Ren et al. 2017): 40k Flickr photos, 210 workers",
-    ("train", "test"), None, _flickr_full, _FLICKR_HINT,
-    "no shipped subset (per-user ratings could not be shipped); the quick profile simulates raters"))

@@ -906,10 +906,3 @@ def _karpathy_full(root: Path, split: str, download: bool, size):
     return data.ImageSet("coco_karpathy", split, data.LazyImages(paths, "RGB", size or 224), None, None,
                          {"captions": [[s["raw"] for s in r["sentences"]] for r in records],
                           "image_id": [r.get("cocoid") for r in records]}, "full")
-
-
-data.register(data.DatasetSpec(
-    "coco_karpathy", "MS-COCO 2014 captions, Karpathy split (113,287 train incl. restval / 5,000 val / 5,000 test)",
-    ("train", "val", "test"), None, _karpathy_full,
-    "Full MS-COCO Karpathy split: <data_dir>/coco/dataset_coco.json (from Karpathy's caption_datasets.zip) and the "
-    "COCO 2014 images in <data_dir>/coco/train2014/ and <data_dir>/coco/val2014/."))

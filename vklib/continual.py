@@ -606,18 +606,3 @@ def _reid_full(name: str, folder_name: str):
         return data.ImageSet(name, split, data.LazyImages(paths, "RGB", size or 128), torch.tensor(pids), None,
                              {"camera": torch.tensor(cams), "files": [str(p) for p in paths]}, "full")
     return load_full
-
-
-data.register(data.DatasetSpec(
-    "casia_webface", "CASIA-WebFace: 10,575 identities, 494k face images", ("all",), None, _casia_full,
-    "Full CASIA-WebFace: the aligned CASIA-WebFace/<identity>/<n>.jpg folders under <data_dir> (request the data "
-    "from its authors; it cannot be downloaded automatically)."))
-data.register(data.DatasetSpec(
-    "market1501", "Market-1501 person re-identification: 1,501 identities, 6 cameras", ("train", "query", "gallery"),
-    None, _reid_full("market1501", "Market-1501-v15.09.15"),
-    "Full Market-1501: the Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test} folders under "
-    "<data_dir>."))
-data.register(data.DatasetSpec(
-    "dukemtmc_reid", "DukeMTMC-reID person re-identification: 1,404 identities, 8 cameras",
-    ("train", "query", "gallery"), None, _reid_full("dukemtmc_reid", "DukeMTMC-reID"),
-    "Full DukeMTMC-reID: the DukeMTMC-reID/{bounding_box_train,query,bounding_box_test} folders under <data_dir>."))

@@ -22,7 +22,8 @@ __all__ = ["CATALOGUE", "NOTEBOOKS_DIR", "Notebook", "available", "execute", "fi
            "summary_markdown"]
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-PROFILES = ("quick", "paper")
+#: The profiles every notebook has (a notebook's settings for each are its ``PROFILES`` dict).
+PROFILE_NAMES = ("quick", "paper")
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,8 @@ def execute(nb: Notebook, *, profile: str = "quick", out: str | Path = "runs", p
         NotebookFailed: the notebook raised; the message names the cell.
     """
     import papermill as pm
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+    if profile not in PROFILE_NAMES:
+        raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILE_NAMES)}")
     params = dict(params or {})
     known = notebook_parameters(nb)
     unknown = sorted(set(params) - set(known))
@@ -216,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_list())
         return 0
     try:
-        if args.profile not in PROFILES:
-            raise ValueError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILES)}")
+        if args.profile not in PROFILE_NAMES:
+            raise ValueError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILE_NAMES)}")
         chosen = [find(k) for k in args.only] if args.only else available()
         params = parse_params(args.param)
     except ValueError as e:

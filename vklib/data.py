@@ -15,7 +15,8 @@ Where data live
 Every loader returns an :class:`ImageSet`: float images in ``[0, 1]``, integer labels when the dataset has
 classes, and per-sample extras (landmarks, domains, captions, file names) in ``meta``.
 
-Method modules register their own full-size datasets (e.g. FLICKR-AES) with :func:`register`.
+Every dataset is registered in this module (the full-size readers of one method's benchmarks live in that method's
+module and are imported on first use), so :func:`names` is complete on ``import vklib.data``.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ import torch
 
 __all__ = [
     "ChecksumError", "DataError", "DataNotFoundError", "DatasetSpec", "ImageSet", "LazyImages",
-    "REPO_DATA", "data_root", "info", "load", "names", "register", "verify",
+    "REPO_DATA", "data_root", "info", "load", "names", "read_image", "register", "to_normalized", "to_pixels",
+    "verify",
 ]
 
 REPO_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -278,6 +280,25 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
         raise DataNotFoundError(
             f"dataset {name!r} (full): could not load from {root}: {how}. {spec.full_hint}{retry} "
             f"Original error: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------- coordinates
+def to_normalized(points: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Pixel coordinates ``(..., 2)`` ``(x, y)`` (pixel centres at integers, as the landmark datasets store them) ->
+    ``grid_sample`` units in ``[-1, 1]`` (``align_corners=False``): ``(2 p + 1) / side - 1``.
+
+    ``size`` is the image side, or ``(height, width)``.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    scale = points.new_tensor([w, h])
+    return (2 * points + 1) / scale - 1
+
+
+def to_pixels(points: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Normalised coordinates ``(..., 2)`` -> pixel coordinates; the inverse of :func:`to_normalized`."""
+    h, w = (size, size) if isinstance(size, int) else size
+    scale = points.new_tensor([w, h])
+    return ((points + 1) * scale - 1) / 2
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -566,3 +587,89 @@ register(DatasetSpec(
     "levin_kernels", "Levin et al. 2009 camera-shake blur kernels", ("test",), _levin_subset, None,
     "Only the shipped kernels exist.",
     "the 8 kernels (13x13 to 27x27), each (1, k, k) summing to one; in data/levin_kernels"))
+
+
+# ----------------------------------------------------------------------------------------------- full-size only
+# Full datasets of one method each: the registry lists them here, so that it is complete on `import vklib.data`;
+# their readers live next to their method and are imported on the first load.
+def _reader(module: str, name: str, *args) -> Callable[..., ImageSet]:
+    """``load_full`` that imports ``vklib.<module>`` and calls its reader ``name`` (``name(*args)`` first, for a
+    reader factory) when the dataset is first loaded."""
+    def load_full(root: Path, split: str, download: bool, size: int | None) -> ImageSet:
+        import importlib
+        fn = getattr(importlib.import_module(f"vklib.{module}"), name)
+        return (fn(*args) if args else fn)(root, split, download, size)
+    return load_full
+
+register(DatasetSpec(
+    "lfw", "Labeled Faces in the Wild: all 13,233 images of 5,749 people (RGB)", ("all",), None, _reader("leakage", "_lfw_full"),
+    "Full LFW: the original lfw.tgz extracted to <data_dir>/lfw/<Person_Name>/<Person_Name>_0001.jpg."))
+register(DatasetSpec(
+    "celeba", "CelebA aligned faces (unlabeled training set of DVE)", ("train", "val", "test", "all"), None,
+    _reader("landmarks", "_celeba_full"),
+    "Full CelebA: <data_dir>/celeba/ with img_align_celeba/ (or Img/img_align_celeba/), "
+    "list_landmarks_align_celeba.txt (or Anno/...) and list_eval_partition.txt (or Eval/...); the MAFL test faces "
+    "listed in <data_dir>/celeba/MAFL/testing.txt are left out.",
+    "images: the central 178x178 square of each aligned image, resized (default 100 px)"))
+register(DatasetSpec(
+    "mafl", "MAFL: CelebA faces with 5 landmarks (19,000 train / 1,000 test)", ("train", "test"), None, _reader("landmarks", "_mafl_full"),
+    "Full MAFL: the CelebA layout of 'celeba' plus <data_dir>/celeba/MAFL/training.txt and testing.txt (one CelebA "
+    "file name per line, from the TCDCN release).",
+    "landmarks: CelebA's aligned 5 points, in the same crop as 'celeba'"))
+register(DatasetSpec(
+    "aflw_mtfl", "AFLW-MTFL: 10,122 train / 2,995 test AFLW faces with 5 landmarks", ("train", "test"), None,
+    _reader("landmarks", "_aflw_full"),
+    "Full AFLW-MTFL: <data_dir>/aflw_mtfl/train.txt and test.txt in MTFL's line format (image path relative to "
+    "aflw_mtfl/, then x1..x5 y1..y5, further columns ignored): the test list is MTFL's AFLW testing.txt, the train "
+    "list the 10,122 crops of Thewlis et al.",
+    "whole crops resized to a square (default 100 px)"))
+register(DatasetSpec(
+    "aflw_imm", "AFLW faces with 5 landmarks (the IMM release used by L2I)", ("train", "test"), None, _reader("impute", "_aflw_imm_full"),
+    "Full AFLW: the aflw_release-2/ folder of github.com/tomasjakab/imm (aflw_{train,test}_images.txt, "
+    "aflw_{train,test}_keypoints.mat, output/) under <data_dir>."))
+register(DatasetSpec(
+    "office_home", "Office-Home: art, clipart, product, real-world (65 classes)", ("all",), None, _reader("adapters", "_office_home_full"),
+    "Full Office-Home: <data_dir>/OfficeHomeDataset_10072016/{Art,Clipart,Product,Real World}/<class>/*.jpg "
+    "(from the dataset's site, after accepting its terms)."))
+register(DatasetSpec(
+    "domainnet", "DomainNet: six domains, 345 classes (decoded lazily)", ("all",), None, _reader("adapters", "_domainnet_full"),
+    "Full DomainNet: <data_dir>/domainnet/{clipart,infograph,painting,quickdraw,real,sketch}/<class>/*.jpg."))
+register(DatasetSpec(
+    "voc07", "PASCAL VOC 2007 (boxes, for the pointing game)", ("trainval", "test"), None, _reader("saliency", "_voc07_full"),
+    "Full VOC07: <data_dir>/VOCdevkit/VOC2007/{Annotations,ImageSets/Main,JPEGImages} (VOCtrainval_06-Nov-2007 and "
+    "VOCtest_06-Nov-2007 unpacked together)."))
+register(DatasetSpec(
+    "coco_instances", "MS-COCO 2014 with instance boxes (for the pointing game)", ("train", "val"), None,
+    _reader("saliency", "_coco_instances_full"),
+    "Full COCO 2014: <data_dir>/coco/annotations/instances_{train,val}2014.json and <data_dir>/coco/{train,val}2014/."))
+register(DatasetSpec(
+    "imagenet", "ImageNet ILSVRC-2012", ("train", "val"), None, _reader("saliency", "_imagenet_full"),
+    "Full ImageNet: <data_dir>/imagenet/{train,val}/<wnid>/*.JPEG (the validation images sorted into class folders, "
+    "torchvision ImageFolder layout)."))
+register(DatasetSpec(
+    "casia_webface", "CASIA-WebFace: 10,575 identities, 494k face images", ("all",), None, _reader("continual", "_casia_full"),
+    "Full CASIA-WebFace: the aligned CASIA-WebFace/<identity>/<n>.jpg folders under <data_dir> (request the data "
+    "from its authors; it cannot be downloaded automatically)."))
+register(DatasetSpec(
+    "market1501", "Market-1501 person re-identification: 1,501 identities, 6 cameras", ("train", "query", "gallery"),
+    None, _reader("continual", "_reid_full", "market1501", "Market-1501-v15.09.15"),
+    "Full Market-1501: the Market-1501-v15.09.15/{bounding_box_train,query,bounding_box_test} folders under "
+    "<data_dir>."))
+register(DatasetSpec(
+    "dukemtmc_reid", "DukeMTMC-reID person re-identification: 1,404 identities, 8 cameras",
+    ("train", "query", "gallery"), None, _reader("continual", "_reid_full", "dukemtmc_reid", "DukeMTMC-reID"),
+    "Full DukeMTMC-reID: the DukeMTMC-reID/{bounding_box_train,query,bounding_box_test} folders under <data_dir>."))
+register(DatasetSpec(
+    "coco_karpathy", "MS-COCO 2014 captions, Karpathy split (113,287 train incl. restval / 5,000 val / 5,000 test)",
+    ("train", "val", "test"), None, _reader("captioning", "_karpathy_full"),
+    "Full MS-COCO Karpathy split: <data_dir>/coco/dataset_coco.json (from Karpathy's caption_datasets.zip) and the "
+    "COCO 2014 images in <data_dir>/coco/train2014/ and <data_dir>/coco/val2014/."))
+_FLICKR_HINT = ("FLICKR-AES (Ren et al., ICCV 2017): put the release under <data_dir>/flickr_aes/ as "
+                "images in 40K/ (file names as in the CSV), the ratings either as "
+                "FLICKR-AES_image_labeled_by_each_worker.csv (columns worker, imagePair, score) or as one CSV per "
+                "worker in workers/<worker>.csv (columns image, score), and the 37 test workers' ids in "
+                "test_workers.txt (one per line).")
+register(DatasetSpec(
+    "flickr_aes", "FLICKR-AES personalised aesthetics (Ren et al. 2017): 40k Flickr photos, 210 workers",
+    ("train", "test"), None, _reader("aesthetics", "_flickr_full"), _FLICKR_HINT,
+    "no shipped subset (per-user ratings could not be shipped); the quick profile simulates raters"))

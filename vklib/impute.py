@@ -635,9 +635,3 @@ def _aflw_imm_full(root: Path, split: str, download: bool, size):
             pts[i, :, 1] *= out / h
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(255)
     return _data.ImageSet("aflw_imm", split, x, None, None, {"landmarks": pts, "files": names}, "full")
-
-
-_data.register(_data.DatasetSpec(
-    "aflw_imm", "AFLW faces with 5 landmarks (the IMM release used by L2I)", ("train", "test"), None, _aflw_imm_full,
-    "Full AFLW: the aflw_release-2/ folder of github.com/tomasjakab/imm (aflw_{train,test}_images.txt, "
-    "aflw_{train,test}_keypoints.mat, output/) under <data_dir>."))

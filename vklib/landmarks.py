@@ -915,24 +915,3 @@ def _aflw_full(root: Path, split: str, download: bool, size):
                           {"landmarks": torch.stack(lms), "files": [str(p) for p in paths],
                            "_landmark_names": ["left eye", "right eye", "nose", "left mouth", "right mouth"]},
                           "full")
-
-
-_data.register(_data.DatasetSpec(
-    "celeba", "CelebA aligned faces (unlabeled training set of DVE)", ("train", "val", "test", "all"), None,
-    _celeba_full,
-    "Full CelebA: <data_dir>/celeba/ with img_align_celeba/ (or Img/img_align_celeba/), "
-    "list_landmarks_align_celeba.txt (or Anno/...) and list_eval_partition.txt (or Eval/...); the MAFL test faces "
-    "listed in <data_dir>/celeba/MAFL/testing.txt are left out. Registered by importing vklib.landmarks.",
-    "images: the central 178x178 square of each aligned image, resized (default 100 px)"))
-_data.register(_data.DatasetSpec(
-    "mafl", "MAFL: CelebA faces with 5 landmarks (19,000 train / 1,000 test)", ("train", "test"), None, _mafl_full,
-    "Full MAFL: the CelebA layout of 'celeba' plus <data_dir>/celeba/MAFL/training.txt and testing.txt (one CelebA "
-    "file name per line, from the TCDCN release). Registered by importing vklib.landmarks.",
-    "landmarks: CelebA's aligned 5 points, in the same crop as 'celeba'"))
-_data.register(_data.DatasetSpec(
-    "aflw_mtfl", "AFLW-MTFL: 10,122 train / 2,995 test AFLW faces with 5 landmarks", ("train", "test"), None,
-    _aflw_full,
-    "Full AFLW-MTFL: <data_dir>/aflw_mtfl/train.txt and test.txt in MTFL's line format (image path relative to "
-    "aflw_mtfl/, then x1..x5 y1..y5, further columns ignored): the test list is MTFL's AFLW testing.txt, the train "
-    "list the 10,122 crops of Thewlis et al. Registered by importing vklib.landmarks.",
-    "whole crops resized to a square (default 100 px)"))

@@ -134,9 +134,6 @@ def _lfw_full(root: Path, split: str, download: bool, size):
                           [p.name for p in people], {"files": [str(p) for p in paths]}, "full")
 
 
-_data.register(_data.DatasetSpec(
-    "lfw", "Labeled Faces in the Wild: all 13,233 images of 5,749 people (RGB)", ("all",), None, _lfw_full,
-    "Full LFW: the original lfw.tgz extracted to <data_dir>/lfw/<Person_Name>/<Person_Name>_0001.jpg."))
 
 
 def attack_set(name: str, n: int, *, generator: torch.Generator, data_dir=None, full: bool = False) -> _data.ImageSet:

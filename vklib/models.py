@@ -4,13 +4,77 @@
   instance norm as ``GroupNorm(C, C)``), width and depth as parameters.
 * :class:`LeNetSigmoid`: the LeNet with sigmoid activations attacked in DLG / iDLG.
 * :class:`SmallResNet`: a small pre-activation-free ResNet (BasicBlocks) for 32-64 px images.
+* :class:`ImageNetNormalize`, :data:`IMAGENET_MEAN`, :data:`IMAGENET_STD`: the input normalisation of every
+  ImageNet-pretrained torchvision network;
+* :func:`torchvision_net`: a torchvision architecture with its ImageNet weights read from a local file (never
+  downloaded; a clear error says where to put the file when it is missing).
 """
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["ConvNet", "LeNetSigmoid", "SmallResNet", "BasicBlock", "count_parameters"]
+__all__ = ["BasicBlock", "ConvNet", "IMAGENET_MEAN", "IMAGENET_STD", "ImageNetNormalize", "LeNetSigmoid",
+           "SmallResNet", "WeightsNotFoundError", "count_parameters", "torchvision_net"]
+
+#: Per-channel mean and standard deviation (RGB) of ImageNet, which torchvision's pretrained networks expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageNetNormalize(nn.Module):
+    """``(x - mean) / std`` per RGB channel with ImageNet's statistics: ``(N, 3, H, W)`` in [0, 1] -> same shape.
+    Put it first in a network built on ImageNet weights, so that the network takes images in [0, 1]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
+        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
+        return (x - mean) / std
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Pretrained weights a run asked for are not on this machine; the message says where to put them."""
+
+
+#: The torchvision architectures :func:`torchvision_net` builds, with the weights enum naming their ImageNet file.
+TORCHVISION_WEIGHTS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
+                       "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights",
+                       "resnet152": "ResNet152_Weights", "vgg16": "VGG16_Weights"}
+
+
+def torchvision_net(arch: str, weights: str | os.PathLike | None) -> nn.Module:
+    """torchvision's ``arch`` (a key of :data:`TORCHVISION_WEIGHTS`) with ImageNet weights from a local file.
+
+    ``weights``: ``None`` (random initialisation, said explicitly by the caller), a torchvision weights name such as
+    ``"IMAGENET1K_V1"`` (read from the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file>``), the path of that
+    ``.pth`` file, or a folder holding it. Nothing is downloaded: a missing file raises
+    :class:`WeightsNotFoundError` naming the file and the places it may go, never a silent random start.
+    """
+    import torchvision
+    if arch not in TORCHVISION_WEIGHTS:
+        raise ValueError(f"arch must be one of {', '.join(TORCHVISION_WEIGHTS)}, got {arch!r}")
+    net = getattr(torchvision.models, arch)(weights=None)
+    if weights is None:
+        return net
+    enum = getattr(torchvision.models, TORCHVISION_WEIGHTS[arch])
+    text = str(weights)
+    if text in enum.__members__:
+        file = Path(enum[text].url).name
+        path = Path(torch.hub.get_dir()) / "checkpoints" / file
+    else:
+        file = Path(enum.IMAGENET1K_V1.url).name
+        path = Path(text).expanduser()
+        path = path / file if path.is_dir() else path
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"{arch}: ImageNet weights not found at {path}. Put torchvision's checkpoint {file} "
+            f"(torchvision.models.{TORCHVISION_WEIGHTS[arch]}.IMAGENET1K_V1) in {Path(torch.hub.get_dir()) / 'checkpoints'}, "
+            f"or pass weights=<path of the .pth file or its folder>; weights=None trains from random weights.")
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -3,7 +3,7 @@
 Every notebook does::
 
     run = results.start("01_dataset_condensation", profile=profile, seed=seed, device=str(dev),
-                        results_dir=results_dir, params=cfg, paper={"acc_dc": 0.917})
+                        results_dir=results_dir, params=cfg, setting="mnist_ipc1")
     run.log(acc_dc=0.83, acc_random=0.62)
     torch.save(synset, run.artifact("synset.pt"))
     run.save()   # -> {results_dir}/01_dataset_condensation.json
@@ -11,20 +11,37 @@ Every notebook does::
 The JSON holds ``notebook``, ``profile``, ``seed``, ``device``, ``runtime_s``, ``params``, ``metrics``
 (name -> number), ``paper`` (the paper's numbers for the same metric names where they exist), ``artifacts``
 (file names in ``results_dir``) and ``versions``.
+
+The paper's numbers are data: one table, ``vklib/paper_numbers.csv``, with the columns ``notebook, metric, setting,
+value, unit, source`` (:func:`paper_table`). A row's ``metric`` is the name the notebook logs, ``setting`` the
+experiment it belongs to (e.g. ``mnist_ipc1``; empty for a number that belongs to every run of the notebook) and
+``source`` the table, figure or repository file it was read from. Units: every number is stored as the notebook
+logs it; accuracies, rates, AUCs and errors relative to a length (e.g. the inter-ocular distance) are fractions in
+[0, 1], never percent; PSNR is in dB; captioning scores are on pycocoevalcap's native scale (BLEU in [0, 1]);
+correlations are Spearman's rho in [-1, 1]. :func:`start` picks the rows of its notebook: those of ``setting`` under
+their own names and, for each setting of ``grid``, the rows of that setting as ``{metric}_{setting}`` (a run that
+also covers a grid of settings logs them under those names).
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import platform
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-__all__ = ["Run", "format_value", "load", "start"]
+__all__ = ["PAPER_TABLE", "UNITS", "Run", "format_value", "load", "paper_numbers", "paper_table", "start"]
+
+#: The table of the papers' numbers (see the module docstring for its columns and units).
+PAPER_TABLE = Path(__file__).resolve().parent / "paper_numbers.csv"
+#: The units a row may have.
+UNITS = ("fraction", "dB", "score", "rho")
+_COLUMNS = ("notebook", "metric", "setting", "value", "unit", "source")
 
 _VERSIONS = ("torch", "torchvision", "numpy", "scipy", "scikit-image", "scikit-learn", "kornia", "captum",
              "pycocoevalcap", "vklib")
@@ -72,6 +89,7 @@ class Run:
 
     def __init__(self, notebook: str, *, profile: str, seed: int, device: str, results_dir: str | Path,
                  params: dict | None = None, paper: dict | None = None):
+        """``paper``: the paper's numbers by metric name; :func:`start` fills it from the shared table."""
         if not notebook or "/" in notebook or notebook.endswith(".ipynb"):
             raise ValueError(f"notebook must be the notebook's stem, e.g. '01_dataset_condensation', got {notebook!r}")
         self.notebook, self.profile, self.seed, self.device = notebook, profile, seed, str(device)
@@ -133,11 +151,55 @@ def format_value(v: float | int | None) -> str:
     return f"{v:.4g}"
 
 
+def paper_table(path: str | Path = PAPER_TABLE) -> list[dict]:
+    """The rows of the papers' numbers table (lines starting with ``#`` are comments), ``value`` as a float.
+
+    Raises:
+        ValueError: a row lacks a column, has an unknown unit, a value that is not a number, a fraction outside
+            [0, 1], no source, or repeats a (notebook, metric, setting).
+    """
+    lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    rows, seen = [], set()
+    for i, row in enumerate(csv.DictReader(lines), 2):
+        if tuple(row) != _COLUMNS or any(row[c] is None for c in _COLUMNS):
+            raise ValueError(f"{path}: row {i} must have the columns {', '.join(_COLUMNS)}, got {row}")
+        where = f"{path}: row {i} ({row['notebook']}, {row['metric']}, {row['setting'] or 'every setting'})"
+        try:
+            row["value"] = float(row["value"])
+        except ValueError:
+            raise ValueError(f"{where}: value {row['value']!r} is not a number") from None
+        if row["unit"] not in UNITS:
+            raise ValueError(f"{where}: unit must be one of {', '.join(UNITS)}, got {row['unit']!r}")
+        if row["unit"] == "fraction" and not 0 <= row["value"] <= 1:
+            raise ValueError(f"{where}: a fraction must lie in [0, 1], got {row['value']}")
+        if not row["source"].strip():
+            raise ValueError(f"{where}: no source (name the paper's table or figure, or the repository file)")
+        key = (row["notebook"], row["metric"], row["setting"])
+        if key in seen:
+            raise ValueError(f"{where}: repeated")
+        seen.add(key)
+        rows.append(row)
+    return rows
+
+
+def paper_numbers(notebook: str, setting: str | None = None, grid: Sequence[str] = ()) -> dict[str, float]:
+    """The paper's numbers for a run of ``notebook``: the table's rows of that notebook whose setting is empty or
+    ``setting``, under their metric names, and for each setting ``s`` of ``grid`` (other than ``setting``) its rows
+    as ``{metric}_{s}``."""
+    rows = [r for r in paper_table() if r["notebook"] == notebook]
+    out = {r["metric"]: r["value"] for r in rows if r["setting"] in ("", setting)}
+    for s in grid:
+        if s != setting:
+            out.update({f"{r['metric']}_{s}": r["value"] for r in rows if r["setting"] == s})
+    return out
+
+
 def start(notebook: str, *, profile: str, seed: int, device: str, results_dir: str | Path,
-          params: dict | None = None, paper: dict | None = None) -> Run:
-    """Begin recording a run (see :class:`Run`)."""
+          params: dict | None = None, setting: str | None = None, grid: Sequence[str] = ()) -> Run:
+    """Begin recording a run (see :class:`Run`); the paper's numbers come from :func:`paper_numbers`
+    (``notebook``, ``setting``, ``grid``)."""
     return Run(notebook, profile=profile, seed=seed, device=device, results_dir=results_dir, params=params,
-               paper=paper)
+               paper=paper_numbers(notebook, setting, grid))
 
 
 def load(path: str | Path) -> dict:

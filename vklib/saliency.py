@@ -768,22 +768,3 @@ def _imagenet_full(root: Path, split: str, download: bool, size):
         labels += [k] * len(files)
     return ImageSet("imagenet", split, LazyImages(paths, "RGB", size), torch.tensor(labels), wnids,
                     {"files": [str(p) for p in paths]}, "full")
-
-
-def _register(spec: DatasetSpec) -> None:
-    if spec.name not in _data.names():
-        _data.register(spec)
-
-
-_register(DatasetSpec(
-    "voc07", "PASCAL VOC 2007 (boxes, for the pointing game)", ("trainval", "test"), None, _voc07_full,
-    "Full VOC07: <data_dir>/VOCdevkit/VOC2007/{Annotations,ImageSets/Main,JPEGImages} (VOCtrainval_06-Nov-2007 and "
-    "VOCtest_06-Nov-2007 unpacked together)."))
-_register(DatasetSpec(
-    "coco_instances", "MS-COCO 2014 with instance boxes (for the pointing game)", ("train", "val"), None,
-    _coco_instances_full,
-    "Full COCO 2014: <data_dir>/coco/annotations/instances_{train,val}2014.json and <data_dir>/coco/{train,val}2014/."))
-_register(DatasetSpec(
-    "imagenet", "ImageNet ILSVRC-2012", ("train", "val"), None, _imagenet_full,
-    "Full ImageNet: <data_dir>/imagenet/{train,val}/<wnid>/*.JPEG (the validation images sorted into class folders, "
-    "torchvision ImageFolder layout)."))

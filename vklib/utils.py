@@ -9,9 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-__all__ = ["PROFILES", "Timer", "resolve_device", "resolve_profile", "seed_everything"]
-
-PROFILES = ("quick", "paper")
+__all__ = ["Timer", "resolve_device", "resolve_profile", "seed_everything"]
 
 
 def seed_everything(seed: int) -> torch.Generator:

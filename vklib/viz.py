@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 
-__all__ = ["image_grid", "plot_curves", "show_images"]
+__all__ = ["image_grid", "interactive", "plot_curves", "show_images"]
 
 
 def image_grid(images: torch.Tensor | Sequence[torch.Tensor], nrow: int = 8, padding: int = 2,
