@@ -153,3 +153,19 @@ def test_landmark_coordinates_round_trip():
     n = data.to_normalized(p, (50, 100))
     assert torch.allclose(n, torch.tensor([[-0.99, -0.98], [0.99, 0.98]]))
     assert torch.allclose(data.to_pixels(n, (50, 100)), p, atol=1e-5)
+
+
+def test_class_folders_reads_the_imagefolder_layout(tmp_path):
+    from PIL import Image
+    for cls, n in (("b_cat", 2), ("a_dog", 1)):
+        (tmp_path / cls).mkdir()
+        for i in range(n):
+            Image.new("RGB", (6, 4), (i * 100, 0, 0)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "a_dog" / "notes.txt").write_text("not an image")
+    ds = data.class_folders("demo", "all", tmp_path, size=8)
+    assert ds.classes == ["a_dog", "b_cat"] and ds.labels.tolist() == [0, 1, 1]
+    assert ds.images[2].shape == (3, 8, 8) and len(ds.meta["files"]) == 3
+    with pytest.raises(FileNotFoundError, match="no <class>/<image> files"):
+        data.class_folders("demo", "all", tmp_path / "a_dog")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        data.class_folders("demo", "all", tmp_path / "missing")

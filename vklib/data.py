@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "ChecksumError", "DataError", "DataNotFoundError", "DatasetSpec", "ImageSet", "LazyImages",
-    "REPO_DATA", "data_root", "info", "load", "names", "read_image", "register", "to_normalized", "to_pixels",
+    "ChecksumError", "DataError", "DataNotFoundError", "DatasetSpec", "IMAGE_SUFFIXES", "ImageSet", "LazyImages",
+    "REPO_DATA", "class_folders", "data_root", "info", "load", "names", "read_image", "register", "to_normalized", "to_pixels",
     "verify",
 ]
 
@@ -299,6 +299,36 @@ def to_pixels(points: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor
     h, w = (size, size) if isinstance(size, int) else size
     scale = points.new_tensor([w, h])
     return ((points + 1) * scale - 1) / 2
+
+
+# ----------------------------------------------------------------------------------------------- class folders
+#: File endings :func:`class_folders` reads as images.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def class_folders(name: str, split: str, folder: Path, *, size: int | None = None, mode: str = "RGB",
+                  source: str = "full") -> ImageSet:
+    """A lazily decoded :class:`ImageSet` from a folder of class (or identity) sub-folders, ``<folder>/<class>/<image>``
+    (torchvision's ImageFolder layout; LFW, CASIA-WebFace, ImageNet, Office-Home, ...): classes are the sorted
+    sub-folder names, labels their indices, ``meta["files"]`` the image paths; images with another ending than
+    :data:`IMAGE_SUFFIXES` are skipped.
+
+    Raises:
+        FileNotFoundError: ``folder`` is missing or holds no image in any sub-folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name}: folder {folder} not found")
+    classes = sorted(p for p in folder.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        files = sorted(p for p in c.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        labels += [i] * len(files)
+    if not paths:
+        raise FileNotFoundError(f"{name}: no <class>/<image> files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return ImageSet(name, split, LazyImages(paths, mode, size), torch.tensor(labels), [c.name for c in classes],
+                    {"files": [str(p) for p in paths]}, source)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
