@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vklib import captioning as C
-from vklib import data, utils
+from vklib import data, models, results, utils
 
 
 def _tiny(attention="soft", sae_dim=0, vocab_size=12, seed=0):
@@ -219,22 +219,31 @@ def test_grid_encoder_shapes_and_errors():
         C.GridEncoder(36)
 
 
-def test_make_encoder_and_resnet_encoder():
+def test_make_encoder_and_resnet_encoder(tmp_path):
+    import torchvision
     assert isinstance(C.make_encoder("grid", 16, 8), C.GridEncoder)
     with pytest.raises(ValueError, match="encoder"):
         C.make_encoder("vgg", 16)
-    enc = C.ResNetEncoder("resnet18", pretrained=False, frozen=True)
-    assert enc(torch.rand(1, 3, 64, 64)).shape == (1, 4, 512)
+    enc = C.ResNetEncoder("resnet18", weights=None, frozen=True)
+    x = torch.rand(1, 3, 64, 64)
+    assert enc(x).shape == (1, 4, 512)
+    with torch.no_grad():                                            # ImageNet normalisation inside, then the grid
+        assert torch.allclose(enc(x), enc.body(models.ImageNetNormalize()(x)).flatten(2).transpose(1, 2))
     assert not any(p.requires_grad for p in enc.body.parameters())
     enc.train()
     assert not enc.body.training                                     # frozen backbone stays in eval mode
     with pytest.raises(ValueError, match="arch"):
-        C.ResNetEncoder("alexnet", pretrained=False)
-    if C._local_weights("resnet18") is None:
-        with pytest.raises(RuntimeError, match="not in"):
-            C.ResNetEncoder("resnet18", pretrained=True)
-        with pytest.warns(UserWarning, match="random weights"):
-            assert isinstance(C.make_encoder("resnet18", 64), C.ResNetEncoder)
+        C.ResNetEncoder("alexnet", weights=None)
+    plain = torchvision.models.resnet18(weights=None)                # weights from a local file
+    torch.save(plain.state_dict(), tmp_path / "r18.pth")
+    loaded = C.ResNetEncoder("resnet18", weights=tmp_path / "r18.pth")
+    assert torch.equal(loaded.body[0].weight, plain.conv1.weight)
+    with pytest.raises(models.WeightsNotFoundError, match="not found"):   # never a silent random start
+        C.ResNetEncoder("resnet18", weights=tmp_path / "missing.pth")
+    try:
+        assert isinstance(C.make_encoder("resnet18", 64), C.ResNetEncoder)   # ImageNet weights in the hub cache
+    except models.WeightsNotFoundError as e:
+        assert "checkpoints" in str(e)                               # or an error saying where to put them
 
 
 @pytest.mark.parametrize("attention", C.ATTENTIONS)
@@ -397,6 +406,9 @@ def test_caption_images_strings_and_determinism():
     b = C.caption_images(m, list(scenes.images), vocab, beam=2, max_len=4, batch_size=4, device="cpu")
     assert len(a) == len(b) == 6 and all(isinstance(s, str) for s in a + b)
     assert a == C.caption_images(m, scenes.images, vocab, max_len=4, batch_size=3, device="cpu")
+    m.train()
+    C.caption_images(m, scenes.images[:2], vocab, max_len=4, device="cpu")
+    assert m.training                                                # decoded in eval mode, training mode restored
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -432,13 +444,15 @@ def test_profiles_resolve():
         cfg = utils.resolve_profile(C.PROFILES, p, steps=3)
         assert cfg["steps"] == 3 and set(C.PROFILES["quick"]) == set(C.PROFILES["paper"])
     assert C.PROFILES["paper"]["beam"] == 3
-    # one scale everywhere: no profile rescales the metrics, so runs and PAPER share pycocoevalcap's native scale
+    # one scale everywhere: no profile rescales the metrics, so runs and the paper's numbers share pycocoevalcap's
+    # native scale
     assert all("metric_scale" not in prof for prof in C.PROFILES.values())
 
 
 def test_paper_numbers_on_the_recorded_scale():
-    assert C.PAPER, "PAPER must hold the reference numbers"
-    for k, v in C.PAPER.items():
+    paper = results.paper_numbers("09_topic_attention_captioning")
+    assert paper, "vklib/paper_numbers.csv must hold the reference numbers of notebook 09"
+    for k, v in paper.items():
         metric = k.split("_", 1)[0]
         assert metric in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge", "meteor", "spice", "cider"), k
         assert isinstance(v, float) and v > 0, k
@@ -446,4 +460,4 @@ def test_paper_numbers_on_the_recorded_scale():
         # A number copied x100 from a paper's table (36.2, 113.5) fails here.
         assert v <= (2.0 if metric == "cider" else 1.0), f"{k}={v} looks x100; store it divided by 100"
     # the headline rows sit under the names the notebook records, so run.table() puts them beside the run's
-    assert {"bleu4_baseline", "cider_baseline"} <= set(C.PAPER)
+    assert {"bleu4_baseline", "cider_baseline"} <= set(paper)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vklib import continual, data, utils
+from vklib import continual, data, train, utils
 
 
 def _labels(counts):
@@ -294,14 +294,17 @@ def test_train_step_errors():
         continual.train_step(net, x, y[:3], method="finetune", epochs=1, device="cpu")
 
 
-def test_embed_shapes_and_sequences():
+def test_embeddings_through_infer_shapes_and_sequences():
     x, _ = _tiny_problem()
     net = _tiny_net()
     net.add_head(4)
-    e, z = continual.embed(net, x, batch_size=5, device="cpu", logits=True)
+    e, z = train.infer(net, x, batch_size=5, device="cpu")   # the forward pass: (embeddings, logits)
     assert e.shape == (len(x), 6) and z.shape == (len(x), 4)
     assert torch.allclose(e.norm(dim=1), torch.ones(len(x)), atol=1e-5)
-    assert torch.allclose(continual.embed(net, list(x), batch_size=7, device="cpu"), e, atol=1e-6)
+    assert torch.allclose(z, net.eval().logits(e), atol=1e-5)
+    net.train()
+    only = train.infer(net, list(x), fn=continual.IdentityNet.embed, batch_size=7, device="cpu")
+    assert torch.allclose(only, e, atol=1e-6)
     assert net.training   # the mode is restored
 
 
@@ -398,7 +401,6 @@ def test_profiles_resolve():
     assert cfg["k"] == 3 and cfg["margin"] == continual.PROFILES["quick"]["margin"]
     with pytest.raises(ValueError, match="unknown setting"):
         utils.resolve_profile(continual.PROFILES, "quick", kk=3)
-    assert all(0 <= v <= 1 for v in continual.PAPER.values())
 
 
 def test_full_datasets_registered_with_clear_errors(tmp_path):
@@ -439,4 +441,4 @@ def test_full_loaders_read_the_original_layouts(tmp_path):
     hist = continual.train_step(net, faces.images, faces.labels, method="crl", teacher=teacher, epochs=1,
                                 batch_size=2, k=1, warmup_epochs=1, device="cpu")
     assert len(hist) == 1 and np.isfinite(hist[0])
-    assert continual.embed(net, faces.images, batch_size=2, device="cpu").shape == (5, 4)
+    assert train.infer(net, faces.images, fn=continual.IdentityNet.embed, batch_size=2, device="cpu").shape == (5, 4)

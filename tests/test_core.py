@@ -273,7 +273,8 @@ def test_ensemble_member_equals_a_separate_run():
         assert single[-1] == pytest.approx(losses[-1][s], rel=1e-9)
         for (k, a), b in zip(ens.member(s).state_dict().items(), net.state_dict().values()):
             assert torch.allclose(a, b, rtol=0, atol=1e-9), k
-    accs = train.evaluate(ens, x, y, device="cpu")
+    accs = train.evaluate(ens, x, y, batch_size=16, device="cpu")
+    assert train.infer(ens, x, batch_size=16, device="cpu").shape == (3, 40, 4)
     assert len(accs) == 3 and accs[2] == pytest.approx(train.evaluate(net, x, y, device="cpu"))
     assert ens(x).shape == (3, 40, 4) and ens(x[None].expand(3, -1, -1, -1, -1)).shape == (3, 40, 4)
 

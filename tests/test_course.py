@@ -70,3 +70,96 @@ def test_readme_table_lists_every_notebook_with_its_runtime():
         row = next((ln for ln in readme.splitlines() if f"{nb.stem}.ipynb" in ln and ln.startswith("|")), None)
         assert row is not None, f"README's method table lacks {nb.stem}"
         assert f"{nb.quick_minutes:.1f}" in row, f"README's row for {nb.stem} shows another quick runtime"
+
+
+def _cli(capsys, *argv):
+    """Run the CLI; return (exit code, stderr)."""
+    try:
+        code = course.main(list(argv))
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_runner_parameters_are_refused_inside_p(capsys, tmp_path):
+    code, err = _cli(capsys, "run", "--only", "00", "-p", "profile=paper", "--out", str(tmp_path))
+    assert code == 2 and "parameter profile is set with --profile, not with -p profile=..." in err
+    code, err = _cli(capsys, "run", "--only", "00", "-p", f"results_dir={tmp_path}")
+    assert code == 2 and "parameter results_dir is set with --out" in err
+    assert not any(tmp_path.iterdir()), "nothing may run or be written"
+
+
+def test_unknown_parameter_is_one_line_before_anything_runs(capsys, tmp_path):
+    out = tmp_path / "new"
+    code, err = _cli(capsys, "run", "--only", "00", "03", "-p", "nosuchparam=1", "--out", str(out))
+    assert code == 2 and "Traceback" not in err and "has no parameter(s) nosuchparam" in err
+    assert not out.exists(), "the out folder is not created when the arguments are wrong"
+
+
+def test_unwritable_out_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, err = _cli(capsys, "run", "--only", "00", "--out", str(blocker / "sub"))
+    assert code == 2 and "Traceback" not in err and f"--out {blocker / 'sub'}: cannot write there" in err
+
+
+def test_tuples_become_lists_and_untranslatable_literals_are_refused():
+    assert course.parse_params(["images=('house', 'starfish')", "k=((1, 2), 3)", "d={'a': (1,)}"]) == {
+        "images": ["house", "starfish"], "k": [[1, 2], 3], "d": {"a": [1]}}
+    with pytest.raises(ValueError, match="parameter s: a set cannot be passed to a notebook"):
+        course.parse_params(["s={1, 2}"])
+
+
+def test_summary_lists_failures_and_keeps_other_notebooks(tmp_path):
+    import json
+    old = {"notebook": "03_deep_image_kernel_priors", "profile": "quick", "metrics": {"psnr_blurred": 18.3},
+           "paper": {}, "wall_s": 48.0}
+    (tmp_path / "03_deep_image_kernel_priors.json").write_text(json.dumps(old))
+    (tmp_path / "07_normgrad_saliency.json").write_text(json.dumps({**old, "notebook": "07_normgrad_saliency",
+                                                                    "profile": "paper"}))
+    fresh = {"notebook": "00_course_tour", "profile": "quick", "metrics": {"tour_convnet_acc": 0.95}, "paper": {},
+             "wall_s": 12.0}
+    rows = course._collect_results(tmp_path, "quick", [fresh], failed=["01_dataset_condensation"])
+    text = course.summary_markdown(rows, "quick", failed=["01_dataset_condensation"])
+    assert "| 00_course_tour | tour_convnet_acc | 0.95 |  | 0.2 |" in text
+    assert "| 01_dataset_condensation | FAILED | | | |" in text
+    assert "| 03_deep_image_kernel_priors | psnr_blurred | 18.3 |  | 0.8 |" in text
+    assert "07_normgrad_saliency" not in text, "another profile's results are not mixed in"
+
+
+def test_a_failed_run_leaves_no_earlier_results(tmp_path, monkeypatch):
+    """execute() removes the notebook's previous JSON and artifacts before it runs."""
+    import papermill
+    stale = [tmp_path / "00_course_tour.json", tmp_path / "00_course_tour.convnet.pt"]
+    for f in stale:
+        f.write_text("{}")
+
+    def fail(*a, **k):
+        raise papermill.PapermillExecutionError(3, 3, "ValueError", "boom", "ValueError: boom", [])
+    monkeypatch.setattr(papermill, "execute_notebook", fail)
+    with pytest.raises(course.NotebookFailed, match="failed in cell 3"):
+        course.execute(course.find("00"), out=tmp_path)
+    assert not any(f.exists() for f in stale)
+
+
+def test_widget_text_gives_the_final_look():
+    state = {"bar": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_l", "IPY_MODEL_p", "IPY_MODEL_r"]}},
+             "l": {"model_name": "HTMLModel", "state": {"value": "condense:\u2007100%"}},
+             "p": {"model_name": "FloatProgressModel", "state": {"value": 150.0, "max": 150.0, "min": 0.0}},
+             "r": {"model_name": "HTMLModel", "state": {"value": "\u2007150/150\u2007[00:03&lt;00:00]"}},
+             "box": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_s"]}},
+             "s": {"model_name": "SelectionSliderModel", "state": {"description": "iteration"}}}
+    assert course.widget_text("bar", state) == "condense: 100%|\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588| 150/150 [00:03<00:00]"
+    assert course.widget_text("box", state).startswith("[interactive controls: iteration;")
+
+
+@pytest.mark.parametrize("nb", course.available(), ids=lambda nb: nb.id)
+def test_stored_notebooks_show_no_dead_widgets(nb):
+    """Stored outputs render as they looked when run: no widget repr text, no frozen 0% progress line."""
+    import nbformat
+    book = nbformat.read(str(nb.path), as_version=4)
+    for cell in book.cells:
+        for o in cell.get("outputs", []):
+            text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+            assert "HBox(children=" not in text and "VBox(children=" not in text, f"cell {cell.id}: {text[:80]}"
+            assert not re.search(r"(^|\s)0%\|", text), f"cell {cell.id} stores a 0% progress line: {text[:80]}"

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vklib import data, impute
+from vklib import data, impute, landmarks, results
 
 C, R = "classification", "regression"
 
@@ -190,20 +190,6 @@ def test_pull_agreement_measures_alignment_with_the_truth():
         impute.pull_agreement(z[:, :2], z, truth, C)
 
 
-# ----------------------------------------------------------------------------------------------- metric
-def test_iod_error_and_normalisation():
-    target = torch.tensor([[[10.0, 10.0], [20.0, 10.0], [15.0, 15.0]]])
-    pred = target + torch.tensor([[[3.0, 4.0], [0.0, 0.0], [0.0, 0.0]]])
-    assert impute.iod_error(pred, target) == pytest.approx(100 * (5 / 10) / 3)
-    assert impute.iod_error(impute.to_normalized(pred, 32), impute.to_normalized(target, 32)) == \
-        pytest.approx(100 * (5 / 10) / 3, rel=1e-5)
-    assert torch.allclose(impute.to_normalized(torch.tensor([0.0, 31.0]), 32), torch.tensor([-31 / 32, 31 / 32]))
-    with pytest.raises(ValueError, match="must be \\(N, L, 2\\)"):
-        impute.iod_error(pred[..., :1], target[..., :1])
-    with pytest.raises(ValueError, match="zero inter-ocular"):
-        impute.iod_error(pred, torch.zeros_like(target))
-
-
 # ----------------------------------------------------------------------------------------------- networks
 def test_wide_resnet_and_build_model():
     net = impute.WideResNet(10, 3, depth=10, widen=1)
@@ -263,35 +249,18 @@ def test_fit_regression_moves_targets_with_the_views():
     assert len(r.history["impute_before"]) == 3 and all(v > 0 for v in r.history["impute_before"])
 
 
-def test_fit_settings_maps_the_profile_onto_fit():
-    import inspect
-    fit_args = set(inspect.signature(impute.fit).parameters)
-    for profile in impute.PROFILES:
-        cfg = impute.PROFILES[profile]
-        for task, prefix in ((C, "cls"), (R, "reg")):
-            kw = impute.fit_settings(cfg, task)
-            assert set(kw) <= fit_args, f"{profile}/{task}: keywords fit does not take: {set(kw) - fit_args}"
-            assert kw["steps"] == cfg[f"{prefix}_steps"] and kw["lr"] == cfg[f"{prefix}_lr"]
-            assert kw["padding_mode"] == cfg[f"{prefix}_padding"] and kw["inner_lr"] == cfg[f"{prefix}_inner_lr"]
-            assert kw["rampup_fraction"] == cfg["rampup"] and kw["variant"] == cfg["variant"]
-    with pytest.raises(ValueError, match="task must be one of"):
-        impute.fit_settings(impute.PROFILES["quick"], "detection")
-
-
-def test_paper_numbers_use_recorded_metric_names_and_scales():
+def test_paper_numbers_sit_under_the_settings_of_the_paper_profile():
+    # the notebook asks results.start for setting f"{cls_dataset}_{10 * labels_per_class}" (CIFAR-10: 10 classes)
+    cfg = impute.PROFILES["paper"]
     recorded = {"acc_supervised", "acc_mean_teacher", "acc_l2i", "iod_error_supervised", "iod_error_mean_teacher",
                 "iod_error_l2i"}
-    assert "cifar10_250" in impute.PAPER  # the setting the notebook reads
-    for setting, numbers in impute.PAPER.items():
-        assert set(numbers) <= recorded, f"{setting}: {set(numbers) - recorded} is not a metric the notebook records"
-        for name, v in numbers.items():
-            if name.startswith("acc_"):
-                assert 0 < v < 1, f"{setting}/{name}: accuracies are fractions, got {v}"
-    # fewer labels, lower accuracy, for every metric present at several label counts
-    counts = sorted(int(k.split("_")[1]) for k in impute.PAPER if k.startswith("cifar10_"))
-    for name in sorted(n for n in recorded if n.startswith("acc_")):
-        vals = [impute.PAPER[f"cifar10_{n}"][name] for n in counts if name in impute.PAPER[f"cifar10_{n}"]]
-        assert vals == sorted(vals), f"{name}: accuracy must not fall with more labels"
+    accs = []
+    for per_class in cfg["labels_sweep"]:
+        numbers = results.paper_numbers("05_learning_to_impute", f"{cfg['cls_dataset']}_{10 * per_class}")
+        assert numbers and set(numbers) <= recorded, f"{per_class}/class: {set(numbers) - recorded} is not logged"
+        accs.append(numbers["acc_mean_teacher"])
+    assert accs == sorted(accs), "accuracy must not fall with more labels"
+    assert results.paper_numbers("05_learning_to_impute", "mnist_50") == {}  # the quick profile's setting: none
 
 
 def test_fit_errors():
@@ -325,6 +294,12 @@ def test_evaluate_accuracy_and_iod_error():
         reg[1].weight.copy_(torch.eye(4))
     pts = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
     assert impute.evaluate(reg, pts.view(1, 1, 2, 2), pts, R, device="cpu") == 0.0
+    # normalised coordinates of a square image: the error relative to the eye distance is that of the pixels
+    px = torch.tensor([[[10.0, 10.0], [20.0, 10.0]]])
+    off = torch.tensor([[[3.0, 4.0], [0.0, 0.0]]])
+    norm = lambda p: data.to_normalized(p, 32).view(1, 4)
+    assert impute.evaluate(reg, norm(px + off).view(1, 1, 2, 2), norm(px), R, device="cpu") == \
+        pytest.approx(landmarks.iod_error(px + off, px), rel=1e-5)
     with pytest.raises(ValueError, match="differ in length"):
         impute.evaluate(net, x, torch.tensor([0]), C)
 

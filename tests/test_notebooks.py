@@ -61,6 +61,8 @@ def test_notebook_conventions(nb):
 def bounds_00(m, r):
     assert m["tour_datasets"] >= 9
     assert m["tour_convnet_acc"] >= 0.85, "a small ConvNet trained one epoch on the 5k MNIST subset"
+    assert m["tour_seeds_acc_mean"] >= 0.85, "the same recipe, several seeds in one pass"
+    assert m["tour_seeds_acc_std"] < 0.05, "seeds of one recipe agree to a few points"
 
 
 @bounds("03")

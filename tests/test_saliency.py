@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vklib import data, saliency, utils
+from vklib import data, models, results, saliency, utils
 
 LAYERS = saliency.ARCH_LAYERS["convnet"][0]
 
@@ -372,10 +372,10 @@ def test_pointing_game_counts_image_class_pairs():
     methods = {"good": top_left, "corner": always_corner}
     # "corner" hits the one pair of class a and neither of the two pairs of class b
     acc = saliency.pointing_game(ds, methods, tolerance=0, batch_size=2, device="cpu")
-    assert acc == {"good": 100.0, "corner": pytest.approx(50.0)}  # mean of the class accuracies (TorchRay's)
+    assert acc == {"good": 1.0, "corner": pytest.approx(0.5)}  # mean of the class accuracies (TorchRay's)
     pooled = saliency.pointing_game(ds, methods, tolerance=0, batch_size=2, average="pairs", device="cpu")
-    assert pooled == {"good": 100.0, "corner": pytest.approx(100 / 3)}
-    assert saliency.pointing_game(ds, {"good": top_left}, tolerance=0, limit=1, device="cpu") == {"good": 100.0}
+    assert pooled == {"good": 1.0, "corner": pytest.approx(1 / 3)}
+    assert saliency.pointing_game(ds, {"good": top_left}, tolerance=0, limit=1, device="cpu") == {"good": 1.0}
     with pytest.raises(ValueError, match="needs meta\\['boxes'\\]"):
         saliency.pointing_game(data.ImageSet("t", "s", x), {"good": top_left}, device="cpu")
     with pytest.raises(ValueError, match="average must be one of class, pairs"):
@@ -396,10 +396,10 @@ def test_pointing_game_skips_pairs_whose_boxes_are_all_pascal_difficult():
         return {"boxes": boxes, "box_labels": labels, "difficult": [torch.tensor(d) for d in difficult]}
     # image 0: its difficult class-a box at (0, 0) still counts as a hit, since the pair has a non-difficult box
     ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, False], [False]]))
-    assert saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu") == {"corner": 50.0}
+    assert saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu") == {"corner": 0.5}
     # image 1: its only class-b box is difficult, so the pair is skipped and class b drops out of the mean
     ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, False], [True]]))
-    assert saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu") == {"corner": 100.0}
+    assert saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu") == {"corner": 1.0}
     ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, True], [True]]))
     with pytest.raises(ValueError, match="no \\(image, class\\) pairs"):
         saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu")
@@ -413,9 +413,8 @@ def test_build_model_convnet_and_missing_weights(tmp_path):
     assert set(saliency.ARCH_LAYERS["convnet"][0]) <= set(dict(net.named_modules()))
     with pytest.raises(ValueError, match="arch must be one of convnet, vgg16, resnet50"):
         saliency.build_model("alexnet", 10)
-    with pytest.raises(ValueError, match="needs ImageNet weights"):
-        saliency.build_model("resnet50", 10)
-    with pytest.raises(FileNotFoundError, match="resnet50-0676ba61.pth.*nothing is downloaded"):
+    with pytest.raises(models.WeightsNotFoundError,
+                       match="resnet50: ImageNet weights not found.*Put torchvision's checkpoint resnet50-0676ba61"):
         saliency.build_model("resnet50", 10, weights=tmp_path)
 
 
@@ -425,20 +424,19 @@ def test_build_model_loads_a_torchvision_checkpoint(tmp_path):
     ref = torchvision.models.resnet50(weights=None)
     torch.save(ref.state_dict(), tmp_path / "resnet50-0676ba61.pth")
     net = saliency.build_model("resnet50", 20, weights=tmp_path)
-    assert isinstance(net, saliency.Normalized) and net.net.fc.out_features == 20
+    assert isinstance(net.normalize, models.ImageNetNormalize) and net.net.fc.out_features == 20
     assert torch.equal(net.net.conv1.weight, ref.conv1.weight)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():  # images in [0, 1] go in; the network sees them normalised with ImageNet's statistics
+        ref.fc = net.net.fc
+        assert torch.allclose(net.eval()(x), ref.eval()(models.ImageNetNormalize()(x)))
     names = dict(net.named_modules())
     layers, cam = saliency.ARCH_LAYERS["resnet50"]
     assert set(layers) | {cam} <= set(names)
     vgg_layers, vgg_cam = saliency.ARCH_LAYERS["vgg16"]
     with torch.device("meta"):  # structure only, no 138M weights to initialise
-        vgg = dict(saliency.Normalized(torchvision.models.vgg16(weights=None)).named_modules())
+        vgg = dict(saliency.build_model("vgg16", 20, weights=None).named_modules())
     assert all(isinstance(vgg[n], nn.ReLU) for n in vgg_layers) and vgg_cam in vgg
-
-
-def test_normalized_wrapper():
-    net = saliency.Normalized(nn.Identity(), mean=(0.5,), std=(0.25,))
-    assert torch.allclose(net(torch.full((1, 1, 2, 2), 1.0)), torch.full((1, 1, 2, 2), 2.0))
 
 
 def test_finetune_multilabel_lowers_the_loss_and_checks_inputs():
@@ -465,12 +463,11 @@ def test_profiles_and_paper_numbers():
     for spec in saliency.PROFILES["paper"]["pointing"]:
         name, arch = spec.split("/")
         assert name in data.names() and arch in saliency.ARCHS
-    assert saliency.PAPER == {"pointing_voc07_vgg16_gradcam": 86.6}
-    # every reference is a metric the paper profile records (pointing_<dataset>_<arch>_<method>), in percent
+    # every paper number of notebook 07 is a metric the paper profile records (pointing_<dataset>_<arch>_<method>)
     recorded = {f"pointing_{spec.replace('/', '_')}_{m}" for spec in saliency.PROFILES["paper"]["pointing"]
                 for m in saliency.METHODS}
-    assert set(saliency.PAPER) <= recorded
-    assert all(0 < v <= 100 for v in saliency.PAPER.values())
+    rows = [r for r in results.paper_table() if r["notebook"] == "07_normgrad_saliency"]
+    assert rows and {r["metric"] for r in rows} <= recorded and all(r["unit"] == "fraction" for r in rows)
     with pytest.raises(ValueError, match="allowed"):
         utils.resolve_profile(saliency.PROFILES, "quick", meta_learning_rate=0.5)
 

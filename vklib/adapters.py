@@ -15,7 +15,8 @@ Kernels (tensors in, tensors out): :func:`gate_probs`, :func:`sparsemax`, :func:
 Modules and model surgery: :class:`AdaptedConv2d`, :class:`StyleExchange`, :func:`freeze_backbone`,
 :func:`add_adapters`, :func:`add_style_exchange`, :func:`trainable_parameters`, :func:`read_gates`,
 :func:`build_backbone`, :func:`make_variant`. Data and training: :func:`split_cells`, :func:`subsample_domain`,
-:func:`fit`, :func:`predict`; the full Office-Home and DomainNet loaders are registered in :mod:`vklib.data`.
+:func:`fit`, :func:`logits_and_gates`; ``_office_home_full`` and ``_domainnet_full`` read the full Office-Home and
+DomainNet, which :mod:`vklib.data` registers.
 """
 from __future__ import annotations
 
@@ -30,13 +31,13 @@ from torch.nn import functional as F
 
 from . import data as _data
 from . import models
-from .train import fit_epochs, gather, random_flip, random_shift
+from .train import fit_epochs, gather, infer, random_flip, random_shift
 from .utils import resolve_device
 
 __all__ = [
-    "PAPER", "PROFILES", "VARIANTS", "GATES", "AdaptedConv2d", "StyleExchange", "add_adapters",
+    "GATES", "PROFILES", "RESNETS", "VARIANTS", "AdaptedConv2d", "StyleExchange", "add_adapters",
     "add_style_exchange", "build_backbone", "dynamic_adapter", "fit", "freeze_backbone", "gate_probs",
-    "make_variant", "normalized_mutual_info", "per_domain_accuracy", "predict", "read_gates", "sparsemax",
+    "logits_and_gates", "make_variant", "normalized_mutual_info", "per_domain_accuracy", "read_gates", "sparsemax",
     "split_cells", "style_exchange", "subsample_domain", "trainable_parameters",
 ]
 
@@ -65,33 +66,6 @@ PROFILES = {
         "small_domain": None, "small_fraction": 0.15,     # None: the dataset's smallest domain
     },
 }
-
-# The paper's numbers, keyed by dataset (the notebook passes ``PAPER[dataset]`` to ``results.start``), under the
-# notebook's metric names only where the paper reports the same quantity. Today both are EMPTY, on purpose:
-#
-# * The paper's own result tables (arXiv 2006.00996v1) could not be read when this was written: the stored copies of
-#   the paper's text that were reachable (arxiv-vanity.com/papers/2006.00996/, deepai.org) only gave its opening
-#   pages. The only source with numbers was a third-party, machine-written summary of the v1 PDF (a Korean paper
-#   note on GitHub). Its PACS table (all four domains pooled, domains hidden, ImageNet-pretrained ResNet-26), in
-#   percent, art painting / cartoon / photo / sketch / average:
-#       dynamic residual adapters, K=2, about 1.4M parameters   92.15 / 96.62 / 97.09 / 95.34 / 95.28
-#       4x ResNet26, 24.8M parameters                            88.77 / 95.97 / 95.95 / 95.83 / 94.44
-#   Both averages equal the image-weighted mean over PACS's domains (2,048 / 2,344 / 1,670 / 3,929 images), i.e.
-#   the overall accuracy on the pooled test set, not the unweighted mean over domains. These numbers are UNVERIFIED
-#   (not read in the paper's text), so none is stored here; check them against the PDF before adding them.
-# * Even if verified they would not go under this notebook's metric names: `acc_<variant>` is the unweighted mean
-#   over domains (the paper's average is image-weighted), on a different backbone and data size; and
-#   `acc_smallest_domain_<variant>` is the accuracy on a domain *subsampled* in training (sketch kept at 15%), while
-#   the paper's smallest PACS domain, photo, is small by nature and also the easiest for an ImageNet backbone.
-#   Once verified, they belong under descriptive keys, e.g. "acc_overall_dra_k2", "acc_photo_dra_k2",
-#   "acc_overall_4x_resnet26" (fractions, 0.9528 for 95.28%).
-# * No head-only, single-adapter or style-exchange PACS numbers, and no Office-Home numbers, were found at all
-#   (the summary of v1 shows no Office-Home table; whether v1 has one is unknown here).
-PAPER: dict[str, dict[str, float]] = {
-    "pacs": {},
-    "office_home": {},
-}
-
 
 # ============================================================================================ kernels
 def sparsemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -417,8 +391,9 @@ def trainable_parameters(model: nn.Module) -> dict[str, int]:
         if not p.requires_grad:
             continue
         owner = modules[name.rpartition(".")[0]]
-        group = ("adapters" if isinstance(owner, AdaptedConv2d) else "gates" if name.endswith(("gate.weight", "gate.bias"))
-                 else "norm" if isinstance(owner, nn.modules.batchnorm._NormBase) else
+        group = ("adapters" if isinstance(owner, AdaptedConv2d) else
+                 "gates" if name.endswith(("gate.weight", "gate.bias")) else
+                 "norm" if isinstance(owner, nn.modules.batchnorm._NormBase) else
                  "head" if name.startswith("head.") else "other")
         out[group] += p.numel()
     out["total"] = sum(out.values())
@@ -434,18 +409,24 @@ def read_gates(model: nn.Module) -> tuple[list[str], torch.Tensor | None]:
 
 
 class _TorchvisionResNet(nn.Module):
-    """A torchvision ResNet with ImageNet input normalisation and a separate ``head`` (for :func:`make_variant`)."""
+    """A torchvision ResNet taking images in [0, 1] (:class:`vklib.models.ImageNetNormalize` first) with a separate
+    linear ``head`` instead of its ImageNet classifier (for :func:`make_variant`).
+
+    Shapes: ``(N, 3, H, W)`` -> logits ``(N, num_classes)``.
+    """
 
     def __init__(self, body: nn.Module, num_classes: int):
         super().__init__()
         dim = body.fc.in_features
         body.fc = nn.Identity()
-        self.body, self.head = body, nn.Linear(dim, num_classes)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.normalize, self.body, self.head = models.ImageNetNormalize(), body, nn.Linear(dim, num_classes)
 
     def forward(self, x):
-        return self.head(self.body((x - self.mean) / self.std))
+        return self.head(self.body(self.normalize(x)))
+
+
+#: The torchvision ResNets :func:`build_backbone` builds.
+RESNETS = tuple(a for a in models.TORCHVISION_WEIGHTS if a.startswith("resnet"))
 
 
 def build_backbone(name: str, num_classes: int, *, widths: Sequence[int] | None = None,
@@ -453,31 +434,19 @@ def build_backbone(name: str, num_classes: int, *, widths: Sequence[int] | None 
     """A backbone with a linear ``head``.
 
     ``"small_resnet"``: :class:`vklib.models.SmallResNet` with ``widths`` (random init; pretrain it yourself).
-    ``"resnet18"`` / ``"resnet34"`` / ``"resnet50"``: torchvision, with ``weights`` either a torchvision weights name
-    (``"IMAGENET1K_V1"``, read from the torch hub cache, downloaded if a network is there) or a path to a saved
-    ``state_dict``; the ImageNet classifier is replaced by a new ``head``.
+    ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ...  (:data:`RESNETS`): torchvision's ResNet with ImageNet
+    ``weights`` read by :func:`vklib.models.torchvision_net` (a weights name such as ``"IMAGENET1K_V1"`` from the
+    torch hub cache, a ``.pth`` file or its folder; a missing file raises
+    :class:`vklib.models.WeightsNotFoundError`; ``None`` is a random start), its ImageNet classifier replaced by a
+    new ``head``.
     """
     if name == "small_resnet":
         if weights is not None:
             raise ValueError("small_resnet has no published weights; pretrain it (see the notebook), weights=None")
         return models.SmallResNet(3, num_classes, tuple(widths or (16, 32, 64)))
-    if name in ("resnet18", "resnet34", "resnet50"):
-        import torchvision
-        ctor = getattr(torchvision.models, name)
-        if weights is None or Path(str(weights)).suffix in (".pt", ".pth"):
-            body = ctor(weights=None)
-            if weights is not None:
-                if not Path(weights).is_file():
-                    raise FileNotFoundError(f"backbone weights file {weights} does not exist")
-                body.load_state_dict(torch.load(weights, map_location="cpu"))
-        else:
-            try:
-                body = ctor(weights=str(weights))
-            except Exception as e:  # offline and not cached
-                raise RuntimeError(f"could not load torchvision {name} weights {weights!r} (not in the torch hub cache "
-                                   f"and no network?): {e}. Pass weights=<path to a state_dict .pth>.") from e
-        return _TorchvisionResNet(body, num_classes)
-    raise ValueError(f"backbone must be 'small_resnet', 'resnet18', 'resnet34' or 'resnet50', got {name!r}")
+    if name in RESNETS:
+        return _TorchvisionResNet(models.torchvision_net(name, weights), num_classes)
+    raise ValueError(f"backbone must be 'small_resnet' or one of {', '.join(RESNETS)}, got {name!r}")
 
 
 def make_variant(backbone: nn.Module, variant: str, num_classes: int, *, num_adapters: int = 2,
@@ -489,7 +458,8 @@ def make_variant(backbone: nn.Module, variant: str, num_classes: int, *, num_ada
     ``head_only``: a new linear head, everything else frozen (normalisation statistics included).
     ``single_adapter``: plus one residual adapter beside each 3x3 convolution, with the backbone's BatchNorm layers
     re-estimated and their scale and shift trained (``norm="train"``, as residual adapters come with their own
-    normalisation; ``norm="frozen"`` keeps them fixed). ``dynamic_adapters``: ``num_adapters`` gated adapters per convolution.
+    normalisation; ``norm="frozen"`` keeps them fixed). ``dynamic_adapters``: ``num_adapters`` gated adapters per
+    convolution.
     ``dynamic_adapters_style``: the same plus :class:`StyleExchange` after the modules named in ``style_after``.
     The new head and adapters are initialised from ``seed``.
     """
@@ -581,10 +551,8 @@ def fit(model: nn.Module, images, labels: torch.Tensor, *, epochs: int, batch_si
     Returns:
         The mean training loss of every epoch.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if epochs < 1 or batch_size < 1:  # checked before fit_epochs does: the cosine schedule's length needs them
+        raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
     if len(images) != len(labels):
         raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -608,20 +576,12 @@ def fit(model: nn.Module, images, labels: torch.Tensor, *, epochs: int, batch_si
                       seed=seed, progress=progress, desc=desc)
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images, *, batch_size: int = 256, device: str | torch.device = "auto"
-            ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def logits_and_gates(model: nn.Module, images, *, batch_size: int = 256, device: str | torch.device = "auto"
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logits ``(N, num_classes)`` in eval mode and the gates ``(N, L, K)`` of every dynamic layer (None when the
-    model has none), both on the CPU. ``images``: a tensor or a sequence of ``(C, H, W)`` tensors."""
-    dev = resolve_device(device)
-    was = model.training
-    model.eval().to(dev)
-    logits, gates = [], []
-    for idx in torch.arange(len(images)).split(batch_size):
-        logits.append(model(gather(images, idx).to(dev)).cpu())
-        gates.append(read_gates(model)[1])
-    model.train(was)
-    return torch.cat(logits), (None if gates[0] is None else torch.cat(gates).cpu())
+    model has none), both on the CPU (:func:`vklib.train.infer`). ``images``: an ``(N, C, H, W)`` tensor or a
+    sequence of ``(C, H, W)`` tensors."""
+    return infer(model, images, fn=lambda m, x: (m(x), read_gates(m)[1]), batch_size=batch_size, device=device)
 
 
 # ============================================================================================ full datasets
@@ -629,35 +589,32 @@ OFFICE_HOME_DOMAINS = ["Art", "Clipart", "Product", "Real World"]
 DOMAINNET_DOMAINS = ["clipart", "infograph", "painting", "quickdraw", "real", "sketch"]
 
 
-def _domain_folders(root: Path, domains: list[str], what: str):
-    present = [(i, d, root / d) for i, d in enumerate(domains) if (root / d).is_dir() or
-               (root / d.replace(" ", "_")).is_dir()]
-    present = [(i, d, p if p.is_dir() else root / d.replace(" ", "_")) for i, d, p in present]
-    if not present:
-        raise FileNotFoundError(f"{what}: no domain folders ({', '.join(domains)}) in {root}")
-    classes = sorted({c.name for _, _, p in present for c in p.iterdir() if c.is_dir()})
-    files, labels, doms = [], [], []
-    for i, _, p in present:
-        for ci, c in enumerate(classes):
-            fs = sorted(f for f in (p / c).glob("*") if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
-            files += fs
-            labels += [ci] * len(fs)
-            doms += [i] * len(fs)
-    if not files:
-        raise FileNotFoundError(f"{what}: no images in {root}/<domain>/<class>/")
-    return files, torch.tensor(labels), torch.tensor(doms), classes
+def _domain_folders(name: str, split: str, root: Path, domains: list[str], size: int | None) -> _data.ImageSet:
+    """The ``<root>/<domain>/<class>/<image>`` layout as one lazily decoded :class:`vklib.data.ImageSet`: each
+    domain folder read by :func:`vklib.data.class_folders` (a space in a domain's name may be an underscore on
+    disk), labels indexing the sorted union of the classes, ``meta["domain"]`` ``(N,)`` the index in ``domains``."""
+    folders = [(i, next((p for p in (root / d, root / d.replace(" ", "_")) if p.is_dir()), None))
+               for i, d in enumerate(domains)]
+    sets = [(i, _data.class_folders(name, split, f, size=size)) for i, f in folders if f is not None]
+    if not sets:
+        raise FileNotFoundError(f"{name}: no domain folders ({', '.join(domains)}) in {root}")
+    classes = sorted({c for _, s in sets for c in s.classes})
+    files = [f for _, s in sets for f in s.meta["files"]]
+    labels = torch.cat([torch.tensor([classes.index(c) for c in s.classes])[s.labels] for _, s in sets])
+    doms = torch.cat([torch.full((len(s),), i) for i, s in sets])
+    return _data.ImageSet(name, split, _data.LazyImages([Path(f) for f in files], "RGB", size), labels, classes,
+                          {"domain": doms, "files": files, "_domains": domains}, "full")
 
 
 def _office_home_full(root: Path, split: str, download: bool, size):
+    """Office-Home at ``size`` px (64 by default), decoded into one ``(N, 3, size, size)`` tensor (15,588 images)."""
     folder = next((root / n for n in ("OfficeHomeDataset_10072016", "office_home", "OfficeHome")
                    if (root / n).is_dir()), root / "OfficeHomeDataset_10072016")
-    files, labels, doms, classes = _domain_folders(folder, OFFICE_HOME_DOMAINS, "office_home")
-    x = torch.stack([_data.read_image(f, "RGB", size or 64) for f in files])
-    return _data.ImageSet("office_home", split, x, labels, classes,
-                          {"domain": doms, "files": [str(f) for f in files], "_domains": OFFICE_HOME_DOMAINS}, "full")
+    ds = _domain_folders("office_home", split, folder, OFFICE_HOME_DOMAINS, size or 64)
+    ds.images = gather(ds.images, torch.arange(len(ds)))
+    return ds
 
 
 def _domainnet_full(root: Path, split: str, download: bool, size):
-    files, labels, doms, classes = _domain_folders(root / "domainnet", DOMAINNET_DOMAINS, "domainnet")
-    return _data.ImageSet("domainnet", split, _data.LazyImages(files, "RGB", size or 64), labels, classes,
-                          {"domain": doms, "files": [str(f) for f in files], "_domains": DOMAINNET_DOMAINS}, "full")
+    """DomainNet at ``size`` px (64 by default), decoded lazily (about 600,000 images)."""
+    return _domain_folders("domainnet", split, root / "domainnet", DOMAINNET_DOMAINS, size or 64)

@@ -16,8 +16,9 @@ saturation, warmth), :func:`colourfulness`, :func:`laplacian_variance`, :func:`d
 :func:`adapter_conv`, :func:`adapted_forward`, :func:`personal_loss`, :func:`spearman`, :func:`mean_spearman`,
 :func:`kshot_draws`, :func:`adjust`.
 Model and training: :class:`AestheticsNet`, :func:`build_model`, :func:`init_user_params`,
-:func:`user_parameter_count`, :func:`fit_generic`, :func:`predict`, :func:`trunk_features`, :func:`personalise`,
-:func:`finetune_all`, :func:`enhance`.
+:func:`user_parameter_count`, :func:`fit_generic`, :func:`personalise`, :func:`finetune_all`, :func:`enhance`.
+Scores and trunk features of many images come from :func:`vklib.train.infer` (``infer(model, images)`` gives the
+scores ``(N,)``, ``infer(model, images, fn=lambda m, x: m.features(x))`` the trunk features).
 Data: :func:`square_crops`, :func:`simulated_benchmark` (the quick profile: real photos, simulated raters) and
 :func:`flickr_benchmark` (the paper profile); the full FLICKR-AES loader is registered in :mod:`vklib.data` as
 ``"flickr_aes"``.
@@ -26,13 +27,14 @@ Batched personalisation: the user-specific parameters of ``M`` models (users x k
 dimension ``M`` and are trained together. The frozen 3x3 convolutions are shared, so they run as one ordinary
 convolution over the ``M * B`` images; only the 1x1 adapters (an ``einsum``), the normalisation affines and the head
 (batched matrix products) differ per model. The frozen trunk's output is computed once and cached.
+
+The paper's numbers would be rows of ``vklib/paper_numbers.csv``; notebook 10 says why it has none yet.
 """
 from __future__ import annotations
 
 import copy
 import csv
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -44,15 +46,16 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from . import data as _data
+from .models import ImageNetNormalize, torchvision_net
 from .train import fit_epochs, gather, random_flip
 from .utils import resolve_device
 
 __all__ = [
-    "PAPER", "PROFILES", "PROPERTIES", "POPULATION", "AestheticsNet", "Benchmark", "adapted_forward", "adapter_conv",
+    "PROFILES", "PROPERTIES", "POPULATION", "AestheticsNet", "Benchmark", "adapted_forward", "adapter_conv",
     "PARTS", "adjust", "build_model", "colourfulness", "draw_users", "enhance", "fit_generic", "finetune_all",
     "flickr_benchmark", "image_properties", "init_user_params", "kshot_draws", "laplacian_variance", "mean_spearman",
-    "param_part", "personal_loss", "personalise", "predict", "rate", "simulated_benchmark", "spearman", "square_crops",
-    "trunk_features", "user_draws", "user_parameter_count",
+    "param_part", "personal_loss", "personalise", "rate", "simulated_benchmark", "spearman", "square_crops",
+    "user_draws", "user_parameter_count",
 ]
 
 #: The user-specific parts: residual adapters, normalisation affines, MLP head.
@@ -85,10 +88,10 @@ PROFILES = {
         "offset_decay": 1e-2, "eval_every": 25, "finetune_lr": 1e-3, "finetune_steps": 60, "finetune_chunk": 0,
         "enhance_steps": 60, "enhance_lr": 0.1,
     },
-    # A GPU and FLICKR-AES (40k Flickr photos, 210 workers, 37 test workers), ResNet-18 (ImageNet weights when
-    # available locally), adapters in the last stage only (the authors' public notebooks put one beside every 3x3
-    # convolution of all four stages), k = 10 and k = 100 with 10 draws per worker (their k = 100 adapter
-    # notebook uses 3).
+    # A GPU and FLICKR-AES (40k Flickr photos, 210 workers, 37 test workers), ResNet-18 (ImageNet weights from a
+    # local file, see models.torchvision_net), adapters in the last stage only (the authors' public notebooks put
+    # one beside every 3x3 convolution of all four stages), k = 10 and k = 100 with 10 draws per worker (their
+    # k = 100 adapter notebook uses 3).
     "paper": {
         "benchmark": "flickr_aes", "image_size": 224, "crops_per_image": 0, "crop_scale": (1.0, 1.0),
         "train_raters": 0, "ratings_per_image": 0, "test_users": 37, "val_users": 0, "spread": 0.0,
@@ -99,18 +102,6 @@ PROFILES = {
         "enhance_steps": 100, "enhance_lr": 0.05,
     },
 }
-
-# The paper's reference numbers, keyed like the notebook's metrics (spearman_generic, spearman_adapter_k10,
-# spearman_adapter_k100, spearman_finetune_k100: mean Spearman's rho, a fraction in [-1, 1], over FLICKR-AES's 37 test
-# workers and the k-shot draws; user_params: user-specific scalars per user), plus descriptive keys such as
-# spearman_pam_k10 for the other cells of the paper's FLICKR-AES table. Still empty: no copy of the paper's results
-# table was readable when this was written (searched: the deepai.org, tomesphere.com, arxivlens and sciencestack
-# copies of arXiv 1907.03802, of which only the abstract and introduction were readable; the authors' repository
-# crp94/Personalised-aesthetic-assessment-using-residual-adapters has no results in its README, and its Adapters
-# notebook is stored without outputs). Nothing may be filled in from memory: add each number with its table, row
-# and setting.
-PAPER: dict[str, float] = {}
-
 
 # ============================================================================================ image properties
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -338,68 +329,36 @@ class AestheticsNet(nn.Module):
         return self.forward_tail(self.features(x))
 
 
-_MEAN = torch.tensor([0.485, 0.456, 0.406])
-_STD = torch.tensor([0.229, 0.224, 0.225])
-
-
-class _Normalise(nn.Module):
-    def forward(self, x):
-        return (x - _MEAN.to(x)[:, None, None]) / _STD.to(x)[:, None, None]
-
-
 def build_model(backbone: str = "small", *, widths: Sequence[int] | None = (16, 32, 48, 64), hidden: int = 32,
-                weights: str | None = None) -> AestheticsNet:
+                weights: str | Path | None = None) -> AestheticsNet:
     """The generic regressor.
 
     * ``"small"``: stem ``conv3x3(3, w0, stride 2)-BN-ReLU``, ``conv3x3(w0, w1, stride 2)-BN-ReLU`` (the trunk),
       then two BasicBlocks ``w1 -> w2`` and ``w2 -> w3``, both stride 2 (the tail); 64 px -> 4x4 features.
-    * ``"resnet18"``: torchvision's ResNet-18; ``conv1 .. layer3`` the trunk, ``layer4`` the tail. ``weights`` is a
-      torchvision weights name (e.g. ``"IMAGENET1K_V1"``, used when its file is in the local torch cache; nothing is
-      downloaded, and without the file a warning says so and the network starts from random weights) or the path
-      of a saved ``state_dict`` (which must exist); ``None`` starts from random weights.
+    * ``"resnet18"``: torchvision's ResNet-18; ``conv1 .. layer3`` the trunk, ``layer4`` the tail. ``weights`` as
+      :func:`vklib.models.torchvision_net` reads them: a torchvision weights name (e.g. ``"IMAGENET1K_V1"``, from the
+      torch hub cache) or the path of a saved ``state_dict``; a missing file raises
+      :class:`~vklib.models.WeightsNotFoundError` (nothing is downloaded); ``None`` starts from random weights.
+
+    Both take ``(N, 3, H, W)`` images in [0, 1] (ImageNet normalisation first in the trunk).
     """
     if backbone == "small":
         if widths is None or len(widths) != 4:
             raise ValueError(f"the small backbone needs 4 widths, got {widths!r}")
         w0, w1, w2, w3 = widths
-        trunk = nn.Sequential(_Normalise(), nn.Conv2d(3, w0, 3, 2, 1, bias=False), nn.BatchNorm2d(w0),
+        trunk = nn.Sequential(ImageNetNormalize(), nn.Conv2d(3, w0, 3, 2, 1, bias=False), nn.BatchNorm2d(w0),
                               nn.ReLU(inplace=True), nn.Conv2d(w0, w1, 3, 2, 1, bias=False), nn.BatchNorm2d(w1),
                               nn.ReLU(inplace=True))
         return AestheticsNet(trunk, [_basic_block(w1, w2, 2), _basic_block(w2, w3, 2)], w3, hidden)
     if backbone == "resnet18":
-        import torchvision
-        net = torchvision.models.resnet18(weights=None)
-        if weights is not None:
-            state = _resnet_state(weights)
-            if state is not None:
-                net.load_state_dict(state)
-        trunk = nn.Sequential(_Normalise(), net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
+        net = torchvision_net("resnet18", weights)
+        trunk = nn.Sequential(ImageNetNormalize(), net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2,
                               net.layer3)
         return AestheticsNet(trunk, list(net.layer4), 512, hidden)
     raise ValueError(f"backbone must be 'small' or 'resnet18', got {backbone!r}")
 
 
-def _resnet_state(weights: str) -> dict | None:
-    path = Path(weights).expanduser()
-    if path.suffix in (".pth", ".pt") or path.is_file():
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file {path} not found")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    import torchvision
-    w = torchvision.models.ResNet18_Weights[weights]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(w.url).name
-    if not cached.is_file():
-        warnings.warn(f"ResNet-18 weights {weights} are not in the local torch cache ({cached}); starting from random "
-                      f"weights. Place the file there or pass the path of a state_dict for the paper's setting.")
-        return None
-    return torch.load(cached, map_location="cpu", weights_only=True)
-
-
 # ============================================================================================ user parameters
-def _adapted_convs(block: nn.Module) -> list[str]:
-    return ["conv1", "conv2"]
-
-
 def init_user_params(model: AestheticsNet, n: int) -> dict[str, torch.Tensor]:
     """The user-specific parameters of ``n`` models, each starting at the generic model.
 
@@ -547,25 +506,6 @@ def fit_generic(model: AestheticsNet, images, targets: torch.Tensor, *, epochs: 
                         scheduler=sched, seed=seed, progress=progress, desc="generic model")
     model.eval()
     return losses
-
-
-@torch.no_grad()
-def predict(model: AestheticsNet, images, *, batch_size: int = 256, device: str | torch.device = "auto") -> torch.Tensor:
-    """Generic scores ``(N,)`` (eval mode, on the CPU) of ``(N, 3, H, W)`` images or a sequence of them."""
-    dev = resolve_device(device)
-    model.eval().to(dev)
-    idx = torch.arange(len(images))
-    return torch.cat([model(gather(images, i).to(dev)).cpu() for i in idx.split(batch_size)])
-
-
-@torch.no_grad()
-def trunk_features(model: AestheticsNet, images, *, batch_size: int = 256,
-                   device: str | torch.device = "auto") -> torch.Tensor:
-    """The frozen trunk's output ``(N, C, H', W')`` (eval mode), computed once and cached for personalisation."""
-    dev = resolve_device(device)
-    model.eval().to(dev)
-    idx = torch.arange(len(images))
-    return torch.cat([model.features(gather(images, i).to(dev)).cpu() for i in idx.split(batch_size)])
 
 
 @dataclass
@@ -908,6 +848,9 @@ def flickr_benchmark(cfg: dict, *, data_dir=None, seed: int = 0) -> Benchmark:
 
 
 # ---------------------------------------------------------------------------------------------- FLICKR-AES loader
+def _flickr_missing(what: str) -> _data.DataNotFoundError:
+    """The error for a missing part of the FLICKR-AES release, followed by where the release goes."""
+    return _data.DataNotFoundError(f"flickr_aes: {what}. {_data.info('flickr_aes').full_hint}")
 
 
 def _read_flickr_ratings(folder: Path) -> dict[str, list[tuple[str, float]]]:
@@ -928,8 +871,8 @@ def _read_flickr_ratings(folder: Path) -> dict[str, list[tuple[str, float]]]:
         return per_worker
     files = sorted((folder / "workers").glob("*.csv"))
     if not files:
-        raise _data.DataNotFoundError(f"flickr_aes: no ratings in {folder} (neither "
-                                      f"FLICKR-AES_image_labeled_by_each_worker.csv nor workers/*.csv). {_data.info('flickr_aes').full_hint}")
+        raise _flickr_missing(f"no ratings in {folder} (neither FLICKR-AES_image_labeled_by_each_worker.csv nor "
+                              f"workers/*.csv)")
     for path in files:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -941,11 +884,11 @@ def _read_flickr_ratings(folder: Path) -> dict[str, list[tuple[str, float]]]:
 def _flickr_full(root: Path, split: str, download: bool, size):
     folder = root / "flickr_aes"
     if not folder.is_dir():
-        raise _data.DataNotFoundError(f"flickr_aes: folder {folder} not found. {_data.info('flickr_aes').full_hint}")
+        raise _flickr_missing(f"folder {folder} not found")
     per_worker = _read_flickr_ratings(folder)
     tw = folder / "test_workers.txt"
     if not tw.is_file():
-        raise _data.DataNotFoundError(f"flickr_aes: {tw} (the test workers' ids) not found. {_data.info('flickr_aes').full_hint}")
+        raise _flickr_missing(f"{tw} (the test workers' ids) not found")
     test_workers = [w.strip() for w in tw.read_text().split() if w.strip()]
     missing = [w for w in test_workers if w not in per_worker]
     if missing:
@@ -968,7 +911,7 @@ def _flickr_full(root: Path, split: str, download: bool, size):
     paths = [folder / "40K" / n for n in files]
     absent = [p for p in paths[:50] if not p.is_file()]
     if absent:
-        raise _data.DataNotFoundError(f"flickr_aes: image {absent[0]} not found. {_data.info('flickr_aes').full_hint}")
+        raise _flickr_missing(f"image {absent[0]} not found")
     mean = torch.tensor([sum(s) / len(s) for s in scores])
     return _data.ImageSet("flickr_aes", split, _data.LazyImages(paths, "RGB", size), None, None,
                           {"files": files, "mean_score": mean, "_ratings": ratings, "_workers": chosen}, "full")

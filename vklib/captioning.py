@@ -15,9 +15,9 @@ Kernels (the notebook ``09_topic_attention_captioning`` runs the experiment with
 * text: :func:`tokenize`, :class:`Vocab`, :func:`encode_references`;
 * data: :func:`make_scenes` (a deterministic, vectorised generator of synthetic scenes of coloured shapes with
   spatial-relation captions), the MS-COCO Karpathy split registered as ``coco_karpathy`` (full data only);
-* models: :class:`GridEncoder` (small CNN, region grid), :class:`ResNetEncoder` (torchvision ResNet, ImageNet
-  weights when they are on disk), :class:`Captioner` (Up-Down decoder with ``attention="soft"`` or ``"clta"``),
-  :class:`SentenceAutoEncoder`;
+* models: :class:`GridEncoder` (small CNN, region grid), :class:`ResNetEncoder` (torchvision ResNet with ImageNet
+  weights from a local file, :func:`vklib.models.torchvision_net`), :class:`Captioner` (Up-Down decoder with
+  ``attention="soft"`` or ``"clta"``), :class:`SentenceAutoEncoder`;
 * functional kernels: :func:`additive_attention`, :func:`topic_region_attention`, :func:`clta_attention`,
   :func:`masked_cross_entropy`, :func:`sae_regulariser`, :func:`caption_loss`;
 * training and decoding: :func:`train_sae`, :func:`train_captioner`, :func:`greedy_decode`, :func:`beam_search`,
@@ -25,7 +25,7 @@ Kernels (the notebook ``09_topic_attention_captioning`` runs the experiment with
 * metrics: :func:`caption_metrics` (pycocoevalcap BLEU-1..4, ROUGE-L, CIDEr; METEOR / SPICE only with Java).
 
 ``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, generated scenes) and ``paper`` (GPU, MS-COCO Karpathy
-split, beam 3) settings; ``PAPER`` the reference numbers for the notebook's metric names (see its comment).
+split, beam 3) settings; the paper's numbers are rows of ``vklib/paper_numbers.csv`` (see :mod:`vklib.results`).
 """
 from __future__ import annotations
 
@@ -42,9 +42,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data
+from .models import ImageNetNormalize, torchvision_net
+from .train import gather, infer
 from .utils import resolve_device
 
-__all__ = ["ATTENTIONS", "COLOURS", "PAPER", "PROFILES", "RELATIONS", "SHAPES", "Captioner", "GridEncoder",
+__all__ = ["ATTENTIONS", "COLOURS", "PROFILES", "RELATIONS", "SHAPES", "Captioner", "GridEncoder",
            "ResNetEncoder", "SentenceAutoEncoder", "Vocab", "additive_attention", "beam_search", "caption_images",
            "caption_loss", "caption_metrics", "clta_attention", "encode_references", "greedy_decode", "load_split",
            "make_encoder", "make_scenes",
@@ -85,7 +87,7 @@ PROFILES = {
         "image_size": 224,
         "max_len": 16,
         "min_count": 5,             # Karpathy's vocabulary threshold (about 10k words)
-        "encoder": "resnet101",     # ImageNet weights when on disk, frozen; 7x7 grid of 2048-d regions
+        "encoder": "resnet101",     # frozen ImageNet weights (a local file); 7x7 grid of 2048-d regions
         "feat_dim": 2048,
         "embed_dim": 1000,          # Up-Down's sizes
         "hidden_dim": 1000,
@@ -103,22 +105,6 @@ PROFILES = {
         "java_metrics": True,
     },
 }
-
-# Reference numbers, on the scale every profile records: pycocoevalcap's native scores (BLEU-4 in [0, 1], CIDEr
-# usually in [0, 2] on MS-COCO), i.e. the x100 numbers papers print divided by 100; the notebook's results table
-# shows both scales. MS-COCO Karpathy test split, cross-entropy training, single model.
-#
-# * bleu4_baseline / cider_baseline: the Up-Down captioner (Anderson et al., CVPR 2018, arXiv 1707.07998, its
-#   Karpathy-test-split table, "Up-Down" row under cross-entropy loss: BLEU-4 36.2, CIDEr 113.5), the captioner that
-#   arXiv 1911.10082 builds on. It is a stand-in for the paper's own baseline row, which may differ. These two
-#   numbers were carried over from an earlier revision of this module; they could not be re-read from the text of
-#   either paper offline, nor could the table number be checked.
-# * The paper's own rows (baseline, +CLTA, +SAE regulariser, +CLTA+SAE; full data and the low-data regime) are NOT
-#   here: the stored copies of arXiv 1911.10082 reachable offline (arxiv-vanity, vdocuments, the
-#   Springer chapter) expose only the abstract and introduction, not the results tables. Add them from the paper,
-#   divided by 100, under the recorded names (bleu4_clta, cider_clta, bleu4_clta_sae, cider_clta_sae) and, for the
-#   other cells, descriptive keys such as cider_coco_clta_sae_<fraction>pct.
-PAPER = {"bleu4_baseline": 0.362, "cider_baseline": 1.135}
 
 # ----------------------------------------------------------------------------------------------- text
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -432,45 +418,29 @@ class GridEncoder(nn.Module):
         return self.net(images).flatten(2).transpose(1, 2)
 
 
-def _local_weights(arch: str) -> Path | None:
-    """The torchvision ImageNet checkpoint of ``arch`` if it is already in the torch hub cache (never downloads)."""
-    import torchvision
-    weights = torchvision.models.get_model_weights(arch).DEFAULT
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    return path if path.is_file() else None
-
-
 class ResNetEncoder(nn.Module):
     """A torchvision ResNet's last convolutional grid as region features (ImageNet normalisation inside).
 
-    With ``pretrained=True`` the ImageNet weights are loaded when they are already in the torch hub cache
-    (``torch.hub.get_dir()/checkpoints``); otherwise a ``RuntimeError`` says where to put them (nothing is
-    downloaded). ``frozen`` keeps the backbone in eval mode without gradients (the paper's regions are fixed).
+    ``weights``: the ImageNet weights as :func:`vklib.models.torchvision_net` reads them (a torchvision weights name
+    such as ``"IMAGENET1K_V1"`` from the torch hub cache, or a ``.pth`` path); a missing file raises
+    :class:`~vklib.models.WeightsNotFoundError` saying where to put it (nothing is downloaded); ``None`` starts from
+    random weights. ``frozen`` keeps the backbone in eval mode without gradients (the paper's regions are fixed).
 
-    Shapes: ``(B, 3, S, S)`` -> ``(B, (S/32)^2, C)`` with ``C`` = 2048 for resnet50/101/152, 512 for resnet18/34.
+    Shapes: ``(B, 3, S, S)`` in [0, 1] -> ``(B, (S/32)^2, C)`` with ``C`` = 2048 for resnet50/101/152, 512 for
+    resnet18/34.
     """
 
-    def __init__(self, arch: str = "resnet101", pretrained: bool = True, frozen: bool = True):
+    def __init__(self, arch: str = "resnet101", weights: str | Path | None = "IMAGENET1K_V1", frozen: bool = True):
         super().__init__()
-        import torchvision
         if arch not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
             raise ValueError(f"arch must be a torchvision resnet18/34/50/101/152, got {arch!r}")
-        net = getattr(torchvision.models, arch)(weights=None)
-        if pretrained:
-            path = _local_weights(arch)
-            if path is None:
-                raise RuntimeError(f"ResNetEncoder: ImageNet weights of {arch} are not in "
-                                   f"{Path(torch.hub.get_dir()) / 'checkpoints'}; download them once with "
-                                   f"torchvision.models.{arch}(weights='DEFAULT') on a machine with a network, or "
-                                   f"pass pretrained=False")
-            net.load_state_dict(torch.load(path, map_location="cpu"))
+        net = torchvision_net(arch, weights)
+        self.normalize = ImageNetNormalize()
         self.body = nn.Sequential(*list(net.children())[:-2])
         self.feat_dim = net.fc.in_features
         self.frozen = frozen
         if frozen:
             self.body.requires_grad_(False)
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -480,7 +450,7 @@ class ResNetEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            return self.body((images - self.mean) / self.std).flatten(2).transpose(1, 2)
+            return self.body(self.normalize(images)).flatten(2).transpose(1, 2)
 
 
 class Captioner(nn.Module):
@@ -617,18 +587,13 @@ class SentenceAutoEncoder(nn.Module):
 
 def make_encoder(name: str, image_size: int, feat_dim: int = 64) -> nn.Module:
     """The encoder a profile names: ``"grid"`` (:class:`GridEncoder`, trained end to end) or a torchvision ResNet
-    (:class:`ResNetEncoder`: frozen ImageNet weights when they are on disk; otherwise, with a warning, randomly
-    initialised and trained end to end)."""
+    (:class:`ResNetEncoder` with frozen ImageNet weights ``"IMAGENET1K_V1"`` from the torch hub cache; a missing
+    file raises :class:`~vklib.models.WeightsNotFoundError`)."""
     if name == "grid":
         return GridEncoder(image_size, feat_dim)
     if not name.startswith("resnet"):
         raise ValueError(f"encoder must be 'grid' or a torchvision resnet name (e.g. 'resnet101'), got {name!r}")
-    if _local_weights(name) is None:
-        import warnings
-        warnings.warn(f"no ImageNet weights for {name} in {Path(torch.hub.get_dir()) / 'checkpoints'}: the encoder "
-                      f"starts from random weights and is trained end to end (far below the paper's features)")
-        return ResNetEncoder(name, pretrained=False, frozen=False)
-    return ResNetEncoder(name, pretrained=True, frozen=True)
+    return ResNetEncoder(name, weights="IMAGENET1K_V1", frozen=True)
 
 
 def load_split(cfg: dict, split: str, *, seed: int = 0, data_dir=None) -> data.ImageSet:
@@ -650,13 +615,6 @@ def load_split(cfg: dict, split: str, *, seed: int = 0, data_dir=None) -> data.I
 
 
 # ----------------------------------------------------------------------------------------------- training
-def _rows(images, idx: torch.Tensor) -> torch.Tensor:
-    """``images[idx]`` for a tensor, or the stacked images of a sequence (e.g. :class:`~vklib.data.LazyImages`)."""
-    if torch.is_tensor(images):
-        return images[idx]
-    return torch.stack([images[i] for i in idx.tolist()])
-
-
 def _check_refs(tokens: torch.Tensor, n: int | None = None):
     if tokens.ndim != 3:
         raise ValueError(f"tokens must be (N, R, L) reference ids (see encode_references), got {tuple(tokens.shape)}")
@@ -664,8 +622,20 @@ def _check_refs(tokens: torch.Tensor, n: int | None = None):
         raise ValueError(f"images and tokens differ in length: {n} vs {tokens.shape[0]}")
 
 
-def _cosine(opt, steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+def _adam_step(params, lr: float, steps: int):
+    """Both trainers' update: Adam on ``params`` with a cosine decay over ``steps`` and gradient clipping at 5.
+    Returns ``step(loss)``, which backpropagates ``loss`` and takes one optimiser and scheduler step."""
+    params = list(params)
+    opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+    def step(loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 5.0)
+        opt.step()
+        sched.step()
+    return step
 
 
 def train_sae(sae: SentenceAutoEncoder, tokens: torch.Tensor, *, steps: int, batch_size: int = 64,
@@ -685,18 +655,13 @@ def train_sae(sae: SentenceAutoEncoder, tokens: torch.Tensor, *, steps: int, bat
     dev = resolve_device(device)
     flat = tokens.flatten(0, 1)
     sae.to(dev).train()
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    sched = _cosine(opt, steps)
+    update = _adam_step(sae.parameters(), lr, steps)
     g = torch.Generator().manual_seed(seed)
     losses = []
     for _ in tqdm(range(steps), desc="SAE", disable=not progress, leave=False):
         y = flat[torch.randint(len(flat), (batch_size,), generator=g)].to(dev)
         loss = masked_cross_entropy(sae(y), y[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(sae.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        update(loss)
         losses.append(loss.item())
     sae.eval()
     return losses
@@ -734,8 +699,7 @@ def train_captioner(model: Captioner, images, tokens: torch.Tensor, *, steps: in
     model.to(dev).train()
     if sae is not None:
         sae.to(dev).eval().requires_grad_(False)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    sched = _cosine(opt, steps)
+    update = _adam_step([p for p in model.parameters() if p.requires_grad], lr, steps)
     g = torch.Generator().manual_seed(seed)
     hist = {"loss": [], "xent": [], "sae": []}
     n, r = tokens.shape[:2]
@@ -743,15 +707,11 @@ def train_captioner(model: Captioner, images, tokens: torch.Tensor, *, steps: in
         idx = torch.randint(n, (batch_size,), generator=g)
         y = tokens[idx, torch.randint(r, (batch_size,), generator=g)].to(dev)
         y = y[:, :int((y != Vocab.pad).sum(1).max())]          # drop all-padding columns
-        out = model(_rows(images, idx).to(dev), y)
+        out = model(gather(images, idx).to(dev), y)
         with torch.no_grad():
             targets = sae.states(y) if sae is not None else None
         loss, parts = caption_loss(out["logits"], y[:, 1:], out["states"], targets, model.sae_proj, sae_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        opt.step()
-        sched.step()
+        update(loss)
         hist["loss"].append(loss.item())
         hist["xent"].append(parts["xent"])
         hist["sae"].append(parts["sae"])
@@ -835,19 +795,15 @@ def beam_search(model: Captioner, images: torch.Tensor, beam: int = 3, max_len: 
     return seqs[best]
 
 
-@torch.no_grad()
 def caption_images(model: Captioner, images, vocab: Vocab, *, beam: int = 1, max_len: int = 16,
-                   batch_size: int = 256, device: str | torch.device = "auto", progress: bool = False) -> list[str]:
-    """Captions (strings) of ``images`` (tensor ``(N, 3, S, S)`` or a sequence of images), greedy when ``beam=1``."""
-    dev = resolve_device(device)
-    model.to(dev)
-    out = []
-    chunks = torch.arange(len(images)).split(batch_size)
-    for idx in tqdm(chunks, desc="decode", disable=not progress, leave=False):
-        x = _rows(images, idx).to(dev)
-        ids = greedy_decode(model, x, max_len)["tokens"] if beam == 1 else beam_search(model, x, beam, max_len)
-        out += [vocab.decode(row) for row in ids.cpu()]
-    return out
+                   batch_size: int = 256, device: str | torch.device = "auto") -> list[str]:
+    """Captions (strings) of ``images`` (tensor ``(N, 3, S, S)`` or a sequence of ``(3, S, S)`` images), by
+    :func:`greedy_decode` when ``beam=1``, else :func:`beam_search`, batch by batch (:func:`vklib.train.infer`)."""
+    def decode(m: Captioner, x: torch.Tensor) -> torch.Tensor:
+        ids = greedy_decode(m, x, max_len)["tokens"] if beam == 1 else beam_search(m, x, beam, max_len)
+        return F.pad(ids, (0, max_len + 1 - ids.shape[1]), value=Vocab.pad)   # (B, max_len + 1) in every batch
+
+    return [vocab.decode(row) for row in infer(model, images, fn=decode, batch_size=batch_size, device=device)]
 
 
 # ----------------------------------------------------------------------------------------------- metrics
@@ -857,7 +813,7 @@ def caption_metrics(references: Sequence[Sequence[str]], hypotheses: Sequence[st
     ``java`` (``None``: whenever a ``java`` executable exists) also ``meteor`` and, if its Stanford models are
     installed, ``spice``. Captions are tokenised with :func:`tokenize` (not the Java PTB tokenizer), so numbers
     can differ slightly from the official toolkit's. The course records the native scale (``scale=1``) in every
-    profile, as ``PAPER`` does; ``scale=100`` gives the numbers papers print.
+    profile, as ``vklib/paper_numbers.csv`` does; ``scale=100`` gives the numbers papers print.
 
     Args:
         references: per image, a list of reference captions (str).

@@ -12,12 +12,13 @@ Kernels
       plain loop over classes; :func:`matching_loss` puts the two sides together;
     * :func:`condense`: the whole DC loop (fresh random network per iteration, outer/inner loops, SGD on pixels);
     * :func:`select_coreset` with :func:`herding` and :func:`k_center`: the coreset baselines of the paper's table;
-    * :func:`evaluate_synset`: train fresh networks on a small set and test them on real data;
+    * :func:`evaluate_synset`: train fresh networks on a small set and test them on real data (all seeds in one
+      pass, as a :class:`vklib.train.Ensemble`, where the network has no BatchNorm);
     * :func:`dc_augment` (DC's evaluation augmentation) and :func:`sample_dsa` / :func:`apply_dsa` (differentiable
       siamese augmentation, DSA, Zhao and Bilen ICML 2021) as an optional extension;
     * :func:`load_real`, :func:`normalize`, :func:`denormalize`, :func:`make_network`, :class:`MLP`, :class:`LeNet`.
 
-Images are handled in the normalised space of DC (per-channel mean and std of :data:`DATASETS`).
+Images are handled in the normalised space of DC (per-channel mean and std of :data:`BENCHMARKS`).
 """
 from __future__ import annotations
 
@@ -34,16 +35,16 @@ from . import data, models, train
 from .utils import resolve_device
 
 __all__ = [
-    "DATASETS", "DISTANCES", "DSA_OPS", "INITS", "LOOPS", "NETWORKS", "PAPER", "PROFILES", "CondenseResult",
+    "BENCHMARKS", "CORESETS", "DISTANCES", "DSA_OPS", "INITS", "LOOPS", "NETWORKS", "PROFILES", "CondenseResult",
     "EvalResult", "LeNet", "MLP", "apply_dsa", "class_gradients", "condense", "dc_augment", "denormalize", "embed",
     "evaluate_synset", "herding", "k_center", "layer_distance", "load_real", "loops_for_ipc", "make_network",
-    "match_distance", "matching_loss", "normalize", "paper_metrics", "sample_dsa", "select_coreset",
+    "match_distance", "matching_loss", "normalize", "sample_dsa", "select_coreset",
 ]
 
 
 # ----------------------------------------------------------------------------------------------- datasets
 @dataclass(frozen=True)
-class _DatasetInfo:
+class _Benchmark:
     registry: str          # name in vklib.data
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -51,27 +52,27 @@ class _DatasetInfo:
     dsa_strategy: str      # DSA's strategy for this dataset
 
 
-#: The four benchmarks of the paper's Table 1, with DC's normalisation constants.
-DATASETS: dict[str, _DatasetInfo] = {
-    "mnist": _DatasetInfo("mnist", (0.1307,), (0.3081,), "crop_scale_rotate",
+#: The four benchmarks of the paper's Table 1, with DC's normalisation constants and augmentations.
+BENCHMARKS: dict[str, _Benchmark] = {
+    "mnist": _Benchmark("mnist", (0.1307,), (0.3081,), "crop_scale_rotate",
                           "color_crop_cutout_scale_rotate"),
-    "fashion_mnist": _DatasetInfo("fashion_mnist", (0.2861,), (0.3530,), "none",
+    "fashion_mnist": _Benchmark("fashion_mnist", (0.2861,), (0.3530,), "none",
                                   "color_crop_cutout_flip_scale_rotate"),
-    "svhn": _DatasetInfo("svhn", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "none",
+    "svhn": _Benchmark("svhn", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "none",
                          "color_crop_cutout_scale_rotate"),
-    "cifar10": _DatasetInfo("cifar10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "none",
+    "cifar10": _Benchmark("cifar10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "none",
                             "color_crop_cutout_flip_scale_rotate"),
 }
 
 
-def _dataset(name: str) -> _DatasetInfo:
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
-    return DATASETS[name]
+def _benchmark(name: str) -> _Benchmark:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown dataset {name!r}; allowed: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
 
 
 def _stats(dataset: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    info = _dataset(dataset)
+    info = _benchmark(dataset)
     if x.ndim < 3 or x.shape[-3] != len(info.mean):
         raise ValueError(f"{dataset}: expected images (..., {len(info.mean)}, H, W), got shape {tuple(x.shape)}")
     shape = (len(info.mean), 1, 1)
@@ -98,8 +99,7 @@ def load_real(dataset: str, split: str = "train", *, full: bool = False, data_di
     ``full=False`` reads the shipped subset (MNIST: 5,000 training and 10,000 test images; Fashion-MNIST: 500 per
     class and split); ``full=True`` reads the full dataset through torchvision (see :func:`vklib.data.load`).
     """
-    info = _dataset(dataset)
-    name = info.registry
+    name = _benchmark(dataset).registry
     ds = data.load(name, split, data_dir=data_dir, full=full, download=download)
     if ds.labels is None or not torch.is_tensor(ds.images):
         raise data.DataError(f"{name}: DC needs labelled images of one size")
@@ -232,8 +232,12 @@ def match_distance(g_syn, g_real, metric: str = "dc", batch_dims: int = 1) -> to
 
 
 # ----------------------------------------------------------------------------------------------- gradients
+def _has_batchnorm(net: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+
+
 def _check_no_batchnorm(net: nn.Module) -> None:
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+    if _has_batchnorm(net):
         raise ValueError("gradient matching here needs a network without BatchNorm (e.g. ConvNet's instance norm): "
                          "one synthetic image per class gives no usable batch statistics")
 
@@ -312,6 +316,15 @@ def _rotation(angle: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([c, -s, z], -1), torch.stack([s, c, z], -1)], -2)
 
 
+def _dc_augment_ops(strategy: str | None) -> list[str]:
+    """The operations of a :func:`dc_augment` strategy (``[]`` for ``"none"``), checked."""
+    ops = [] if strategy in ("none", "", None) else strategy.split("_")
+    unknown = sorted(set(ops) - {"crop", "scale", "rotate", "noise"})
+    if unknown:
+        raise ValueError(f"unknown dc_augment operation(s) {unknown}; allowed: crop, scale, rotate, noise")
+    return ops
+
+
 def dc_augment(x: torch.Tensor, strategy: str = "crop_scale_rotate", *, generator: torch.Generator | None = None,
                crop: int = 4, scale: float = 0.2, rotate: float = 45.0, noise: float = 0.001) -> torch.Tensor:
     """DC's augmentation for training evaluation networks: every image gets ONE of the strategy's operations,
@@ -327,10 +340,7 @@ def dc_augment(x: torch.Tensor, strategy: str = "crop_scale_rotate", *, generato
     Returns:
         ``(N, C, H, W)``.
     """
-    ops = [] if strategy in ("none", "", None) else strategy.split("_")
-    unknown = sorted(set(ops) - {"crop", "scale", "rotate", "noise"})
-    if unknown:
-        raise ValueError(f"unknown dc_augment operation(s) {unknown}; allowed: crop, scale, rotate, noise")
+    ops = _dc_augment_ops(strategy)
     if not ops:
         return x
     N, C, H, W = x.shape
@@ -482,7 +492,7 @@ def condense(images: torch.Tensor, labels: torch.Tensor, *, ipc: int, iterations
     ``batch_real`` real images per class, computes all classes' real gradients and the synthetic gradients
     (kept differentiable), and takes one SGD step (momentum 0.5) on the synthetic pixels against the summed
     distance; between outer steps the network is trained for ``inner_loop`` epochs on the current synthetic set
-    (SGD, momentum 0.5, ``lr_net``).
+    (SGD, momentum 0.5, ``lr_net``, by :func:`vklib.train.fit_epochs`).
 
     Args:
         images, labels: the real training set, ``(N, C, H, W)`` normalised and ``(N,)`` in ``0..K-1``.
@@ -555,18 +565,18 @@ def condense(images: torch.Tensor, labels: torch.Tensor, *, ipc: int, iterations
             loss.backward()
             opt_img.step()
             total += loss.item()
-            if ol == outer_loop - 1:
-                break
+            if ol == outer_loop - 1 or inner_loop == 0:
+                continue
             syn_train = syn.detach().clone()
-            for _ in range(inner_loop):
-                for idx in train.batches(len(syn_train), batch_train, shuffle=True, generator=g):
-                    x = syn_train[idx.to(dev)]
-                    if dsa_strategy:
-                        x = apply_dsa(x[None], sample_dsa(dsa_strategy, 1, g))[0]
-                    l_net = F.cross_entropy(net(x), syn_labels[idx].to(dev))
-                    opt_net.zero_grad(set_to_none=True)
-                    l_net.backward()
-                    opt_net.step()
+
+            def net_loss(idx, gen):
+                x = syn_train[idx.to(dev)]
+                if dsa_strategy:
+                    x = apply_dsa(x[None], sample_dsa(dsa_strategy, 1, gen))[0]
+                return F.cross_entropy(net(x), syn_labels[idx].to(dev))
+
+            train.fit_epochs(net_loss, len(syn_train), epochs=inner_loop, batch_size=batch_train, optimizer=opt_net,
+                             seed=int(torch.randint(2 ** 62, (), generator=g)))
         losses.append(total / (K * outer_loop))
         if it + 1 in snapshot_at:
             snapshots[it + 1] = syn.detach().cpu().clone()
@@ -576,18 +586,13 @@ def condense(images: torch.Tensor, labels: torch.Tensor, *, ipc: int, iterations
 
 
 # ----------------------------------------------------------------------------------------------- coresets
-@torch.no_grad()
 def embed(net: nn.Module, images: torch.Tensor, *, batch_size: int = 512,
           device: str | torch.device = "auto") -> torch.Tensor:
-    """Features ``(N, D)`` from ``net.embed`` (e.g. :meth:`vklib.models.ConvNet.embed`), eval mode, on the CPU."""
+    """Features ``(N, D)`` of ``images`` ``(N, C, H, W)`` from ``net.embed`` (e.g.
+    :meth:`vklib.models.ConvNet.embed`), by :func:`vklib.train.infer` (eval mode, on the CPU)."""
     if not hasattr(net, "embed"):
         raise ValueError(f"{type(net).__name__} has no embed() method to give features")
-    dev = resolve_device(device)
-    was = net.training
-    net.eval().to(dev)
-    out = torch.cat([net.embed(images[i].to(dev)).cpu() for i in train.batches(len(images), batch_size)])
-    net.train(was)
-    return out
+    return train.infer(net, images, fn=lambda m, x: m.embed(x), batch_size=batch_size, device=device)
 
 
 def herding(features: torch.Tensor, n: int) -> torch.Tensor:
@@ -677,24 +682,35 @@ def evaluate_synset(images: torch.Tensor, labels: torch.Tensor, test_images: tor
                     device: str | torch.device = "auto", progress: bool = False) -> EvalResult:
     """Train ``n_nets`` fresh networks on a small set and test them on real data (the paper's protocol).
 
-    Each network (``net_fn()``, initialised under seed ``seed * 1000 + i``) is trained with SGD (momentum 0.9,
+    Network ``i`` (``net_fn()``, initialised under seed ``s = seed * 1000 + i``) is trained with SGD (momentum 0.9,
     weight decay 5e-4, ``lr`` decayed x0.1 at half of ``epochs``) on ``images`` ``(M, C, H, W)`` / ``labels``
-    ``(M,)``, with :func:`dc_augment` ``augment`` on every batch, and tested on ``test_images`` / ``test_labels``.
+    ``(M,)``, its batch order and the :func:`dc_augment` ``augment`` of every batch drawn from seed ``s``
+    (:func:`vklib.train.train_classifier`), and tested on ``test_images`` ``(N, C, H, W)`` / ``test_labels``
+    ``(N,)``.
+
+    The ``n_nets`` networks are trained in one pass as one :class:`vklib.train.Ensemble` (equal to separate runs
+    from the same seeds, to float tolerance). Networks with BatchNorm (e.g. ``"resnet"`` of :func:`make_network`)
+    cannot be stacked: they are trained one after the other, each by the same recipe.
     """
     if n_nets < 1 or epochs < 1:
         raise ValueError(f"n_nets and epochs must be >= 1, got {n_nets} and {epochs}")
     if len(images) == 0 or len(images) != len(labels):
         raise ValueError(f"need a non-empty training set with one label per image, got {len(images)} images and "
                          f"{len(labels)} labels")
-    dc_augment(images[:1], augment)  # validates the strategy
+    ops = _dc_augment_ops(augment)
+    seeds = [seed * 1000 + i for i in range(n_nets)]
+    kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=5e-4, lr_decay_at=(0.5,),
+              augment=(lambda x, g: dc_augment(x, augment, generator=g)) if ops else None,
+              device=device)
+    if not _has_batchnorm(_seeded(net_fn, seeds[0])):
+        with torch.random.fork_rng(devices=[]):  # Ensemble seeds torch's global RNG; leave the caller's alone
+            nets = train.Ensemble(net_fn, seeds)
+        train.train_classifier(nets, images, labels, progress=progress, **kw)
+        return EvalResult(train.evaluate(nets, test_images, test_labels, device=device))
     accs = []
-    for i in tqdm(range(n_nets), desc="evaluate", disable=not progress, leave=False):
-        s = seed * 1000 + i
+    for s in tqdm(seeds, desc="evaluate", disable=not progress, leave=False):
         net = _seeded(net_fn, s)
-        g = torch.Generator().manual_seed(s)
-        aug = None if augment == "none" else (lambda x, g=g: dc_augment(x, augment, generator=g))
-        train.train_classifier(net, images, labels, epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9,
-                               weight_decay=5e-4, lr_decay_at=(0.5,), augment=aug, seed=s, device=device)
+        train.train_classifier(net, images, labels, seed=s, **kw)
         accs.append(train.evaluate(net, test_images, test_labels, device=device))
     return EvalResult(accs)
 
@@ -719,33 +735,3 @@ PROFILES = {
         cross_archs=("mlp", "lenet", "resnet"), feature_epochs=10, snapshot_every=100,
     ),
 }
-
-_DC = {("mnist", 1): 0.917, ("mnist", 10): 0.974, ("mnist", 50): 0.988,
-       ("fashion_mnist", 1): 0.705, ("fashion_mnist", 10): 0.823, ("fashion_mnist", 50): 0.836,
-       ("svhn", 1): 0.312, ("svhn", 10): 0.761, ("svhn", 50): 0.823,
-       ("cifar10", 1): 0.283, ("cifar10", 10): 0.449, ("cifar10", 50): 0.539}
-_DC_STD = {("mnist", 1): 0.005, ("mnist", 10): 0.002, ("mnist", 50): 0.002}
-_BASELINES = {("mnist", 1): {"acc_random": 0.649, "acc_herding": 0.892, "acc_kcenter": 0.893}}
-
-#: The paper's Table 1 (accuracy fractions, ConvNet trained on the condensed set and tested on the real test set),
-#: keyed ``{metric}_{dataset}_ipc{n}`` as the notebook records the grid of the ``paper`` profile.
-PAPER: dict[str, float] = {
-    **{f"acc_dc_{d}_ipc{n}": v for (d, n), v in _DC.items()},
-    **{f"acc_dc_std_{d}_ipc{n}": v for (d, n), v in _DC_STD.items()},
-    **{f"{k}_{d}_ipc{n}": v for (d, n), row in _BASELINES.items() for k, v in row.items()},
-}
-
-
-_METRICS = ("acc_dc", "acc_dc_std", "acc_random", "acc_herding", "acc_kcenter")
-
-
-def paper_metrics(dataset: str, ipc: int, grid: Sequence[tuple[str, int]] = ()) -> dict[str, float]:
-    """The paper's numbers under the names a run records: ``acc_dc``, ``acc_dc_std``, ``acc_random``,
-    ``acc_herding``, ``acc_kcenter`` for the headline ``(dataset, ipc)``, and ``{metric}_{d}_ipc{n}`` for the
-    other settings of ``grid`` (only those the paper reports)."""
-    _dataset(dataset)
-    out = {m: PAPER[f"{m}_{dataset}_ipc{ipc}"] for m in _METRICS if f"{m}_{dataset}_ipc{ipc}" in PAPER}
-    for d, n in grid:
-        if (d, n) != (dataset, ipc):
-            out.update({f"{m}_{d}_ipc{n}": PAPER[f"{m}_{d}_ipc{n}"] for m in _METRICS if f"{m}_{d}_ipc{n}" in PAPER})
-    return out

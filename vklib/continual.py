@@ -13,13 +13,13 @@ Kernels (the notebook ``08_continual_representation`` runs the experiment with t
   ``k=None, margin=0`` and the paper's loss with neighbourhood selection (``k``) and consistency relaxation
   (``margin``); :func:`step_loss` adds cross-entropy on the new identities;
 * training: :func:`train_step` (one step of any of ``METHODS``);
-* evaluation: :func:`embed`, :func:`retrieval_ranks` / :func:`retrieval_metrics` (rank-k and mAP with cosine
-  similarity) and :func:`average_forgetting`.
+* evaluation: embeddings through :func:`vklib.train.infer` (``fn=IdentityNet.embed``; without ``fn`` the model's
+  forward gives ``(embeddings, logits)``), :func:`retrieval_ranks` / :func:`retrieval_metrics` (rank-k and mAP with
+  cosine similarity) and :func:`average_forgetting`.
 
 ``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, shipped LFW people + ORL) and ``paper`` (GPU, full
-face / person re-identification benchmarks) settings; ``PAPER`` is meant for the paper's reference numbers but
-is empty (its comment says why). The full-size benchmarks the paper profile needs are registered in
-:mod:`vklib.data` on import: ``casia_webface``, ``market1501`` and ``dukemtmc_reid``.
+face / person re-identification benchmarks) settings. The readers of the full-size benchmarks the paper profile
+needs, ``casia_webface``, ``market1501`` and ``dukemtmc_reid``, are here; :mod:`vklib.data` registers them.
 """
 from __future__ import annotations
 
@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data, models
-from .train import fit_epochs, gather, random_flip
+from .train import fit_epochs, gather, infer, random_flip
 from .utils import resolve_device
 
-__all__ = ["METHODS", "PAPER", "PROFILES", "IdentityNet", "average_forgetting", "distillation_loss", "embed",
-           "local_labels", "retrieval_metrics", "retrieval_ranks", "select_neighbours", "split_identities",
-           "split_images", "step_loss", "train_step"]
+__all__ = ["METHODS", "PROFILES", "IdentityNet", "average_forgetting", "distillation_loss", "local_labels",
+           "retrieval_metrics", "retrieval_ranks", "select_neighbours", "split_identities", "split_images", "step_loss",
+           "train_step"]
 
 METHODS = ("finetune", "lwf", "crl", "joint")
 
@@ -96,18 +96,6 @@ PROFILES = {
     },
 }
 
-# The paper's reference numbers for the notebook's metric names: deliberately empty. The paper (Zhao, Tang, Chen,
-# Bilen, Zhao; WACV 2021 pp. 1198-1208, arXiv 2006.04455v2) reports its results on its own two large-scale multi-step
-# benchmarks for biometric identification (its introduction names face recognition and person re-identification), not
-# on the shipped LFW / ORL subsets, so no cell of its tables is the same quantity as this run's rank1_* / map_*
-# (held-out LFW identities, leave-one-out retrieval, fractions in [0, 1]); its numbers would only go in under
-# descriptive keys such as rank1_<benchmark>_<method>. Its result tables could not be read either: the stored copies
-# of the paper that the course's search tools reach (vdocuments.net, the CVF open-access and arXiv abstract pages,
-# fatcat, tomesphere, arxivlens, emergentmind) give only the title, authors, abstract and the start of the
-# introduction, and no public code repository of the authors was found. Rather than quote numbers from memory, none
-# are filled in. To add them, copy them from the paper's tables as fractions in [0, 1] and name the table and setting
-# in this comment.
-PAPER: dict[str, float] = {}
 
 
 # ----------------------------------------------------------------------------------------------- protocol
@@ -337,25 +325,6 @@ def step_loss(logits: torch.Tensor, labels: torch.Tensor, n_old: int, teacher_lo
 
 
 # ----------------------------------------------------------------------------------------------- training
-@torch.no_grad()
-def embed(model: IdentityNet, images, *, batch_size: int = 512, device: str | torch.device = "auto",
-          logits: bool = False):
-    """L2-normalised embeddings ``(N, emb_dim)`` of ``images`` (eval mode, returned on the CPU); with
-    ``logits=True`` also the logits ``(N, num_ids)``."""
-    dev = resolve_device(device)
-    was_training = model.training
-    model.eval().to(dev)
-    embs, outs = [], []
-    for i in torch.arange(len(images)).split(batch_size):
-        e = model.embed(gather(images, i).to(dev))
-        embs.append(e.cpu())
-        if logits:
-            outs.append(model.logits(e).cpu())
-    model.train(was_training)
-    e = torch.cat(embs) if embs else torch.zeros(0, model.emb_dim)
-    return (e, torch.cat(outs)) if logits else e
-
-
 def train_step(model: IdentityNet, images, labels: torch.Tensor, *, method: str, teacher: IdentityNet | None = None,
                epochs: int, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
                temperature: float = 2.0, k: int | None = None, margin: float = 0.0, kd_weight: float = 1.0,
@@ -395,8 +364,7 @@ def train_step(model: IdentityNet, images, labels: torch.Tensor, *, method: str,
     t_logits = None
     if distil:
         mirrored = images.flip(-1) if torch.is_tensor(images) else _Flipped(images)
-        t_logits = (embed(teacher, images, device=dev, logits=True)[1],
-                    embed(teacher, mirrored, device=dev, logits=True)[1] if flip else None)
+        t_logits = (infer(teacher, images, device=dev)[1], infer(teacher, mirrored, device=dev)[1] if flip else None)
     if warmup_epochs > 0 and n_old > 0:
         _warm_up_head(model, images, labels, epochs=warmup_epochs, batch_size=batch_size, lr=lr, flip=flip,
                       seed=seed + 1, device=dev)
@@ -427,9 +395,9 @@ def _warm_up_head(model: IdentityNet, images, labels: torch.Tensor, *, epochs: i
                   flip: bool, seed: int, device: torch.device) -> None:
     """Train the last head alone on the current (frozen) embeddings: a linear problem on ``(N, emb_dim)`` features
     computed once, so the first gradients of a step do not come from a random classifier."""
-    emb = embed(model, images, device=device)
-    emb_flip = embed(model, images.flip(-1) if torch.is_tensor(images) else _Flipped(images), device=device) \
-        if flip else None
+    emb = infer(model, images, fn=IdentityNet.embed, device=device)
+    emb_flip = infer(model, images.flip(-1) if torch.is_tensor(images) else _Flipped(images), fn=IdentityNet.embed,
+                     device=device) if flip else None
     head = model.heads[-1]
 
     def batch_loss(idx, g):
@@ -562,24 +530,8 @@ def average_forgetting(acc: torch.Tensor, weights: torch.Tensor | None = None) -
 
 
 # ----------------------------------------------------------------------------------------------- full datasets
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp"))
-
-
 def _casia_full(root: Path, split: str, download: bool, size):
-    folder = root / "CASIA-WebFace"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no CASIA-WebFace folder in {root}")
-    people = sorted(p for p in folder.iterdir() if p.is_dir())
-    paths, labels = [], []
-    for i, person in enumerate(people):
-        files = _image_files(person)
-        paths += files
-        labels += [i] * len(files)
-    if not paths:
-        raise FileNotFoundError(f"no <identity>/*.jpg images in {folder}")
-    return data.ImageSet("casia_webface", split, data.LazyImages(paths, "RGB", size or 112),
-                         torch.tensor(labels), [p.name for p in people], {"files": [str(p) for p in paths]}, "full")
+    return data.class_folders("casia_webface", split, root / "CASIA-WebFace", size=size or 112)
 
 
 _REID_NAME = re.compile(r"^(-?\d+)_c(\d+)")
@@ -592,7 +544,7 @@ def _reid_full(name: str, folder_name: str):
         if not folder.is_dir():
             raise FileNotFoundError(f"no {_REID_FOLDERS[split]} folder in {root / folder_name}")
         paths, pids, cams = [], [], []
-        for p in _image_files(folder):
+        for p in sorted(p for p in folder.iterdir() if p.suffix.lower() in data.IMAGE_SUFFIXES):
             m = _REID_NAME.match(p.name)
             if m is None or int(m.group(1)) < 0:       # junk images (pid -1) are not part of the protocol
                 continue

@@ -12,11 +12,15 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import html
 import json
+import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["CATALOGUE", "NOTEBOOKS_DIR", "Notebook", "available", "execute", "find", "main", "store_outputs",
            "summary_markdown"]
@@ -93,6 +97,10 @@ def find(key: str) -> Notebook:
     raise ValueError(f"unknown notebook {key!r}; available: {', '.join(f'{n.id} ({n.stem})' for n in available())}")
 
 
+#: Parameters the runner sets itself (from ``--profile`` and ``--out``); ``-p`` may not set them.
+RUNNER_PARAMETERS = {"profile": "--profile", "results_dir": "--out"}
+
+
 def _parse_value(text: str):
     try:
         return ast.literal_eval(text)
@@ -100,14 +108,30 @@ def _parse_value(text: str):
         return text
 
 
+def _injectable(name: str, value):
+    """``value`` as papermill injects it faithfully: tuples become lists (papermill would inject a tuple as the string
+    of its repr); a literal papermill cannot translate (a set, bytes, a complex number) is an error."""
+    if isinstance(value, (tuple, list)):
+        return [_injectable(name, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _injectable(name, v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise ValueError(f"parameter {name}: a {type(value).__name__} cannot be passed to a notebook; use a number, a "
+                     f"string, True/False/None, a list or a dict")
+
+
 def parse_params(pairs: list[str]) -> dict:
-    """``["name=value", ...]`` -> dict; values are Python literals where they parse, else strings."""
+    """``["name=value", ...]`` -> dict; values are Python literals where they parse, else strings; tuples become
+    lists. ``profile`` and ``results_dir`` are refused (the runner sets them from ``--profile`` and ``--out``)."""
     out = {}
     for pair in pairs:
         if "=" not in pair:
             raise ValueError(f"parameter {pair!r} must look like name=value")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = _parse_value(v.strip())
+        k, v = (t.strip() for t in pair.split("=", 1))
+        if k in RUNNER_PARAMETERS:
+            raise ValueError(f"parameter {k} is set with {RUNNER_PARAMETERS[k]}, not with -p {k}=...")
+        out[k] = _injectable(k, _parse_value(v))
     return out
 
 
@@ -117,37 +141,80 @@ def notebook_parameters(nb: Notebook) -> dict:
     return {k: v["default"] for k, v in papermill.inspect_notebook(str(nb.path)).items()}
 
 
+def check_parameters(nb: Notebook, params: dict) -> None:
+    """Raise a ``ValueError`` naming ``nb``'s parameters when ``params`` has a name its parameters cell lacks."""
+    known = notebook_parameters(nb)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        raise ValueError(f"notebook {nb.stem} has no parameter(s) {', '.join(unknown)}; its parameters: "
+                         f"{', '.join(known)}")
+
+
+def prepare_out(out: str | Path) -> Path:
+    """Create the output folder (with parents) and check that it is writable; a ``ValueError`` says why not."""
+    out = Path(out).expanduser().resolve()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".vklib-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"--out {out}: cannot write there ({e.strerror or e}); choose another folder") from None
+    return out
+
+
 class NotebookFailed(RuntimeError):
     """A notebook raised; the message names the notebook and the failing cell."""
+
+
+def _quiet_kernel_manager():
+    """A kernel manager whose kernels talk over local IPC sockets (no TCP ports, so ipykernel has no unencrypted-TCP
+    warning to give) and log only errors of their own."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"
+            self.ip = str(Path(tempfile.mkdtemp(prefix="vklib-kernel-")) / "kernel")
+
+    return QuietKernelManager
 
 
 def execute(nb: Notebook, *, profile: str = "quick", out: str | Path = "runs", params: dict | None = None,
             log_output: bool = False) -> dict:
     """Execute ``nb`` through papermill into ``out`` and return its results JSON as a dict (plus ``wall_s``).
 
+    The notebook's previous results in ``out`` (``{stem}.*``: executed notebook, JSON, artifacts) are removed first,
+    so that a failed run leaves nothing that looks like a result.
+
     Raises:
-        ValueError: unknown profile or a parameter the notebook does not have.
+        ValueError: unknown profile, a parameter the notebook does not have, or an unwritable ``out``.
         NotebookFailed: the notebook raised; the message names the cell.
     """
     import papermill as pm
     if profile not in PROFILE_NAMES:
         raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILE_NAMES)}")
     params = dict(params or {})
-    known = notebook_parameters(nb)
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise ValueError(f"notebook {nb.stem} has no parameter(s) {', '.join(unknown)}; its parameters: "
-                         f"{', '.join(known)}")
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    for k in RUNNER_PARAMETERS:
+        if k in params:
+            raise ValueError(f"parameter {k} is set by execute's own argument ({'out' if k == 'results_dir' else k}=)")
+    params = {k: _injectable(k, v) for k, v in params.items()}
+    check_parameters(nb, params)
+    out = prepare_out(out)
+    for old in out.glob(f"{nb.stem}.*"):
+        if old.is_file():
+            old.unlink()
     target = out / f"{nb.stem}.ipynb"
     params.update(profile=profile, results_dir=str(out))
     t0 = time.perf_counter()
     try:
         pm.execute_notebook(str(nb.path), str(target), parameters=params, kernel_name="python3",
                             progress_bar=False, log_output=log_output, cwd=str(NOTEBOOKS_DIR),
-                            execution_timeout=3600)
+                            execution_timeout=3600, kernel_manager_class=_quiet_kernel_manager(),
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except pm.PapermillExecutionError as e:
+        (out / f"{nb.stem}.json").unlink(missing_ok=True)
         raise NotebookFailed(f"notebook {nb.stem} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                              f"see {target}") from None
     wall = time.perf_counter() - t0
@@ -155,15 +222,50 @@ def execute(nb: Notebook, *, profile: str = "quick", out: str | Path = "runs", p
     if not result_path.is_file():
         raise NotebookFailed(f"notebook {nb.stem} ran but wrote no {result_path.name}; it must call run.save()")
     result = json.loads(result_path.read_text())
-    result["wall_s"] = round(wall, 1)
+    result["wall_s"] = round(wall, 1)  # the notebook's whole execution, kernel start included
+    result_path.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
+# ----------------------------------------------------------------------------------------------- stored outputs
+_WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def _html_text(value: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", value)).replace("\u2007", " ")
+
+
+def widget_text(model_id: str, state: dict) -> str:
+    """A plain-text stand-in for widget ``model_id`` as it looked at the end of the run (``state``: the notebook's
+    widget state): a tqdm bar as its final line (``condense: 100%|##########| 150/150 [...]``), other widgets as a
+    short description of their controls."""
+    model = state[model_id]
+    children = [state.get(c.replace("IPY_MODEL_", ""), {}) for c in model["state"].get("children", [])]
+    progress = [c for c in children if c.get("model_name") in ("FloatProgressModel", "IntProgressModel")]
+    if progress:
+        p = progress[0]["state"]
+        frac = 0.0 if not p.get("max") else min(1.0, max(0.0, (p.get("value", 0) - p.get("min", 0)) / p["max"]))
+        texts = [_html_text(c["state"].get("value", "")) for c in children if c.get("model_name") == "HTMLModel"]
+        left, right = (texts + ["", ""])[:2]
+        bar = "\u2588" * int(round(10 * frac))
+        return f"{left}|{bar:<10}|{right}"
+    names = [c["state"].get("description") or c.get("model_name", "").replace("Model", "") for c in children
+             ] or [model["state"].get("description") or model.get("model_name", "").replace("Model", "")]
+    return f"[interactive controls: {', '.join(names)}; live when the notebook runs in JupyterLab]"
+
+
 def store_outputs(executed: str | Path, nb: Notebook) -> None:
-    """Copy the outputs of an executed copy of ``nb`` back into ``notebooks/`` (cells matched by id)."""
+    """Copy the outputs of an executed copy of ``nb`` back into ``notebooks/`` (cells matched by id), so that the
+    stored notebook renders as it looked when run: the widget state is stored with it (sliders and dropdowns render
+    as widgets, progress bars at their final value), each widget's plain-text fallback is its final look (never
+    ``HBox(children=...`` or a ``0%|`` bar), bars that closed themselves when done (``leave=False``) are gone as they
+    were in the live run, and the kernel metadata is what ipykernel writes (the notebook opens unmodified)."""
     import nbformat
+    from jupyter_client.kernelspec import KernelSpecManager
     run = nbformat.read(str(executed), as_version=4)
     src = nbformat.read(str(nb.path), as_version=4)
+    state = run.metadata.get("widgets", {}).get(_WIDGET_STATE, {}).get("state", {})
     by_id = {c.get("id"): c for c in run.cells if c.cell_type == "code"}
     for cell in src.cells:
         if cell.cell_type != "code":
@@ -171,25 +273,64 @@ def store_outputs(executed: str | Path, nb: Notebook) -> None:
         done = by_id.get(cell.get("id"))
         if done is None:
             raise ValueError(f"{nb.stem}: cell {cell.get('id')} is missing from {executed}")
-        cell.outputs = copy.deepcopy(done.outputs)
+        outputs = []
+        for o in copy.deepcopy(done.outputs):
+            view = o.get("data", {}).get(_WIDGET_VIEW)
+            if view is not None:
+                if view["model_id"] not in state:  # closed by the run (tqdm's leave=False): gone when it ended
+                    continue
+                o["data"]["text/plain"] = widget_text(view["model_id"], state)
+            outputs.append(o)
+        cell.outputs = outputs
         cell.execution_count = done.execution_count
+    if state:
+        src.metadata["widgets"] = run.metadata["widgets"]
+    else:
+        src.metadata.pop("widgets", None)
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    src.metadata["kernelspec"] = {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+    src.metadata["language_info"] = run.metadata.get("language_info", src.metadata.get("language_info"))
     nbformat.write(src, str(nb.path))
 
 
-def summary_markdown(results: list[dict], profile: str) -> str:
-    """``summary.md``: per notebook its headline metrics beside the paper's numbers, and its runtime."""
+def summary_markdown(results: list[dict], profile: str, failed: Sequence[str] = ()) -> str:
+    """``summary.md``: per notebook its headline metrics beside the paper's numbers, and its runtime; a notebook of
+    ``failed`` (stems) gets a FAILED row."""
     from .results import format_value
     lines = [f"# Course run ({profile} profile)", "",
              "| notebook | metric | this run | paper | runtime (min) |", "|---|---|---:|---:|---:|"]
-    for r in results:
-        nb = next(n for n in CATALOGUE if n.stem == r["notebook"])
+    rows = {r["notebook"]: r for r in results}
+    for nb in CATALOGUE:
+        if nb.stem in failed:
+            lines.append(f"| {nb.stem} | FAILED | | | |")
+            continue
+        r = rows.get(nb.stem)
+        if r is None:
+            continue
         names = [m for m in nb.headline if m in r["metrics"]] or list(r["metrics"])[:4]
         for i, m in enumerate(names):
             first = i == 0
-            runtime = f"{r['wall_s'] / 60:.1f}" if first else ""
-            lines.append(f"| {nb.stem if first else ''} | {m} | {format_value(r['metrics'][m])} | {format_value(r['paper'].get(m))} | "
-                         f"{runtime} |")
+            wall = r.get("wall_s", r.get("runtime_s"))
+            runtime = f"{wall / 60:.1f}" if first and wall is not None else ""
+            lines.append(f"| {nb.stem if first else ''} | {m} | {format_value(r['metrics'][m])} | "
+                         f"{format_value(r['paper'].get(m))} | {runtime} |")
     return "\n".join(lines) + "\n"
+
+
+def _collect_results(out: Path, profile: str, fresh: list[dict], failed: Sequence[str]) -> list[dict]:
+    """This run's results, plus those already in ``out`` (same profile) of notebooks not run this time."""
+    rows = {r["notebook"]: r for r in fresh}
+    for nb in CATALOGUE:
+        path = out / f"{nb.stem}.json"
+        if nb.stem in rows or nb.stem in failed or not path.is_file():
+            continue
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if r.get("profile") == profile and "metrics" in r:
+            rows[nb.stem] = r
+    return list(rows.values())
 
 
 def _list() -> str:
@@ -221,9 +362,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILE_NAMES)}")
         chosen = [find(k) for k in args.only] if args.only else available()
         params = parse_params(args.param)
+        for nb in chosen:  # every notebook's parameters are checked before anything runs
+            check_parameters(nb, params)
+        out = prepare_out(args.out)
     except ValueError as e:
         parser.error(str(e))
-    out = Path(args.out)
     results, failed = [], []
     for i, nb in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {nb.stem} ({args.profile}) ...", flush=True)
@@ -238,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    done in {r['wall_s'] / 60:.1f} min: {shown}", flush=True)
         if args.store:
             store_outputs(out / f"{nb.stem}.ipynb", nb)
-    (out / "summary.md").write_text(summary_markdown(results, args.profile))
+    summary = summary_markdown(_collect_results(out, args.profile, results, failed), args.profile, failed)
+    (out / "summary.md").write_text(summary)
     print(f"summary: {out / 'summary.md'}")
     if failed:
         print(f"{len(failed)} notebook(s) failed: {', '.join(failed)}", file=sys.stderr)

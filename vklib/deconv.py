@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .utils import resolve_device
 
 __all__ = [
-    "PAPER", "PROFILES", "DeconvProblem", "DeconvResult", "GroupedConv2d", "ImagePrior", "KernelPrior",
+    "PROFILES", "DeconvProblem", "DeconvResult", "GroupedConv2d", "ImagePrior", "KernelPrior",
     "blur", "center_crop", "deconv_dikp", "deconv_dip", "dikp_loss", "kernel_error", "load_problem", "make_problem",
     "pad_kernel", "psnr_aligned", "richardson_lucy", "ssim_aligned", "wiener",
 ]
@@ -75,7 +75,7 @@ PROFILES = {
     # full 256 x 256 originals; "Lena" is left out, see data/README.md), all eight Levin kernels, the blind kernel
     # size equal to the true one (None: the Levin protocol, problems grouped by kernel), the DIP/SelfDeblur networks
     # and thousands of steps. Which images, kernels, noise level and iteration counts the paper itself used could not
-    # be read from its text (see PAPER below), so these follow the Levin et al. benchmark and the DIP code.
+    # be read from its text (notebook 03, section 6), so these follow the Levin et al. benchmark and the DIP code.
     "paper": {
         "images": ("cameraman", "house", "peppers", "starfish", "monarch", "airplane"),
         "kernels": ("k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8"),
@@ -103,19 +103,6 @@ PROFILES = {
     },
 }
 
-# The paper's own numbers: none are quoted. Its abstract (arXiv 1910.08386; ICCV 2019 workshops; Zhunxuan Wang,
-# Zipei Wang, Qiqi Li, Hakan Bilen, University of Edinburgh) says only that DIKP is evaluated "on the standard
-# benchmark of six standard test images in terms of PSNR and visual effects", in a kernel-known and a kernel-unknown
-# (blind) setting. Its result tables could not be read: the stored copies of the paper searched for this course
-# (deepai.org/publication/image-deconvolution-with-deep-image-and-kernel-priors,
-# groundai.com/project/image-deconvolution-with-deep-image-and-kernel-priors/, scholarfeed.org/paper/1910.08386v1)
-# are available only up to the introduction, and no official code repository was found. Rather than numbers from
-# memory or from papers that cite it, PAPER stays empty. To fill it, read the paper's PSNR table(s) and key each
-# number by the metric the notebook records only where it is the same quantity (mean PSNR in dB over the same
-# images and kernels: psnr_dip_nonblind for the kernel-known DIP column, psnr_dikp_blind for blind DIKP,
-# psnr_blurred for the degraded input), the other cells under descriptive keys such as psnr_<image>_<method>, with
-# a comment naming the table.
-PAPER: dict[str, float] = {}
 
 
 # ------------------------------------------------------------------------------------------------------ forward model
@@ -364,12 +351,18 @@ def kernel_error(k_est: torch.Tensor, k_true: torch.Tensor, max_shift: int = 4) 
 
 
 # ------------------------------------------------------------------------------------------------------ baselines
-def _baseline_inputs(y: torch.Tensor, kernel: torch.Tensor):
+def _per_image(y: torch.Tensor, kernel: torch.Tensor, restore) -> torch.Tensor:
+    """``restore(image, kernel)`` on each ``(H, W)`` image of ``y`` ``(N, 1, H, W)`` with its kernel, as float64
+    numpy arrays; the image is padded by the kernel size with edge values first (the FFT-based restorations assume
+    a periodic image) and the result cropped back, so the output ``(N, 1, H, W)`` is aligned with ``y``."""
     if y.ndim != 4 or y.shape[1] != 1:
         raise ValueError(f"y must be (N, 1, H, W), got shape {tuple(y.shape)}")
-    k = _as_kernels(kernel, len(y))
-    k = k.expand(len(y), -1, -1, -1)
-    return y.detach().double().numpy()[:, 0], k.detach().double().numpy()[:, 0]
+    ks = _as_kernels(kernel, len(y)).expand(len(y), -1, -1, -1).detach().double().numpy()[:, 0]
+    out = []
+    for yi, ki in zip(y.detach().double().numpy()[:, 0], ks):
+        p = ki.shape[-1]
+        out.append(restore(np.pad(yi, p, mode="edge"), ki)[p:-p, p:-p])
+    return torch.from_numpy(np.stack(out)).float()[:, None]
 
 
 def wiener(y: torch.Tensor, kernel: torch.Tensor, balance: float = 0.05) -> torch.Tensor:
@@ -387,13 +380,7 @@ def wiener(y: torch.Tensor, kernel: torch.Tensor, balance: float = 0.05) -> torc
     from skimage.restoration import wiener as sk_wiener
     if balance <= 0:
         raise ValueError(f"balance must be > 0, got {balance}")
-    ys, ks = _baseline_inputs(y, kernel)
-    out = []
-    for yi, ki in zip(ys, ks):
-        p = ki.shape[-1]
-        big = np.pad(yi, p, mode="edge")
-        out.append(sk_wiener(big, ki, balance, clip=False)[p:-p, p:-p])
-    return torch.from_numpy(np.stack(out)).float()[:, None]
+    return _per_image(y, kernel, lambda yi, ki: sk_wiener(yi, ki, balance, clip=False))
 
 
 def richardson_lucy(y: torch.Tensor, kernel: torch.Tensor, iterations: int = 30) -> torch.Tensor:
@@ -410,13 +397,7 @@ def richardson_lucy(y: torch.Tensor, kernel: torch.Tensor, iterations: int = 30)
     from skimage.restoration import richardson_lucy as sk_rl
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
-    ys, ks = _baseline_inputs(y, kernel)
-    out = []
-    for yi, ki in zip(ys, ks):
-        p = ki.shape[-1]
-        big = np.pad(np.clip(yi, 0, 1), p, mode="edge")
-        out.append(sk_rl(big, ki, num_iter=iterations, clip=False)[p:-p, p:-p])
-    return torch.from_numpy(np.stack(out)).float()[:, None]
+    return _per_image(y.clamp(0, 1), kernel, lambda yi, ki: sk_rl(yi, ki, num_iter=iterations, clip=False))
 
 
 # ------------------------------------------------------------------------------------------------------ priors

@@ -23,12 +23,12 @@ Tasks
 Contents
     kernels: :func:`impute`, :func:`supervised_loss`, :func:`consistency_loss`, :func:`rampup`,
     :func:`ema_update`, :func:`virtual_step`, :func:`meta_loss`, :func:`meta_grad_targets`,
-    :func:`meta_grad_labeller`, :func:`pull_agreement`, :func:`iod_error` (from :mod:`vklib.landmarks`); the
-    shifted views come from :func:`vklib.train.random_shift`;
-    training: :func:`fit` (supervised, Mean Teacher, L2I), :func:`fit_settings`, :func:`evaluate`, :func:`build_model`,
-    :class:`WideResNet` (WRN-28-2); data: :func:`labeled_split`,
-    :func:`load_landmarks`, :func:`to_normalized`; the full AFLW release of the paper is registered in
-    :mod:`vklib.data` as ``aflw_imm`` when this module is imported.
+    :func:`meta_grad_labeller`, :func:`pull_agreement`; the shifted views come from
+    :func:`vklib.train.random_shift`, the landmark error from :func:`vklib.landmarks.iod_error`;
+    training: :func:`fit` (supervised, Mean Teacher, L2I), :func:`evaluate`, :func:`build_model`,
+    :class:`WideResNet` (WRN-28-2); data: :func:`labeled_split`, :func:`load_landmarks` (coordinates from
+    :func:`vklib.data.to_normalized`) and ``_aflw_imm_full``, the reader of the paper's AFLW release that
+    :mod:`vklib.data` registers as ``aflw_imm``.
 """
 from __future__ import annotations
 
@@ -47,14 +47,13 @@ from tqdm.auto import tqdm
 from . import data as _data
 from . import models
 from .landmarks import iod_error  # the landmark error of notebook 04, shared
-from .train import predict, random_shift
+from .train import gather, infer, random_shift
 from .utils import resolve_device
 
 __all__ = [
-    "METHODS", "PAPER", "PROFILES", "TASKS", "VARIANTS", "FitResult", "WideResNet", "build_model",
-    "consistency_loss", "ema_update", "evaluate", "fit", "fit_settings", "impute", "iod_error", "labeled_split",
-    "load_landmarks", "meta_grad_labeller", "meta_grad_targets", "meta_loss", "pull_agreement",
-    "rampup", "supervised_loss", "to_normalized", "virtual_step",
+    "METHODS", "PROFILES", "TASKS", "VARIANTS", "FitResult", "WideResNet", "build_model", "consistency_loss",
+    "ema_update", "evaluate", "fit", "impute", "labeled_split", "load_landmarks", "meta_grad_labeller",
+    "meta_grad_targets", "meta_loss", "pull_agreement", "rampup", "supervised_loss", "virtual_step",
 ]
 
 TASKS = ("classification", "regression")
@@ -108,44 +107,6 @@ PROFILES = {
         "variant": "labeller", "meta_every": 1, "meta_batch": 64,
     },
 }
-
-_FIT_KEYS = {"steps": "steps", "batch_labeled": "batch_labeled", "batch_unlabeled": "batch_unlabeled",
-             "optimizer": "optimizer", "lr": "lr", "consistency": "consistency", "max_shift": "max_shift",
-             "noise": "noise", "padding_mode": "padding", "inner_lr": "inner_lr", "meta_lr": "meta_lr"}
-
-
-def fit_settings(cfg: dict, task: str) -> dict:
-    """The keyword arguments of :func:`fit` for ``task`` from a resolved profile ``cfg`` (its ``cls_*`` or
-    ``reg_*`` entries plus the shared ones)."""
-    _check_task(task)
-    prefix = "cls" if task == "classification" else "reg"
-    out = {arg: cfg[f"{prefix}_{key}"] for arg, key in _FIT_KEYS.items()}
-    out.update(weight_decay=cfg["weight_decay"], ema_decay=cfg["ema_decay"], rampup_fraction=cfg["rampup"],
-               variant=cfg["variant"], meta_every=cfg["meta_every"], meta_batch=cfg["meta_batch"])
-    return out
-
-
-#: Reference numbers under the metric names the notebook records (accuracy as a fraction), keyed by the setting of
-#: the paper profile they belong to (``cifar10_<labels>``: CIFAR-10, WRN-28-2, that many labels in all).
-#:
-#: What is here, and from where:
-#: * ``acc_mean_teacher``: the Mean Teacher baseline of the common CIFAR-10 / WRN-28-2 protocol as reported by
-#:   Berthelot et al. 2019 (MixMatch, arXiv 1905.02249), in the appendix table of CIFAR-10 error rates behind its
-#:   Figure 2: 47.32 / 17.32 / 10.36 % error at 250 / 1,000 / 4,000 labels, stored as 1 - error. This is the
-#:   protocol and code base L2I builds on, but these are *not* numbers of the L2I paper, and the MixMatch table could
-#:   not be re-read when this was last checked; treat them as a reference for the baseline only.
-#: * The L2I paper's own numbers (arXiv 1912.10364, Li, Foo and Bilen: its CIFAR-10 results for Mean Teacher with
-#:   L2I-O / L2I-L and its AFLW landmark results) are deliberately absent: only the opening of the paper (title,
-#:   abstract, introduction) and its code repository could be read with the tools available, not its result tables,
-#:   so no ``acc_l2i`` or ``iod_error_*`` value is entered. Add them under ``acc_l2i`` (a fraction) and
-#:   ``iod_error_*`` (percent of the inter-ocular distance, if the paper normalises the same way), plus descriptive
-#:   keys for the other cells, only after reading the tables.
-PAPER = {
-    "cifar10_250": {"acc_mean_teacher": 1 - 0.4732},
-    "cifar10_1000": {"acc_mean_teacher": 1 - 0.1732},
-    "cifar10_4000": {"acc_mean_teacher": 1 - 0.1036},
-}
-
 
 def _check_task(task: str) -> None:
     if task not in TASKS:
@@ -311,11 +272,6 @@ def meta_grad_labeller(model: nn.Module, x_u: torch.Tensor, x_u_labeller: torch.
     return loss.detach(), grads
 
 
-def to_normalized(points: torch.Tensor, size: int) -> torch.Tensor:
-    """Pixel coordinates (pixel centres at integers) -> ``grid_sample`` units ``(2 p + 1) / size - 1``."""
-    return (2 * points + 1) / size - 1
-
-
 # ============================================================================================ networks
 class _WideBlock(nn.Module):
     """Pre-activation wide-ResNet block (BN - LeakyReLU(0.1) - conv3x3, twice, plus a 1x1 shortcut)."""
@@ -433,8 +389,9 @@ def fit(model: nn.Module, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tenso
     Returns:
         :class:`FitResult` with history keys ``step``, ``supervised``, ``consistency``, ``weight`` and, for L2I,
         ``meta_loss`` (NaN at logged iterations without a meta step). With ``y_u``: ``impute_before`` (quality of
-        the teacher's imputations: accuracy, or IOD error in %), for L2I ``pull`` (:func:`pull_agreement` of the
-        meta-gradient, NaN without a meta step) and, for the targets variant, ``impute_after`` (after the meta step).
+        the teacher's imputations: accuracy, or the IOD error as a fraction), for L2I ``pull``
+        (:func:`pull_agreement` of the meta-gradient, NaN without a meta step) and, for the targets variant,
+        ``impute_after`` (after the meta step).
     """
     _check_task(task)
     if method not in METHODS:
@@ -555,12 +512,13 @@ def fit(model: nn.Module, x_l: torch.Tensor, y_l: torch.Tensor, x_u: torch.Tenso
 
 def evaluate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, task: str, *, batch_size: int = 500,
              device: str | torch.device = "auto") -> float:
-    """Test metric of ``model``: top-1 accuracy (a fraction) for classification with ``targets`` ``(N,)``; mean
-    IOD error in % for regression with ``targets`` ``(N, 2L)`` normalised coordinates."""
+    """Test metric of ``model`` on ``images`` ``(N, C, H, W)``: top-1 accuracy (a fraction) for classification with
+    ``targets`` ``(N,)``; for regression with ``targets`` ``(N, 2L)`` normalised coordinates the mean landmark error
+    as a fraction of the inter-ocular distance (:func:`vklib.landmarks.iod_error`)."""
     _check_task(task)
     if len(images) != len(targets):
         raise ValueError(f"images and targets differ in length: {len(images)} vs {len(targets)}")
-    out = predict(model, images, batch_size=batch_size, device=device)
+    out = infer(model, images, batch_size=batch_size, device=device)
     if task == "classification":
         return (out.argmax(1) == targets).float().mean().item()
     return iod_error(out.view(len(out), -1, 2), targets.view(len(targets), -1, 2))
@@ -603,12 +561,12 @@ def labeled_split(n_or_labels, *, per_class: int | None = None, fraction: float 
 def load_landmarks(name: str, split: str, *, full: bool = False, data_dir=None, size: int | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Face images ``(N, C, S, S)`` and their landmarks as normalised coordinates ``(N, 2L)`` (``(x, y)`` pairs,
-    :func:`to_normalized`) from a registered landmark dataset (``lfw_landmarks5``, ``aflw_imm``)."""
+    :func:`vklib.data.to_normalized`) from a registered landmark dataset (``lfw_landmarks5``, ``aflw_imm``)."""
     ds = _data.load(name, split, data_dir=data_dir, full=full, size=size)
     if "landmarks" not in ds.meta:
         raise _data.DataError(f"dataset {name!r} has no landmarks")
-    x = ds.images if torch.is_tensor(ds.images) else torch.stack(list(ds.images))
-    pts = to_normalized(torch.as_tensor(ds.meta["landmarks"], dtype=torch.float32), x.shape[-1])
+    x = gather(ds.images, torch.arange(len(ds.images)))
+    pts = _data.to_normalized(torch.as_tensor(ds.meta["landmarks"], dtype=torch.float32), x.shape[-1])
     return x, pts.reshape(len(x), -1)
 
 

@@ -19,8 +19,12 @@ Contents
     network: :class:`SmallNet`, :func:`train_descriptors`, :func:`extract_descriptors`, :func:`reset_bn_stats`;
     evaluation: :func:`soft_argmax`, :class:`LandmarkRegressor`, :func:`fit_regressor`, :func:`predict_landmarks`,
     :func:`iod_error`, :func:`match_points`, :func:`cross_instance_error`; pictures: :func:`pca_rgb`;
-    data: :func:`to_normalized`, :func:`to_pixels`, :func:`crop_border`, :class:`FaceImages` and the full-size
-    ``celeba``, ``mafl`` and ``aflw_mtfl`` loaders registered in :mod:`vklib.data` when this module is imported.
+    data: :func:`crop_border`, :class:`FaceImages` and the readers of the full-size ``celeba``, ``mafl`` and
+    ``aflw_mtfl`` datasets (registered in :mod:`vklib.data`, which converts coordinates with
+    :func:`vklib.data.to_normalized` and :func:`vklib.data.to_pixels`).
+
+The paper's numbers (landmark errors as fractions of the inter-ocular distance) are rows of
+``vklib/paper_numbers.csv``.
 """
 from __future__ import annotations
 
@@ -34,13 +38,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import data as _data
+from . import train as _train
 from .utils import resolve_device
 
 __all__ = [
-    "PAPER", "PROFILES", "FaceImages", "LandmarkRegressor", "SmallNet", "TPSWarp", "cell_centres", "check_config",
+    "PROFILES", "FaceImages", "LandmarkRegressor", "SmallNet", "TPSWarp", "cell_centres", "check_config",
     "correspondence_cost", "crop_border", "cross_instance_error", "dense_equivariance_loss", "dve_loss", "exchange",
     "extract_descriptors", "fit_regressor", "iod_error", "match_points", "pca_rgb", "predict_landmarks",
-    "random_tps", "reset_bn_stats", "soft_argmax", "to_normalized", "to_pixels", "tps_fit", "train_descriptors",
+    "random_tps", "reset_bn_stats", "soft_argmax", "tps_fit", "train_descriptors",
     "warp_pair",
 ]
 
@@ -75,20 +80,6 @@ PROFILES = {
     },
 }
 
-#: The paper's numbers (DVE authors' repository, SmallNet): landmark regression error in % of the inter-ocular
-#: distance on MAFL and (after unsupervised fine-tuning on AFLW) AFLW-MTFL, without and with DVE. The quick
-#: profile evaluates on LFW, so only the names without a dataset suffix are shown beside it.
-PAPER = {
-    "iod_error_dve": 3.97, "iod_error_no_dve": 5.31,
-    "iod_error_dve_16d_mafl": 3.97, "iod_error_no_dve_16d_mafl": 5.31,
-    "iod_error_dve_32d_mafl": 3.82, "iod_error_no_dve_32d_mafl": 5.36,
-    "iod_error_dve_64d_mafl": 3.42, "iod_error_no_dve_64d_mafl": 4.99,
-    "iod_error_dve_16d_aflw_mtfl": 9.15, "iod_error_no_dve_16d_aflw_mtfl": 12.22,
-    "iod_error_dve_32d_aflw_mtfl": 9.17, "iod_error_no_dve_32d_aflw_mtfl": 12.60,
-    "iod_error_dve_64d_aflw_mtfl": 8.60, "iod_error_no_dve_64d_aflw_mtfl": 12.92,
-}
-
-
 def check_config(cfg: dict) -> dict:
     """Validate a resolved profile (``utils.resolve_profile(PROFILES, ...)``) and return it with ``dims`` as a list
     of ints; a bad value raises a ``ValueError`` naming the setting and what is allowed."""
@@ -115,23 +106,6 @@ def check_config(cfg: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- coordinates
-def to_normalized(points: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Pixel coordinates ``(..., 2)`` ``(x, y)`` -> normalised ``[-1, 1]`` (``align_corners=False``).
-
-    ``size`` is the image side, or ``(height, width)``.
-    """
-    h, w = (size, size) if isinstance(size, int) else size
-    scale = points.new_tensor([w, h])
-    return (2 * points + 1) / scale - 1
-
-
-def to_pixels(points: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Normalised coordinates ``(..., 2)`` -> pixel coordinates; the inverse of :func:`to_normalized`."""
-    h, w = (size, size) if isinstance(size, int) else size
-    scale = points.new_tensor([w, h])
-    return ((points + 1) * scale - 1) / 2
-
-
 def cell_centres(h: int, w: int, stride: int = 1, device=None, dtype=torch.float32) -> torch.Tensor:
     """``(h * w, 2)`` input-pixel centres ``((j + 0.5) stride - 0.5, (i + 0.5) stride - 0.5)`` of the cells of an
     ``h x w`` descriptor map of stride ``stride`` (row-major, ``(x, y)``)."""
@@ -172,7 +146,7 @@ class TPSWarp(NamedTuple):
         """The ``(N, H, W, 2)`` sampling grid for ``F.grid_sample(..., align_corners=False)``: output pixel
         ``(i, j)`` samples the input at the warp of its own normalised centre."""
         centres = cell_centres(height, width, 1, self.centers.device, self.centers.dtype)
-        pts = to_normalized(centres, (height, width)).expand(len(self.centers), -1, -1)
+        pts = _data.to_normalized(centres, (height, width)).expand(len(self.centers), -1, -1)
         return self(pts).reshape(-1, height, width, 2)
 
 
@@ -267,7 +241,7 @@ def warp_pair(images: torch.Tensor, *, generator: torch.Generator | None = None,
               control=control, device=images.device)
     g1, g2 = random_tps(n, **kw), random_tps(n, **kw)
     full = cell_centres(H, W, 1, images.device, images.dtype)
-    full = to_normalized(full, (H, W)).expand(n, -1, -1)
+    full = _data.to_normalized(full, (H, W)).expand(n, -1, -1)
     grid2 = g1(full).reshape(n, H, W, 2)
     grid1 = g1(g2(full)).reshape(n, H, W, 2)
     x2 = F.grid_sample(images, grid2, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -275,7 +249,7 @@ def warp_pair(images: torch.Tensor, *, generator: torch.Generator | None = None,
     x1, x2 = crop_border(x1, crop), crop_border(x2, crop)
     h, w = x1.shape[-2] // stride, x1.shape[-1] // stride
     cells = cell_centres(h, w, stride, images.device, images.dtype) + crop  # full-frame pixels
-    g = to_pixels(g2(to_normalized(cells, (H, W)).expand(n, -1, -1)), (H, W)) - crop
+    g = _data.to_pixels(g2(_data.to_normalized(cells, (H, W)).expand(n, -1, -1)), (H, W)) - crop
     x1 = _color_jitter(x1, color_jitter, generator)
     x2 = _color_jitter(x2, color_jitter, generator)
     return x1, x2, g.reshape(n, h, w, 2)
@@ -482,19 +456,12 @@ class SmallNet(nn.Module):
         return f if self.normalize is None else F.normalize(f, dim=1) * self.normalize
 
 
-def _gather(images, idx: torch.Tensor) -> torch.Tensor:
-    """Rows ``idx`` of a tensor, or the stacked decoded images of a sequence (e.g. :class:`FaceImages`)."""
-    if torch.is_tensor(images):
-        return images[idx]
-    return torch.stack([images[i] for i in idx.tolist()])
-
-
 def _batch_stream(images, batch_size: int, steps: int, generator: torch.Generator, workers: int = 0):
     """``steps`` batches of ``batch_size`` images, reshuffling (seeded) at the end of every pass."""
     indices = _batch_indices(len(images), batch_size, steps, generator)
     if workers <= 0 or torch.is_tensor(images):
         for idx in indices:
-            yield _gather(images, idx)
+            yield _train.gather(images, idx)
         return
     loader = torch.utils.data.DataLoader(_IndexedBatches(images, list(indices)), batch_size=None,
                                          num_workers=workers)
@@ -512,7 +479,7 @@ class _IndexedBatches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         k, n = (0, 1) if info is None else (info.id, info.num_workers)
         for j in range(k, len(self.index_list), n):
-            yield _gather(self.images, self.index_list[j])
+            yield _train.gather(self.images, self.index_list[j])
 
 
 def train_descriptors(net: nn.Module, images, *, epochs: float, batch_size: int, lr: float = 1e-3,
@@ -547,25 +514,34 @@ def train_descriptors(net: nn.Module, images, *, epochs: float, batch_size: int,
                          f"{batch_size}")
     dev = resolve_device(device)
     net.to(dev).train()
-    opt = torch.optim.Adam(net.parameters(), lr=lr, amsgrad=True)
-    milestones = sorted({max(1, int(round(f * steps))) for f in lr_milestones if 0 < f < 1})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
     gen = torch.Generator().manual_seed(seed)
     stride = getattr(net, "stride", 1)
     warp = dict(warp or {})
-    losses: list[float] = []
-    bar = tqdm(_batch_stream(images, batch_size, steps, gen, workers), total=steps, desc=desc,
-               disable=not progress, leave=False)
-    for x in bar:
+
+    def batch_loss(x):
         x1, x2, g = warp_pair(x.to(dev, non_blocking=True), generator=gen, stride=stride, crop=crop, **warp)
         f = net(torch.cat([x1, x2]))
         f1, f2 = f[:len(x1)], f[len(x1):]
         if dve:
-            loss = dve_loss(f1, f2, f1.roll(-1, 0), g, gamma=gamma, stride=stride, temperature=temperature,
+            return dve_loss(f1, f2, f1.roll(-1, 0), g, gamma=gamma, stride=stride, temperature=temperature,
                             chunk=chunk)
-        else:
-            loss = dense_equivariance_loss(f1, f2, g, gamma=gamma, stride=stride, temperature=temperature,
-                                           chunk=chunk)
+        return dense_equivariance_loss(f1, f2, g, gamma=gamma, stride=stride, temperature=temperature, chunk=chunk)
+
+    return _adam_steps(net.parameters(), _batch_stream(images, batch_size, steps, gen, workers), batch_loss,
+                       steps=steps, lr=lr, lr_milestones=lr_milestones, desc=desc, progress=progress)
+
+
+def _adam_steps(params, batches, batch_loss, *, steps: int, lr: float, lr_milestones: Sequence[float],
+                weight_decay: float = 0.0, desc: str, progress: bool) -> list[float]:
+    """The step loop of :func:`train_descriptors` and :func:`fit_regressor` (DVE's recipe): Adam with AMSGrad, the
+    learning rate divided by 10 at the fractions ``lr_milestones`` of the ``steps`` steps, one step on
+    ``batch_loss(batch)`` for each of the ``steps`` items of ``batches``. Returns the loss of every step."""
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, amsgrad=True)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, _train.milestones(lr_milestones, steps), gamma=0.1)
+    losses: list[float] = []
+    bar = tqdm(batches, total=steps, desc=desc, disable=not progress, leave=False)
+    for batch in bar:
+        loss = batch_loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -576,20 +552,12 @@ def train_descriptors(net: nn.Module, images, *, epochs: float, batch_size: int,
     return losses
 
 
-@torch.no_grad()
 def extract_descriptors(net: nn.Module, images, *, crop: int = 0, batch_size: int = 128,
                         device: str | torch.device = "auto") -> torch.Tensor:
-    """Frozen descriptors ``(N, C, h, w)`` (eval mode, on the CPU) of ``images`` ``(N, 3, H, W)`` (or a sequence),
-    after removing ``crop`` border pixels."""
-    dev = resolve_device(device)
-    was = net.training
-    net.eval().to(dev)
-    out = []
-    for s in range(0, len(images), batch_size):
-        x = _gather(images, torch.arange(s, min(s + batch_size, len(images))))
-        out.append(net(crop_border(x, crop).to(dev)).float().cpu())
-    net.train(was)
-    return torch.cat(out)
+    """Frozen descriptors ``(N, C, h, w)`` (eval mode, float32, on the CPU; :func:`vklib.train.infer`) of
+    ``images`` ``(N, 3, H, W)`` (or a sequence of ``(3, H, W)``), after removing ``crop`` border pixels."""
+    return _train.infer(net, images, fn=lambda m, x: m(crop_border(x, crop)).float(), batch_size=batch_size,
+                        device=device)
 
 
 @torch.no_grad()
@@ -606,8 +574,8 @@ def reset_bn_stats(net: nn.Module, images, *, crop: int = 0, batch_size: int = 1
         m.momentum = None  # cumulative moving average
     was = net.training
     net.train().to(dev)
-    for s in range(0, len(images), batch_size):
-        net(crop_border(_gather(images, torch.arange(s, min(s + batch_size, len(images)))), crop).to(dev))
+    for idx in _train.batches(len(images), batch_size):
+        net(crop_border(_train.gather(images, idx), crop).to(dev))
     for m, mom in zip(bns, momenta):
         m.momentum = mom
     net.train(was)
@@ -622,7 +590,7 @@ def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"logits must be (B, K, h, w), got shape {tuple(logits.shape)}")
     B, K, h, w = logits.shape
     p = torch.softmax(logits.flatten(2), dim=-1)  # (B, K, h*w)
-    pos = to_normalized(cell_centres(h, w, 1, logits.device, logits.dtype), (h, w))  # (h*w, 2)
+    pos = _data.to_normalized(cell_centres(h, w, 1, logits.device, logits.dtype), (h, w))  # (h*w, 2)
     return p @ pos
 
 
@@ -679,45 +647,38 @@ def fit_regressor(features: torch.Tensor, landmarks: torch.Tensor, *, epochs: fl
         raise ValueError(f"epochs={epochs} gives no training step")
     dev = resolve_device(device)
     reg = LandmarkRegressor(features.shape[1], landmarks.shape[1], n_intermediate, softargmax_mul, seed=seed).to(dev)
-    opt = torch.optim.Adam(reg.parameters(), lr=lr, weight_decay=weight_decay, amsgrad=True)
-    milestones = sorted({max(1, int(round(f * steps))) for f in lr_milestones if 0 < f < 1})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
-    gen = torch.Generator().manual_seed(seed)
-    losses = []
-    for idx in tqdm(list(_batch_indices(n, batch_size, steps, gen)), desc="regressor", disable=not progress,
-                    leave=False):
-        pred, _ = reg(features[idx].to(dev))
-        loss = F.smooth_l1_loss(pred, landmarks[idx].to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
+    batches = _batch_indices(n, batch_size, steps, torch.Generator().manual_seed(seed))
+    losses = _adam_steps(reg.parameters(), batches,
+                         lambda idx: F.smooth_l1_loss(reg(features[idx].to(dev))[0], landmarks[idx].to(dev)),
+                         steps=steps, lr=lr, lr_milestones=lr_milestones, weight_decay=weight_decay,
+                         desc="regressor", progress=progress)
     return reg.eval().cpu(), losses
 
 
 def _batch_indices(n: int, batch_size: int, steps: int, generator: torch.Generator):
-    """``steps`` index batches of ``batch_size`` over ``range(n)``, a new seeded permutation for every pass."""
+    """``steps`` index batches of ``batch_size`` over ``range(n)``: the full batches of :func:`vklib.train.batches`
+    of a new seeded permutation for every pass (a last, smaller batch is left out)."""
     made = 0
     while made < steps:
-        order = torch.randperm(n, generator=generator)
-        for s in range(0, n - batch_size + 1, batch_size):
+        for idx in _train.batches(n, batch_size, shuffle=True, generator=generator):
             if made == steps:
                 return
-            yield order[s:s + batch_size]
-            made += 1
+            if len(idx) == batch_size:
+                yield idx
+                made += 1
 
 
-@torch.no_grad()
-def predict_landmarks(regressor: LandmarkRegressor, features: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
-    """Normalised landmarks ``(N, L, 2)`` predicted from descriptors ``(N, C, h, w)``."""
-    return torch.cat([regressor(features[s:s + batch_size])[0] for s in range(0, len(features), batch_size)])
+def predict_landmarks(regressor: LandmarkRegressor, features: torch.Tensor, *, batch_size: int = 256,
+                      device: str | torch.device = "auto") -> torch.Tensor:
+    """Normalised landmarks ``(N, L, 2)`` (on the CPU) predicted from descriptors ``(N, C, h, w)``: the first output
+    of the regressor, batched by :func:`vklib.train.infer`."""
+    return _train.infer(regressor, features, fn=lambda m, f: m(f)[0], batch_size=batch_size, device=device)
 
 
 def iod_error(pred: torch.Tensor, target: torch.Tensor, *, eyes: tuple[int, int] = (0, 1),
               reduce: bool = True) -> torch.Tensor | float:
-    """Landmark error in percent of the inter-ocular distance: per image the mean over landmarks of
-    ``||pred - target|| / ||target[eyes[0]] - target[eyes[1]]||``, times 100, averaged over images.
+    """Landmark error as a fraction of the inter-ocular distance: per image the mean over landmarks of
+    ``||pred - target|| / ||target[eyes[0]] - target[eyes[1]]||``, averaged over images (0.05 = 5% of the IOD).
 
     ``pred``, ``target`` ``(N, L, 2)`` in one frame (pixels or normalised with a square image). Returns a float,
     or the ``(N,)`` per-image errors with ``reduce=False``.
@@ -728,7 +689,7 @@ def iod_error(pred: torch.Tensor, target: torch.Tensor, *, eyes: tuple[int, int]
     iod = (target[:, eyes[0]] - target[:, eyes[1]]).norm(dim=-1)
     if bool((iod <= 0).any()):
         raise ValueError("a target has coinciding eye landmarks (zero inter-ocular distance)")
-    err = (pred - target).norm(dim=-1).mean(dim=1) / iod * 100
+    err = (pred - target).norm(dim=-1).mean(dim=1) / iod
     return err.mean().item() if reduce else err
 
 
@@ -737,7 +698,7 @@ def _sample_descriptors(features: torch.Tensor, points: torch.Tensor, stride: in
     ``(N, K, 2)``."""
     h, w = features.shape[-2:]
     cells = (points + 0.5) / stride - 0.5  # descriptor-cell coordinates
-    grid = to_normalized(cells, (h, w)).unsqueeze(2)  # (N, K, 1, 2)
+    grid = _data.to_normalized(cells, (h, w)).unsqueeze(2)  # (N, K, 1, 2)
     return F.grid_sample(features, grid, mode="bilinear", padding_mode="border", align_corners=False)[..., 0] \
         .transpose(1, 2)
 
@@ -767,7 +728,7 @@ def match_points(source: torch.Tensor, points: torch.Tensor, targets: torch.Tens
 
 def cross_instance_error(features: torch.Tensor, landmarks: torch.Tensor, *, stride: int = 1,
                          eyes: tuple[int, int] = (0, 1)) -> float:
-    """Cross-identity matching error (% inter-ocular distance): the annotated landmarks of image ``n`` are matched
+    """Cross-identity matching error (a fraction of the inter-ocular distance): the annotated landmarks of image ``n`` are matched
     by :func:`match_points` into image ``n + 1`` (cyclically) and compared with that image's annotations.
 
     ``features`` ``(N, C, h, w)``, ``landmarks`` ``(N, L, 2)`` input pixels.

@@ -26,9 +26,10 @@ Defences
     :func:`defend` adds Gaussian noise to the shared gradient or prunes its smallest entries (DLG's section 5).
 
 Datasets
-    :func:`attack_set` loads the images an attack targets. The paper profile reads the full MNIST and CIFAR-100
-    (torchvision) and the full LFW; LFW (all 13,233 images of 5,749 people, the original ``lfw/<name>/*.jpg``
-    layout) is registered here in :mod:`vklib.data` as ``"lfw"`` (full loader only).
+    :func:`attack_set` loads the images an attack targets (:data:`ATTACK_SETS`). The paper profile reads the full
+    MNIST and CIFAR-100 (torchvision) and the full LFW; LFW (all 13,233 images of 5,749 people, the original
+    ``lfw/<name>/*.jpg`` layout) is registered in :mod:`vklib.data` as ``"lfw"`` (full loader only), read by
+    :func:`_lfw_full` here.
 """
 from __future__ import annotations
 
@@ -46,19 +47,20 @@ from . import data as _data
 from .models import LeNetSigmoid
 
 __all__ = [
-    "AttackResult", "DATASETS", "DEFENCES", "PAPER", "PROFILES", "attack_set", "batched_forward", "defend",
-    "dlg_and_idlg", "dlg_attack", "extract_label", "gradient_distance", "idlg_attack", "invert_gradients", "lbfgs", "mse",
-    "paper_numbers", "psnr", "sample_victims", "summarise", "victim_gradients",
+    "ATTACK_SETS", "AttackResult", "DEFENCES", "PROFILES", "attack_set", "batched_forward", "defend", "dlg_and_idlg",
+    "dlg_attack", "extract_label", "gradient_distance", "idlg_attack", "invert_gradients", "lbfgs", "mse", "psnr",
+    "sample_victims", "summarise", "victim_gradients",
 ]
 
 # ----------------------------------------------------------------------------------------------- settings
-#: Image side, channels and the split the attacked images come from, per dataset name (:func:`attack_set`).
-DATASETS = {
-    "mnist": {"size": 28, "channels": 1, "split": "train"},
-    "cifar10": {"size": 32, "channels": 3, "split": "test"},
-    "cifar100": {"size": 32, "channels": 3, "split": "train"},
-    "lfw_people": {"size": 32, "channels": 1, "split": "all"},
-    "lfw": {"size": 32, "channels": 3, "split": "all"},
+#: The datasets an attack can target: the image side the victim sees and the split the attacked images come from,
+#: per dataset name in :mod:`vklib.data` (:func:`attack_set`).
+ATTACK_SETS = {
+    "mnist": {"size": 28, "split": "train"},
+    "cifar10": {"size": 32, "split": "test"},
+    "cifar100": {"size": 32, "split": "train"},
+    "lfw_people": {"size": 32, "split": "all"},
+    "lfw": {"size": 32, "split": "all"},
 }
 DEFENCES = ("noise", "prune")
 
@@ -103,37 +105,12 @@ PROFILES = {
     },
 }
 
-#: The paper's Table 1: accuracy of the labels DLG and iDLG extract (1000 trials per dataset), keyed by the metric
-#: names the notebook records; the un-suffixed entries are the means over the paper's three datasets.
-PAPER = {
-    "dlg_label_acc_mnist": 0.899, "idlg_label_acc_mnist": 1.0,
-    "dlg_label_acc_cifar100": 0.833, "idlg_label_acc_cifar100": 1.0,
-    "dlg_label_acc_lfw": 0.791, "idlg_label_acc_lfw": 1.0,
-    "dlg_label_acc": round((0.899 + 0.833 + 0.791) / 3, 4), "idlg_label_acc": 1.0,
-}
-
-
-def paper_numbers(datasets: Sequence[str]) -> dict[str, float]:
-    """The entries of :data:`PAPER` that a run on ``datasets`` records (the per-dataset ones and the means)."""
-    keep = {"dlg_label_acc", "idlg_label_acc"} | {f"{m}_label_acc_{d}" for d in datasets for m in ("dlg", "idlg")}
-    return {k: v for k, v in PAPER.items() if k in keep}
-
 
 # ----------------------------------------------------------------------------------------------- data
-def _lfw_full(root: Path, split: str, download: bool, size):
-    folder = root / "lfw"
-    people = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    paths, labels = [], []
-    for i, person in enumerate(people):
-        files = sorted(person.glob("*.jpg"))
-        paths += files
-        labels += [i] * len(files)
-    if not paths:
-        raise FileNotFoundError(f"no <person>/*.jpg images in {folder}")
-    return _data.ImageSet("lfw", split, _data.LazyImages(paths, "RGB", size), torch.tensor(labels),
-                          [p.name for p in people], {"files": [str(p) for p in paths]}, "full")
-
-
+def _lfw_full(root: Path, split: str, download: bool, size) -> _data.ImageSet:
+    """The full LFW for :mod:`vklib.data` (``"lfw"``): ``<root>/lfw/<Person_Name>/*.jpg``, RGB, one class a
+    person, decoded lazily."""
+    return _data.class_folders("lfw", split, root / "lfw", size=size)
 
 
 def attack_set(name: str, n: int, *, generator: torch.Generator, data_dir=None, full: bool = False) -> _data.ImageSet:
@@ -146,9 +123,9 @@ def attack_set(name: str, n: int, *, generator: torch.Generator, data_dir=None, 
     Returns:
         An :class:`~vklib.data.ImageSet` with ``images`` ``(n, C, S, S)``, ``labels`` ``(n,)`` and ``classes``.
     """
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r} for the attacks; allowed: {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    if name not in ATTACK_SETS:
+        raise ValueError(f"unknown dataset {name!r} for the attacks; allowed: {', '.join(ATTACK_SETS)}")
+    spec = ATTACK_SETS[name]
     ds = _data.load(name, spec["split"], data_dir=data_dir, full=full,
                     size=None if name == "lfw_people" else spec["size"])
     if n < 1 or n > len(ds):

@@ -23,12 +23,14 @@ Evaluation
     add them to a blurred image) and :func:`auc`; :func:`pointing_hits` / :func:`pointing_game` (TorchRay's protocol:
     class-averaged, PASCAL-difficult-only pairs skipped) for the paper profile.
 
-The paper profile also needs full-size data and ImageNet weights: this module registers ``voc07``, ``coco_instances``
-and ``imagenet`` in :mod:`vklib.data` (full loaders only) and builds VGG16 / ResNet-50 with :func:`build_model`.
+The paper profile also needs full-size data and ImageNet weights: this module holds the readers of ``voc07``,
+``coco_instances`` and ``imagenet``, which :mod:`vklib.data` registers, and builds VGG16 / ResNet-50 on ImageNet
+weights with :func:`build_model` (through :func:`vklib.models.torchvision_net`).
 """
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -39,12 +41,12 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
-from . import data as _data
-from .data import DatasetSpec, ImageSet, LazyImages
+from . import data, models, train
+from .data import ImageSet, LazyImages
 from .utils import resolve_device
 
 __all__ = [
-    "ARCHS", "ARCH_LAYERS", "COCO_NAMES", "METHODS", "Normalized", "PAPER", "PROFILES", "TARGETS", "VARIANTS",
+    "ARCHS", "ARCH_LAYERS", "COCO_NAMES", "METHODS", "PROFILES", "TARGETS", "VARIANTS",
     "VOC_CLASSES", "auc", "blur", "build_model", "combine_maps", "compute_maps", "finetune_multilabel",
     "gradcam_saliency", "gradient_saliency", "meta_normgrad_layers", "method_suite", "normgrad_from",
     "normgrad_layers", "perturbation_curves", "pointing_game", "pointing_hits", "random_saliency", "sgd_step",
@@ -89,21 +91,6 @@ PROFILES = {
         "workers": 8,
     },
 }
-
-# The paper's reference numbers, keyed by the metric names the notebook records (pointing-game accuracies in %).
-# arXiv 1910.08823 (NormGrad: Finding the Pixels that Matter for Training; the same group's later CVPR 2020 paper
-# "There and Back Again: Revisiting Backpropagation Saliency Methods", arXiv 2004.02866, develops NormGrad and
-# meta-saliency further): neither paper's result tables could be read in the sources available when this was
-# written (only their abstracts and opening sections), so no NormGrad, meta-saliency or gradient number of the paper
-# is recorded here.
-# pointing_voc07_vgg16_gradcam: the reference the course's issue gives (Grad-CAM, VOC07 test, VGG16, all
-# image-class pairs). It equals the grad_cam row, first voc_2007 / vgg16 column of TorchRay's pointing-game results
-# table (github.com/facebookresearch/TorchRay, docs/pointing.csv; the table leaves its two columns per network
-# unlabelled, 86.6 and 74.0, in the EBP paper's layout of all pairs and the difficult subset). The paper's code
-# (github.com/srebuffi/revisiting_saliency) points to TorchRay for the VOC / COCO benchmarks, and pointing_game
-# counts as TorchRay does; the number was not read in the paper's own text.
-# Deletion/insertion AUCs (the quick profile's metrics) have no counterpart in the paper.
-PAPER = {"pointing_voc07_vgg16_gradcam": 86.6}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -415,20 +402,17 @@ def method_suite(model: nn.Module, layers: Sequence[str], gradcam_layer: str, *,
 def compute_maps(fn: Callable, images, labels: torch.Tensor, *, batch_size: int = 256,
                  device: str | torch.device = "cpu", progress: bool = False, desc: str = "maps") -> torch.Tensor:
     """Apply a saliency ``fn(images, labels) -> (n, H, W)`` in batches on ``device``; returns ``(N, H, W)`` on the
-    CPU. ``images`` is a ``(N, C, H, W)`` tensor or a sequence of equally sized ``(C, H, W)`` tensors."""
+    CPU. ``images`` is a ``(N, C, H, W)`` tensor or a sequence of equally sized ``(C, H, W)`` tensors.
+
+    Not :func:`vklib.train.infer`: saliency needs gradients and the labels of every batch."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     dev = resolve_device(device)
     out = []
-    for i in tqdm(range(0, len(labels), batch_size), desc=desc, disable=not progress, leave=False):
-        x = _stack(images, i, i + batch_size).to(dev)
-        out.append(fn(x, labels[i:i + batch_size].to(dev)).detach().cpu())
+    chunks = list(train.batches(len(labels), batch_size))
+    for idx in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+        out.append(fn(train.gather(images, idx).to(dev), labels[idx].to(dev)).detach().cpu())
     return torch.cat(out)
-
-
-def _stack(images, lo: int, hi: int) -> torch.Tensor:
-    chunk = images[lo:hi]
-    return chunk if torch.is_tensor(chunk) else torch.stack(list(chunk))
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -547,11 +531,12 @@ def pointing_hits(saliency: torch.Tensor, boxes: Sequence[torch.Tensor], toleran
 def pointing_game(ds: ImageSet, methods: Mapping[str, Callable], *, tolerance: float = 15.0,
                   batch_size: int = 32, limit: int | None = None, average: str = "class",
                   device: str | torch.device = "auto", progress: bool = False) -> dict[str, float]:
-    """Pointing-game accuracy (%) of each method over the (image, class present) pairs of a detection set.
+    """Pointing-game accuracy (a fraction in [0, 1]) of each method over the (image, class present) pairs of a
+    detection set.
 
-    As in TorchRay's benchmark (the protocol of the Grad-CAM reference in :data:`PAPER`): when ``meta["difficult"]``
-    holds PASCAL's per-box flags, a pair whose boxes of the class are all "difficult" is skipped (its other boxes
-    still count as hits), and the accuracy is the mean of the per-class accuracies.
+    As in TorchRay's benchmark (the protocol of the Grad-CAM reference in ``vklib/paper_numbers.csv``): when
+    ``meta["difficult"]`` holds PASCAL's per-box flags, a pair whose boxes of the class are all "difficult" is
+    skipped (its other boxes still count as hits), and the accuracy is the mean of the per-class accuracies.
 
     Args:
         ds: an :class:`ImageSet` with ``meta["boxes"]`` (``(K, 4)`` per image, in the images' pixel coordinates) and
@@ -564,7 +549,7 @@ def pointing_game(ds: ImageSet, methods: Mapping[str, Callable], *, tolerance: f
             ``"pairs"``: hits over all pairs pooled.
 
     Returns:
-        ``{name: accuracy in %}``.
+        ``{name: accuracy}``, fractions in [0, 1].
     """
     _check_choice("average", average, ("class", "pairs"))
     if "boxes" not in ds.meta or "box_labels" not in ds.meta:
@@ -581,71 +566,47 @@ def pointing_game(ds: ImageSet, methods: Mapping[str, Callable], *, tolerance: f
     hits = {name: torch.zeros(len(pairs), dtype=torch.bool) for name in methods}
     for lo in tqdm(range(0, len(pairs), batch_size), desc="pointing", disable=not progress, leave=False):
         chunk = pairs[lo:lo + batch_size]
-        x = torch.stack([ds.images[i] for i, _ in chunk]).to(dev)
+        x = train.gather(ds.images, torch.tensor([i for i, _ in chunk])).to(dev)
         y = torch.tensor([c for _, c in chunk], device=dev)
         boxes = [ds.meta["boxes"][i][labels[i] == c] for i, c in chunk]
         for name, fn in methods.items():
             hits[name][lo:lo + len(chunk)] = pointing_hits(fn(x, y).detach().cpu(), boxes, tolerance).cpu()
     if average == "pairs":
-        return {name: 100.0 * h.float().mean().item() for name, h in hits.items()}
+        return {name: h.float().mean().item() for name, h in hits.items()}
     present = classes.unique()
-    return {name: 100.0 * torch.stack([h[classes == c].float().mean() for c in present]).mean().item()
+    return {name: torch.stack([h[classes == c].float().mean() for c in present]).mean().item()
             for name, h in hits.items()}
 
 
 # ----------------------------------------------------------------------------------------------- models
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_WEIGHT_FILES = {"vgg16": "vgg16-397923af.pth", "resnet50": "resnet50-0676ba61.pth"}
-
-
-class Normalized(nn.Module):
-    """``net`` applied to ``(x - mean) / std``: images stay in [0, 1] (so deletion's black substrate is black)."""
-
-    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__()
-        self.net = net
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net((x - self.mean) / self.std)
-
-
 def build_model(arch: str, num_classes: int, *, weights: str | Path | None = None, in_channels: int = 3,
                 image_size: int = 32, width: int = 32, norm: str = "batchnorm") -> nn.Module:
-    """The networks of the notebook. ``"convnet"``: :class:`vklib.models.ConvNet` (``width``, 3 blocks, ``norm``:
-    batch norm by default, since instance norm erases the channel means Grad-CAM weighs) for ``image_size`` inputs,
-    trained from scratch. ``"vgg16"`` / ``"resnet50"``: torchvision's networks
-    wrapped in :class:`Normalized`, loaded from torchvision's ImageNet checkpoint (``weights``: the ``.pth`` file or a
-    folder holding ``vgg16-397923af.pth`` / ``resnet50-0676ba61.pth``), the classifier replaced when ``num_classes``
-    is not 1000. Layer names for saliency: :data:`ARCH_LAYERS`.
+    """The networks of the notebook.
+
+    ``"convnet"``: :class:`vklib.models.ConvNet` (``width``, 3 blocks, ``norm``: batch norm by default, since
+    instance norm erases the channel means Grad-CAM weighs) for ``image_size`` inputs, trained from scratch.
+    ``"vgg16"`` / ``"resnet50"``: torchvision's network with ImageNet weights (:func:`vklib.models.torchvision_net`:
+    ``weights`` is a torchvision weights name such as ``"IMAGENET1K_V1"``, the ``.pth`` file or its folder; ``None``
+    is a random initialisation) behind :class:`vklib.models.ImageNetNormalize`, so that it takes images in [0, 1]
+    (deletion's black substrate stays black), as ``nn.Sequential(normalize=..., net=...)``; the classifier is
+    replaced when ``num_classes`` is not 1000. Layer names for saliency: :data:`ARCH_LAYERS`.
+
+    Shapes: ``(N, in_channels, H, W)`` in [0, 1] -> logits ``(N, num_classes)``.
 
     Raises:
-        ValueError: unknown ``arch``; FileNotFoundError: the checkpoint is missing (nothing is downloaded).
+        ValueError: unknown ``arch``; :class:`vklib.models.WeightsNotFoundError`: the weights file is missing
+            (nothing is downloaded; the message says where to put it).
     """
     _check_choice("arch", arch, ARCHS)
     if arch == "convnet":
-        from .models import ConvNet
-        return ConvNet(in_channels, num_classes, image_size, width=width, depth=3, norm=norm)
-    import torchvision
-    if weights is None:
-        raise ValueError(f"arch {arch!r} needs ImageNet weights: pass weights=<{_WEIGHT_FILES[arch]} or its folder>")
-    path = Path(weights).expanduser()
-    if path.is_dir():
-        path = path / _WEIGHT_FILES[arch]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{arch}: ImageNet weights not found at {path}. Put torchvision's checkpoint {_WEIGHT_FILES[arch]} "
-            f"(torchvision.models.{'VGG16' if arch == 'vgg16' else 'ResNet50'}_Weights.IMAGENET1K_V1, e.g. from "
-            f"~/.cache/torch/hub/checkpoints/) there; nothing is downloaded.")
-    net = getattr(torchvision.models, arch)(weights=None)
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return models.ConvNet(in_channels, num_classes, image_size, width=width, depth=3, norm=norm)
+    net = models.torchvision_net(arch, weights)
     if num_classes != 1000:
         if arch == "vgg16":
             net.classifier[6] = nn.Linear(net.classifier[6].in_features, num_classes)
         else:
             net.fc = nn.Linear(net.fc.in_features, num_classes)
-    return Normalized(net)
+    return nn.Sequential(OrderedDict(normalize=models.ImageNetNormalize(), net=net))
 
 
 class _Pairs(torch.utils.data.Dataset):
@@ -664,7 +625,10 @@ def finetune_multilabel(model: nn.Module, ds: ImageSet, *, epochs: int, lr: floa
                         device: str | torch.device = "auto", progress: bool = False) -> list[float]:
     """Fine-tune a classifier for multi-label recognition (binary cross-entropy on ``ds.meta["targets"]``
     ``(N, K)``), SGD with the learning rate divided by 10 for the last third; random horizontal flips.
-    Returns the mean loss of each epoch."""
+    Returns the mean loss of each epoch.
+
+    Its own epoch loop rather than :func:`vklib.train.fit_epochs`: a ``DataLoader`` with ``workers`` processes decodes
+    the full detection sets' image files in parallel."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if "targets" not in ds.meta:
@@ -675,15 +639,13 @@ def finetune_multilabel(model: nn.Module, ds: ImageSet, *, epochs: int, lr: floa
     loader = torch.utils.data.DataLoader(_Pairs(ds.images, ds.meta["targets"]), batch_size=batch_size,
                                          shuffle=True, generator=g, num_workers=workers, drop_last=True)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, (2 * epochs) // 3)], gamma=0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, train.milestones((2 / 3,), epochs), gamma=0.1)
     losses = []
     for _ in tqdm(range(epochs), desc="fine-tune", disable=not progress, leave=False):
         total, count = 0.0, 0
         for x, t in loader:
-            x, t = x.to(dev), t.to(dev).float()
-            flip = torch.rand(len(x), generator=g).to(dev) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            loss = F.binary_cross_entropy_with_logits(model(x), t)
+            x, _ = train.random_flip(x.to(dev), g)
+            loss = F.binary_cross_entropy_with_logits(model(x), t.to(dev).float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -757,14 +719,4 @@ def _coco_instances_full(root: Path, split: str, download: bool, size):
 
 
 def _imagenet_full(root: Path, split: str, download: bool, size):
-    folder = root / "imagenet" / split
-    wnids = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    if not wnids:
-        raise FileNotFoundError(f"no <wnid>/ class folders in {folder}")
-    paths, labels = [], []
-    for k, wnid in enumerate(wnids):
-        files = sorted(p for p in (folder / wnid).iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-        paths += files
-        labels += [k] * len(files)
-    return ImageSet("imagenet", split, LazyImages(paths, "RGB", size), torch.tensor(labels), wnids,
-                    {"files": [str(p) for p in paths]}, "full")
+    return data.class_folders("imagenet", split, root / "imagenet" / split, size=size)

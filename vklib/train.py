@@ -135,7 +135,8 @@ def infer(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], *,
           device: str | torch.device = "auto"):
     """Batched inference in eval mode without gradients: ``fn(model, x)`` (default ``model(x)``) on consecutive
     batches ``x`` of ``images`` (an ``(N, ...)`` tensor or a sequence of ``(C, H, W)`` tensors), concatenated along
-    the first dimension and returned on the CPU; ``fn`` may return a tensor or a tuple of tensors (then a tuple of
+    the batch dimension (the first; the second for an :class:`Ensemble`, whose outputs are ``(S, B, ...)``) and
+    returned on the CPU; ``fn`` may return a tensor or a tuple of tensors (then a tuple of
     concatenations; ``None`` entries stay ``None``). The model's training mode is restored afterwards.
 
     E.g. logits ``(N, K)``: ``infer(net, x)``; features: ``infer(net, x, fn=lambda m, b: m.embed(b))``.
@@ -150,9 +151,10 @@ def infer(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], *,
                 for idx in batches(len(images), batch_size)]
     finally:
         model.train(was_training)
+    dim = 1 if isinstance(model, Ensemble) else 0
     if isinstance(outs[0], tuple):
-        return tuple(None if parts[0] is None else torch.cat([p.cpu() for p in parts]) for parts in zip(*outs))
-    return torch.cat([o.cpu() for o in outs])
+        return tuple(None if parts[0] is None else torch.cat([p.cpu() for p in parts], dim) for parts in zip(*outs))
+    return torch.cat([o.cpu() for o in outs], dim)
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int = 512,

@@ -15,6 +15,7 @@ import torch
 from timing import clock, notebook_wall
 
 from vklib import aesthetics as A
+from vklib import train
 
 
 def bench_step(models: int = 36, batch: int = 20):
@@ -24,8 +25,8 @@ def bench_step(models: int = 36, batch: int = 20):
     for p in model.parameters():
         p.requires_grad_(False)
     x = torch.rand(models, batch, 3, cfg["image_size"], cfg["image_size"])
-    with torch.no_grad():
-        feats = model.features(x.flatten(0, 1)).view(models, batch, -1, *model.features(x[0, :1]).shape[-2:])
+    f = train.infer(model, x.flatten(0, 1), fn=lambda m, b: m.features(b), device="cpu")   # cached trunk output
+    feats = f.view(models, batch, *f.shape[1:])
     r = torch.rand(models, batch) * 4 + 1
     params = {n: t.requires_grad_(True) for n, t in A.init_user_params(model, models).items()}
 

@@ -67,7 +67,11 @@ def bench_iterations(cfg):
         impute.fit(warm, x[:50], y[:50], x[50:], task=task, method="supervised", steps=3, device="cpu")  # warm-up
         for method, variant in [("supervised", "labeller"), ("mean_teacher", "labeller"), ("l2i", "labeller"),
                                 ("l2i", "targets")]:
-            kw = impute.fit_settings(cfg, task) | {"steps": 20, "variant": variant}
+            # the profile's settings that set an iteration's cost (batches, views, optimiser, meta step)
+            kw = {arg: cfg[f"{prefix}_{arg}"] for arg in ("batch_labeled", "batch_unlabeled", "optimizer",
+                                                         "max_shift", "noise", "inner_lr")}
+            kw |= {"padding_mode": cfg[f"{prefix}_padding"], "meta_every": cfg["meta_every"],
+                   "meta_batch": cfg["meta_batch"], "steps": 20, "variant": variant}
             torch.manual_seed(0)
             net = impute.build_model("convnet", c, out, s, cfg[f"{prefix}_width"], cfg[f"{prefix}_depth"])
             fit = clock(lambda: impute.fit(net, x[:50], y[:50], x[50:], task=task, method=method, device="cpu", **kw),
