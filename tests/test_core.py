@@ -136,8 +136,14 @@ def test_utils_seed_device_profile_timer():
     a = torch.rand(3)
     utils.seed_everything(5)
     assert torch.equal(a, torch.rand(3))
-    with pytest.raises(ValueError, match="seed must be a non-negative int"):
-        utils.seed_everything(-1)
+    for bad in (-1, 2**70, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="seed must be an integer from 0 to 2\\*\\*63 - 1"):
+            utils.seed_everything(bad)
+    x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="seed must be an integer from 0"):
+        train.train_classifier(models.ConvNet(1, 2, 8, width=4, depth=1), x, y, epochs=1, seed=-1, device="cpu")
+    with pytest.raises(ValueError, match="Ensemble seed must be an integer from 0"):
+        train.Ensemble(lambda: models.ConvNet(1, 2, 8, width=4, depth=1), [0, 2**70])
     assert utils.resolve_device("auto").type in ("cpu", "cuda", "mps")
     assert utils.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="device must be 'auto', 'cpu'"):

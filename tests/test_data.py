@@ -102,8 +102,9 @@ def test_corrupt_file_raises_checksum_error(tmp_path):
     blob = bytearray(target.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     target.write_bytes(bytes(blob))
-    with pytest.raises(data.ChecksumError, match="orl_faces.npz does not match its sha256"):
+    with pytest.raises(data.ChecksumError, match="orl_faces.npz does not match its sha256") as err:
         data.load("orl_faces", "all", data_dir=tmp_path)
+    assert "git checkout" not in str(err.value) and "copy the course's data/orl_faces/ folder" in str(err.value)
 
 
 def test_missing_file_and_env_root(tmp_path, monkeypatch):
@@ -169,3 +170,34 @@ def test_class_folders_reads_the_imagefolder_layout(tmp_path):
         data.class_folders("demo", "all", tmp_path / "a_dog")
     with pytest.raises(FileNotFoundError, match="not found"):
         data.class_folders("demo", "all", tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def miniature_root(tmp_path_factory):
+    from miniatures import core
+    root = tmp_path_factory.mktemp("miniatures")
+    core.write(root)
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(__import__("miniatures.core").core.SIZES))
+def test_full_readers_read_their_official_layouts(name, miniature_root):
+    """Every full-dataset reader of vklib.data loads a miniature written in the release's own format."""
+    from miniatures.core import SIZES
+    for split, n in SIZES[name].items():
+        ds = data.load(name, split, full=True, data_dir=miniature_root)
+        assert ds.source == "full" and len(ds) == n, (split, len(ds))
+        x = ds.images[0]
+        assert x.ndim == 3 and x.dtype == torch.float32 and 0 <= float(x.min()) <= float(x.max()) <= 1
+        if ds.labels is not None:
+            assert ds.labels.dtype == torch.int64 and int(ds.labels.min()) >= 0
+            assert ds.classes and int(ds.labels.max()) < len(ds.classes)
+    if name == "svhn":
+        assert data.load(name, "test", full=True, data_dir=miniature_root).labels.tolist()[:3] == [1, 2, 3]
+        assert 0 in data.load(name, "test", full=True, data_dir=miniature_root).labels.tolist()
+    if name == "lfw_landmarks5":
+        pts = data.load(name, "train", full=True, data_dir=miniature_root).meta["landmarks"]
+        assert pts.shape == (6, 5, 2) and torch.allclose(pts[0, 0], torch.tensor([(100 - 61) * 0.5, (110 - 61) * 0.5]))
+    if name == "lfw_people":
+        ds = data.load(name, "all", full=True, data_dir=miniature_root)
+        assert ds.images.shape[1:] == (1, 62, 47) and ds.classes == ["Ada Lovelace", "Alan Turing"]

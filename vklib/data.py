@@ -199,6 +199,14 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _restore_hint(name: str, folder: Path) -> str:
+    """How to get a good copy of the shipped subset ``name`` whose files in ``folder`` are missing or damaged."""
+    if folder.resolve() == (REPO_DATA / name).resolve():
+        return f"restore it with `git checkout -- data/{name}` in the course repository"
+    return (f"copy the course's data/{name}/ folder into {folder.parent} again (or unset data_dir / ${DATA_ENV} to "
+            f"use the course's own copy)")
+
+
 def verify(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Check every file of the shipped subset ``name`` against its ``SHA256SUMS``; return the subset folder.
 
@@ -221,14 +229,13 @@ def verify(name: str, data_dir: str | os.PathLike | None = None) -> Path:
         digest, rel = line.split(maxsplit=1)
         path = folder / rel.strip()
         if not path.is_file():
-            raise DataNotFoundError(f"dataset {name!r}: file {path} is missing; restore it with "
-                                    f"`git checkout -- data/{name}`")
+            raise DataNotFoundError(f"dataset {name!r}: file {path} is missing; {_restore_hint(name, folder)}")
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
         if not _verified.get(key):
             if _sha256(path) != digest:
                 raise ChecksumError(f"dataset {name!r}: {path} does not match its sha256 in {folder}/SHA256SUMS "
-                                    f"(corrupt or modified file); restore it with `git checkout -- data/{name}`")
+                                    f"(corrupt or modified file); {_restore_hint(name, folder)}")
             _verified[key] = True
     return folder
 
@@ -274,7 +281,7 @@ def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None 
     except DataError:
         raise
     except (FileNotFoundError, RuntimeError, OSError) as e:  # torchvision/sklearn: missing files or offline
-        how = ("the download failed (offline? only package registries are reachable on some machines)"
+        how = ("the download failed (is this machine offline?)"
                if download else "it is not there and download=False")
         retry = " Or pass download=True with a network." if spec.downloadable and not download else ""
         raise DataNotFoundError(
@@ -334,7 +341,8 @@ def class_folders(name: str, split: str, folder: Path, *, size: int | None = Non
 # ----------------------------------------------------------------------------------------------- helpers
 def _to_float(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> float32 ``(N, C, H, W)`` in [0, 1]."""
-    x = torch.from_numpy(np.array(images, copy=not images.flags.writeable, order="C"))
+    x = np.ascontiguousarray(images)  # transposed release arrays (CIFAR, SVHN) are copied into C order here
+    x = torch.from_numpy(x if x.flags.writeable else x.copy())
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     return x.float().div_(255.0).contiguous()
 
@@ -358,7 +366,8 @@ def read_image(path: str | Path, mode: str = "RGB", size: int | None = None) -> 
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
+    """An IDX file (MNIST's format), gzipped (``.gz``) or not."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
         data = f.read()
     _, _, ndim = struct.unpack(">HBB", data[:4])
     shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
@@ -370,20 +379,69 @@ def _labels(y) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- torchvision
-def _torchvision_full(cls_name: str, classes: list[str] | None):
+def _read_mnist_raw(base: Path, folder: str, split: str):
+    raw = base / folder / "raw"
+    stem = "train" if split == "train" else "t10k"
+    return _read_idx(raw / f"{stem}-images-idx3-ubyte"), _read_idx(raw / f"{stem}-labels-idx1-ubyte"), None
+
+
+def _unpickle(path: Path) -> dict:
+    import pickle
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _read_cifar10(base: Path, split: str):
+    folder = base / "cifar-10-batches-py"
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    batches = [_unpickle(folder / f) for f in files]
+    x = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    y = np.concatenate([b["labels"] for b in batches])
+    return x, y, list(_unpickle(folder / "batches.meta")["label_names"])
+
+
+def _read_cifar100(base: Path, split: str):
+    folder = base / "cifar-100-python"
+    b = _unpickle(folder / ("train" if split == "train" else "test"))
+    x = np.asarray(b["data"]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return x, np.asarray(b["fine_labels"]), list(_unpickle(folder / "meta")["fine_label_names"])
+
+
+def _read_svhn(base: Path, split: str):
+    from scipy.io import loadmat
+    path = base / f"{split}_32x32.mat"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    d = loadmat(path)
+    y = d["y"].astype(np.int64).ravel()
+    return d["X"].transpose(3, 0, 1, 2), np.where(y == 10, 0, y), None  # the release labels digit 0 as 10
+
+
+#: name -> (torchvision class that downloads the release, reader of its files below ``<data_dir>/torchvision``).
+_TORCHVISION = {
+    "mnist": ("MNIST", lambda base, split: _read_mnist_raw(base, "MNIST", split)),
+    "fashion_mnist": ("FashionMNIST", lambda base, split: _read_mnist_raw(base, "FashionMNIST", split)),
+    "cifar10": ("CIFAR10", _read_cifar10),
+    "cifar100": ("CIFAR100", _read_cifar100),
+    "svhn": ("SVHN", _read_svhn),
+}
+
+
+def _torchvision_full(name: str, classes: list[str] | None):
+    """The full dataset from its official release files below ``<data_dir>/torchvision`` (the layout torchvision's
+    downloader leaves: ``MNIST/raw/*-ubyte``, ``cifar-10-batches-py/``, ``cifar-100-python/``, ``*_32x32.mat``),
+    read by the course itself; torchvision only downloads them (``download=True``, checked against its md5s)."""
+    cls_name, reader = _TORCHVISION[name]
+
     def load_full(root: Path, split: str, download: bool, size: int | None) -> ImageSet:
-        import torchvision
-        cls = getattr(torchvision.datasets, cls_name)
-        kw = {"split": split} if cls_name == "SVHN" else {"train": split == "train"}
-        ds = cls(str(root / "torchvision"), download=download, **kw)
-        data = ds.data.numpy() if torch.is_tensor(ds.data) else np.asarray(ds.data)
-        if cls_name == "SVHN":
-            data = data.transpose(0, 2, 3, 1)
-        targets = ds.labels if cls_name == "SVHN" else ds.targets
-        name = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist", "CIFAR10": "cifar10", "CIFAR100": "cifar100",
-                "SVHN": "svhn"}[cls_name]
-        return ImageSet(name, split, _resize(_to_float(data), size), _labels(targets),
-                        list(getattr(ds, "classes", classes) or classes or []), {}, "full")
+        base = root / "torchvision"
+        if download:
+            import torchvision
+            kw = {"split": split} if cls_name == "SVHN" else {"train": split == "train"}
+            getattr(torchvision.datasets, cls_name)(str(base), download=True, **kw)
+        x, y, found = reader(base, split)
+        return ImageSet(name, split, _resize(_to_float(x), size), _labels(y), list(found or classes or []), {},
+                        "full")
     return load_full
 
 
@@ -410,30 +468,31 @@ def _npz_classes(name: str, files: dict[str, str], classes: list[str]):
     return load_subset
 
 
-_TV_HINT = ("Full {0}: torchvision.datasets.{1} files under <data_dir>/torchvision (download=True fetches them).")
+_TV_HINT = ("Full {0}: the release files as torchvision.datasets.{1} downloads them, under <data_dir>/torchvision "
+            "(download=True fetches them).")
 
 register(DatasetSpec(
     "mnist", "MNIST handwritten digits", ("train", "test"), _mnist_subset,
-    _torchvision_full("MNIST", MNIST_CLASSES), _TV_HINT.format("MNIST", "MNIST"),
+    _torchvision_full("mnist", MNIST_CLASSES), _TV_HINT.format("MNIST", "MNIST"),
     "subset: 5,000 real training images (500/class) and the full official 10,000-image test set",
     downloadable=True))
 register(DatasetSpec(
     "fashion_mnist", "Fashion-MNIST", ("train", "test"),
     _npz_classes("fashion_mnist", {"train": "fashion_mnist_train_500pc.npz", "test": "fashion_mnist_test_500pc.npz"},
                  FASHION_CLASSES),
-    _torchvision_full("FashionMNIST", FASHION_CLASSES), _TV_HINT.format("Fashion-MNIST", "FashionMNIST"),
+    _torchvision_full("fashion_mnist", FASHION_CLASSES), _TV_HINT.format("Fashion-MNIST", "FashionMNIST"),
     "subset: 500 training and 500 test images per class", downloadable=True))
 register(DatasetSpec(
     "cifar10", "CIFAR-10", ("test",),
     _npz_classes("cifar10", {"test": "cifar10_test_300pc.npz"}, CIFAR10_CLASSES),
-    _torchvision_full("CIFAR10", CIFAR10_CLASSES), _TV_HINT.format("CIFAR-10", "CIFAR10"),
+    _torchvision_full("cifar10", CIFAR10_CLASSES), _TV_HINT.format("CIFAR-10", "CIFAR10"),
     "subset: 300 test images per class, decoded from JPEG (q~75) copies, so slightly lossy; split it yourself",
     full_only_splits=("train",), downloadable=True))
 register(DatasetSpec(
-    "cifar100", "CIFAR-100", ("train", "test"), None, _torchvision_full("CIFAR100", None),
+    "cifar100", "CIFAR-100", ("train", "test"), None, _torchvision_full("cifar100", None),
     _TV_HINT.format("CIFAR-100", "CIFAR100"), downloadable=True))
 register(DatasetSpec(
-    "svhn", "SVHN street-view house numbers", ("train", "test"), None, _torchvision_full("SVHN", MNIST_CLASSES),
+    "svhn", "SVHN street-view house numbers", ("train", "test"), None, _torchvision_full("svhn", MNIST_CLASSES),
     _TV_HINT.format("SVHN", "SVHN"), downloadable=True))
 
 

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .models import ConvNet
-from .utils import resolve_device
+from .utils import check_seed, resolve_device
 
 __all__ = ["Ensemble", "batches", "evaluate", "fit_epochs", "gather", "infer", "milestones", "random_flip",
            "random_shift", "train_classifier"]
@@ -105,8 +105,8 @@ def fit_epochs(batch_loss: Callable, n: int, *, epochs: int, batch_size: int, op
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if schedule_every not in ("batch", "epoch"):
         raise ValueError(f"schedule_every must be 'batch' or 'epoch', got {schedule_every!r}")
-    single = isinstance(seed, int)
-    gens = [torch.Generator().manual_seed(s) for s in ([seed] if single else seed)]
+    single = not isinstance(seed, (list, tuple))
+    gens = [torch.Generator().manual_seed(check_seed(s)) for s in ([seed] if single else seed)]
     if not gens:
         raise ValueError("fit_epochs: seed must be an int or a non-empty sequence of ints")
     losses = []
@@ -190,6 +190,7 @@ class Ensemble(nn.Module):
         from torch.func import stack_module_state
         if len(seeds) < 1:
             raise ValueError("Ensemble: seeds must name at least one member")
+        seeds = [check_seed(s, "Ensemble seed") for s in seeds]
         members = []
         for s in seeds:
             torch.manual_seed(s)

@@ -9,7 +9,17 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-__all__ = ["Timer", "resolve_device", "resolve_profile", "seed_everything"]
+__all__ = ["MAX_SEED", "Timer", "check_seed", "resolve_device", "resolve_profile", "seed_everything"]
+
+#: Seeds are integers in ``[0, MAX_SEED]`` (what ``torch.manual_seed`` and ``torch.Generator`` accept).
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` if it is an int in ``[0, MAX_SEED]``; otherwise a ``ValueError`` naming ``name`` and the range."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{name} must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    return seed
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -18,8 +28,7 @@ def seed_everything(seed: int) -> torch.Generator:
     Deterministic algorithms are preferred where PyTorch has them (``warn_only``), so one seed gives the same
     numbers on one machine.
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -1,0 +1,36 @@
+"""Miniature datasets in the official on-disk layouts of the full datasets (test fixture code, not shipped data).
+
+Each module here has ``write(root)``, which writes a few images per class below ``root`` in exactly the format of
+the official release (file names, list files, pickles, .mat, JSON), so that every full-dataset reader of ``vklib``
+can be run end to end (``vklib.data.load(name, split, full=True, data_dir=root)``) without the real data.
+:func:`write_all` writes every miniature into one root, the ``data_dir`` of the smoke runs.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+import numpy as np
+
+
+def write_all(root: Path) -> Path:
+    """Write every module's miniatures below ``root``; returns ``root``."""
+    root = Path(root)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}").write(root)
+    return root
+
+
+def pixels(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """Random uint8 pixels of ``shape``, smoothed a little so that JPEG keeps them recognisable."""
+    x = rng.integers(0, 256, size=shape).astype(np.float32)
+    return x.astype(np.uint8)
+
+
+def save_image(path: Path, array: np.ndarray, **kw) -> Path:
+    """Save ``array`` (``(H, W)`` grey or ``(H, W, 3)`` RGB uint8) with PIL, creating the folders."""
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, **kw)
+    return path
