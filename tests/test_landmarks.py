@@ -415,9 +415,14 @@ def test_full_datasets_are_registered_and_missing_data_is_explained(name, tmp_pa
         data.load(name, "test")
 
 
-def test_face_images_checks_its_boxes():
-    with pytest.raises(ValueError, match="one box"):
-        L.FaceImages(["a.jpg"], [], 10)
+def test_face_images_crop_then_resize(tmp_path):
+    from PIL import Image
+    im = Image.new("RGB", (20, 10), (255, 0, 0))
+    im.paste((0, 0, 255), (10, 0, 20, 10))  # the right half blue
+    im.save(tmp_path / "a.png")
+    faces = L.FaceImages([tmp_path / "a.png"] * 2, (10, 0, 20, 10), 4)
+    assert isinstance(faces, data.LazyImages) and len(faces) == 2 and len(faces[1:]) == 1
+    assert torch.equal(faces[0], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 4, 4))
 
 
 def _jpeg(path, w, h, colour):

@@ -728,8 +728,9 @@ def match_points(source: torch.Tensor, points: torch.Tensor, targets: torch.Tens
 
 def cross_instance_error(features: torch.Tensor, landmarks: torch.Tensor, *, stride: int = 1,
                          eyes: tuple[int, int] = (0, 1)) -> float:
-    """Cross-identity matching error (a fraction of the inter-ocular distance): the annotated landmarks of image ``n`` are matched
-    by :func:`match_points` into image ``n + 1`` (cyclically) and compared with that image's annotations.
+    """Cross-identity matching error (a fraction of the inter-ocular distance, :func:`iod_error`): the annotated
+    landmarks of image ``n`` are matched by :func:`match_points` into image ``n + 1`` (cyclically) and compared with
+    that image's annotations.
 
     ``features`` ``(N, C, h, w)``, ``landmarks`` ``(N, L, 2)`` input pixels.
     """
@@ -762,28 +763,22 @@ def pca_rgb(features: torch.Tensor, *, low: float = 0.01, high: float = 0.99) ->
 
 
 # ----------------------------------------------------------------------------------------------- full datasets
-class FaceImages(Sequence):
-    """Face images decoded on access: each file is cropped to ``box`` ``(left, top, right, bottom)`` (or kept
-    whole) and resized to ``size x size``, giving ``(3, size, size)`` float tensors in [0, 1]."""
+class FaceImages(_data.LazyImages):
+    """Face images decoded on access (a :class:`vklib.data.LazyImages`): each file is cropped to ``box``
+    ``(left, top, right, bottom)`` in pixels and resized to ``size x size``, giving ``(3, size, size)`` float
+    tensors in [0, 1]."""
 
-    def __init__(self, paths: Sequence[Path], boxes: Sequence[tuple[int, int, int, int] | None], size: int):
-        if len(paths) != len(boxes):
-            raise ValueError("one box (or None) per path is needed")
-        self.paths, self.boxes, self.size = list(paths), list(boxes), size
-
-    def __len__(self) -> int:
-        return len(self.paths)
+    def __init__(self, paths: Sequence[Path], box: tuple[int, int, int, int], size: int):
+        super().__init__(paths, "RGB", size)
+        self.box = box
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return FaceImages(self.paths[i], self.boxes[i], self.size)
+            return FaceImages(self.paths[i], self.box, self.size)
         from PIL import Image
         import numpy as np
         with Image.open(self.paths[i]) as im:
-            im = im.convert("RGB")
-            if self.boxes[i] is not None:
-                im = im.crop(self.boxes[i])
-            a = np.asarray(im.resize((self.size, self.size), Image.BILINEAR))
+            a = np.asarray(im.convert("RGB").crop(self.box).resize((self.size, self.size), Image.BILINEAR))
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -828,7 +823,7 @@ def _celeba_set(name: str, split: str, files: list[str], images: Path, pts: dict
     lo_x, lo_y, hi_x, _ = CELEBA_BOX
     lms = torch.stack([pts[f] for f in files]) if files else torch.zeros(0, 5, 2)
     lms = (lms - lms.new_tensor([lo_x, lo_y])) * (size / (hi_x - lo_x))
-    return _data.ImageSet(name, split, FaceImages([images / f for f in files], [CELEBA_BOX] * len(files), size),
+    return _data.ImageSet(name, split, FaceImages([images / f for f in files], CELEBA_BOX, size),
                           None, None, {"landmarks": lms, "files": files,
                                        "_landmark_names": ["left eye", "right eye", "nose", "left mouth",
                                                            "right mouth"]}, "full")
@@ -872,7 +867,7 @@ def _aflw_full(root: Path, split: str, download: bool, size):
         lms.append(torch.tensor([[v[k] * size / W, v[k + 5] * size / H] for k in range(5)]))
     if not paths:
         raise FileNotFoundError(f"{listing} lists no images")
-    return _data.ImageSet("aflw_mtfl", split, FaceImages(paths, [None] * len(paths), size), None, None,
+    return _data.ImageSet("aflw_mtfl", split, _data.LazyImages(paths, "RGB", size), None, None,
                           {"landmarks": torch.stack(lms), "files": [str(p) for p in paths],
                            "_landmark_names": ["left eye", "right eye", "nose", "left mouth", "right mouth"]},
                           "full")
