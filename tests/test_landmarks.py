@@ -425,40 +425,101 @@ def test_face_images_crop_then_resize(tmp_path):
     assert torch.equal(faces[0], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 4, 4))
 
 
-def _jpeg(path, w, h, colour):
-    from PIL import Image
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (w, h), colour).save(path)
+# ----------------------------------------------------------------------------------------------- full readers
+@pytest.fixture(scope="module")
+def landmark_root(tmp_path_factory):
+    """CelebA (+ MAFL's lists) and AFLW-MTFL written once in their releases' layouts (tests/miniatures/landmarks.py)."""
+    from miniatures import landmarks as mini
+    root = tmp_path_factory.mktemp("landmark_miniatures")
+    mini.write(root)
+    return root
 
 
-def test_celeba_and_mafl_loaders_on_a_tiny_layout(tmp_path):
-    root = tmp_path / "celeba"
-    files = ["000001.jpg", "000002.jpg", "000003.jpg"]
-    for k, f in enumerate(files):
-        _jpeg(root / "Img" / "img_align_celeba" / f, 178, 218, (80 * k, 0, 0))
-    rows = [f"{f} 69 109 106 113 77 142 73 152 108 154" for f in files]
-    (root / "Anno").mkdir()
-    (root / "Anno" / "list_landmarks_align_celeba.txt").write_text("3\nlefteye_x ...\n" + "\n".join(rows) + "\n")
-    (root / "Eval").mkdir()
-    (root / "Eval" / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg 0\n000003.jpg 2\n")
-    (root / "MAFL").mkdir()
-    (root / "MAFL" / "training.txt").write_text("000001.jpg\n000003.jpg\n")
-    (root / "MAFL" / "testing.txt").write_text("000002.jpg\n")
-    train = data.load("celeba", "train", full=True, data_dir=tmp_path, size=50)
-    assert train.meta["files"] == ["000001.jpg"]  # MAFL test faces are held out
-    test = data.load("mafl", "test", full=True, data_dir=tmp_path, size=50)
-    assert len(test) == 1 and test.images[0].shape == (3, 50, 50) and test.source == "full"
-    assert torch.allclose(test.meta["landmarks"][0, 0], torch.tensor([69.0, 89.0]) * 50 / 178)
-    mafl_train = data.load("mafl", "train", full=True, data_dir=tmp_path)
-    assert len(mafl_train) == 2 and mafl_train.images[1].shape == (3, 100, 100)
-    assert float(mafl_train.images[1][0].mean()) == pytest.approx(160 / 255, abs=0.01)
-    assert len(mafl_train.images[0:1]) == 1
+def _marker_centre(image: torch.Tensor) -> torch.Tensor:
+    """``(x, y)`` centroid of the white square the miniatures draw on each face's left eye (the rest is dimmer)."""
+    grey = image.mean(0)
+    w = (grey - 0.6).clamp_min(0)
+    ys, xs = torch.meshgrid(torch.arange(grey.shape[0], dtype=w.dtype), torch.arange(grey.shape[1], dtype=w.dtype),
+                            indexing="ij")
+    return torch.stack([(w * xs).sum(), (w * ys).sum()]) / w.sum()
 
 
-def test_aflw_mtfl_loader_on_a_tiny_layout(tmp_path):
-    folder = tmp_path / "aflw_mtfl"
-    _jpeg(folder / "AFLW" / "a.jpg", 120, 80, (0, 255, 0))
-    (folder / "test.txt").write_text("AFLW\\a.jpg 30 90 60 40 80 20 20 40 60 60 1 2 2 3\n")
-    ds = data.load("aflw_mtfl", "test", full=True, data_dir=tmp_path, size=40)
-    assert ds.images[0].shape == (3, 40, 40) and float(ds.images[0][1].mean()) > 0.95
-    assert torch.allclose(ds.meta["landmarks"][0, :2], torch.tensor([[10.0, 10.0], [30.0, 10.0]]))
+@pytest.mark.parametrize("name", ["celeba", "mafl", "aflw_mtfl"])
+def test_landmark_readers_read_the_official_layouts(name, landmark_root):
+    from miniatures.landmarks import SIZES
+    for split, n in SIZES[name].items():
+        ds = data.load(name, split, full=True, data_dir=landmark_root)
+        assert ds.source == "full" and ds.name == name and len(ds) == n, (split, len(ds))
+        assert ds.meta["landmarks"].shape == (n, 5, 2) and len(ds.meta["files"]) == n
+        assert ds.meta["_landmark_names"][:2] == ["left eye", "right eye"] and ds.labels is None
+        for k in range(n):
+            x = ds.images[k]
+            assert x.shape == (3, 100, 100) and x.dtype == torch.float32
+            assert 0 <= float(x.min()) <= float(x.max()) <= 1
+            # the left-eye landmark lands on the marker drawn there, after the reader's crop and resize
+            centre = _marker_centre(x)
+            assert torch.allclose(centre, ds.meta["landmarks"][k, 0], atol=0.6), (split, k, centre)
+        small = data.load(name, split, full=True, data_dir=landmark_root, size=40)
+        assert small.images[0].shape == (3, 40, 40)
+        assert torch.allclose(small.meta["landmarks"], ds.meta["landmarks"] * 0.4, atol=1e-4)
+
+
+def test_celeba_and_mafl_splits_and_coordinates(landmark_root):
+    from miniatures import landmarks as mini
+    for split, files in mini.CELEBA_SPLITS.items():
+        assert data.load("celeba", split, full=True, data_dir=landmark_root).meta["files"] == files
+    everything = data.load("celeba", "all", full=True, data_dir=landmark_root).meta["files"]
+    mafl_faces = set(mini.MAFL["train"]) | set(mini.MAFL["test"])
+    # DVE's CelebA leaves out both MAFL lists, whatever their CelebA partition
+    assert not mafl_faces & set(everything) and len(everything) == 12 - len(mafl_faces)
+    for split in ("train", "test"):
+        ds = data.load("mafl", split, full=True, data_dir=landmark_root, size=50)
+        assert ds.meta["files"] == mini.MAFL[split]  # the list's own order
+    # a known point: CelebA pixels (x, y) -> (x, y - 30) in DVE's 178 x 178 crop, then * size / 178
+    f = mini.MAFL["test"][0]
+    pts = torch.tensor(mini.celeba_landmarks(f), dtype=torch.float32).view(5, 2)
+    ds = data.load("mafl", "test", full=True, data_dir=landmark_root, size=50)
+    assert torch.allclose(ds.meta["landmarks"][0], (pts - torch.tensor([0.0, 30.0])) * 50 / 178)
+    assert L.CELEBA_BOX == (0, 30, 178, 208)
+
+
+def test_celeba_reads_the_torchvision_layout_and_warns_without_mafl(landmark_root, tmp_path):
+    import shutil
+    from miniatures import landmarks as mini
+    flat = tmp_path / "celeba"
+    shutil.copytree(landmark_root / "celeba" / "Img" / "img_align_celeba", flat / "img_align_celeba")
+    for sub in ("Anno/list_landmarks_align_celeba.txt", "Eval/list_eval_partition.txt"):
+        shutil.copy(landmark_root / "celeba" / sub, flat / sub.split("/")[1])
+    shutil.copytree(landmark_root / "celeba" / "MAFL", flat / "MAFL")
+    assert data.load("celeba", "train", full=True, data_dir=tmp_path).meta["files"] == mini.CELEBA_SPLITS["train"]
+    shutil.rmtree(flat / "MAFL")
+    with pytest.warns(UserWarning, match="MAFL"):
+        assert len(data.load("celeba", "train", full=True, data_dir=tmp_path)) == 6
+    with pytest.raises(data.DataNotFoundError, match="MAFL/testing.txt"):
+        data.load("mafl", "test", full=True, data_dir=tmp_path)
+
+
+def test_aflw_mtfl_reads_dves_csv_and_mtfl_test_list(landmark_root, tmp_path):
+    import shutil
+    from miniatures import landmarks as mini
+    train = data.load("aflw_mtfl", "train", full=True, data_dir=landmark_root)
+    expected = [key for key, _, subset in mini.AFLW_ROWS if subset == 1]  # set == 1, in the CSV's order
+    assert [int(f.rsplit("/", 1)[1].split(".")[0]) for f in train.meta["files"]] == expected
+    test = data.load("aflw_mtfl", "test", full=True, data_dir=landmark_root, size=60)
+    assert [f.split("/MTFL/")[1] for f in test.meta["files"]] == mini.MTFL_TEST
+    # known points: 1-based pixels of the 150 x 150 crops -> (p - 1) * size / 150; CSV rows interleave x and y,
+    # MTFL rows give x1..x5 then y1..y5
+    for ds, key, size in ((train, expected[0], 100), (test, 1, 60)):
+        pts = torch.tensor(mini.aflw_landmarks(key), dtype=torch.float32).view(5, 2)
+        assert torch.allclose(ds.meta["landmarks"][0], (pts - 1) * size / 150, atol=1e-5)
+    # DVE's tarball unpacks to aflw-mtfl/: read too
+    shutil.copytree(landmark_root / "aflw_mtfl", tmp_path / "aflw-mtfl")
+    assert len(data.load("aflw_mtfl", "test", full=True, data_dir=tmp_path)) == len(mini.MTFL_TEST)
+    # a training face from an MTFL test image is an error, as DVE asserts
+    csv = tmp_path / "aflw-mtfl" / "aflw_cropped" / "facedata_cropped.csv"
+    csv.write_text(csv.read_text().replace("image20056.jpg,3,", "image20056.jpg,1,"))
+    with pytest.raises(data.DataError, match="MTFL test images"):
+        data.load("aflw_mtfl", "train", full=True, data_dir=tmp_path)
+    csv.write_text(csv.read_text().replace("crop_file", "crop"))
+    with pytest.raises(data.DataError, match="crop_file"):
+        data.load("aflw_mtfl", "train", full=True, data_dir=tmp_path)

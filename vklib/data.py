@@ -696,10 +696,11 @@ register(DatasetSpec(
 register(DatasetSpec(
     "celeba", "CelebA aligned faces (unlabeled training set of DVE)", ("train", "val", "test", "all"), None,
     _reader("landmarks", "_celeba_full"),
-    "Full CelebA: <data_dir>/celeba/ with img_align_celeba/ (or Img/img_align_celeba/), "
-    "list_landmarks_align_celeba.txt (or Anno/...) and list_eval_partition.txt (or Eval/...); the MAFL test faces "
-    "listed in <data_dir>/celeba/MAFL/testing.txt are left out.",
-    "images: the central 178x178 square of each aligned image, resized (default 100 px)"))
+    "Full CelebA: <data_dir>/celeba/ with img_align_celeba/ (or Img/img_align_celeba/, or Img/img_align_celeba_hq/ "
+    "from DVE's celeba.tar.gz), list_landmarks_align_celeba.txt (or Anno/...) and list_eval_partition.txt (or "
+    "Eval/...); the 20,000 MAFL faces listed in <data_dir>/celeba/MAFL/training.txt and testing.txt are left out, "
+    "as in DVE's code.",
+    "images: DVE's 178x178 crop of each aligned image (rows 30 to 208), resized (default 100 px)"))
 register(DatasetSpec(
     "mafl", "MAFL: CelebA faces with 5 landmarks (19,000 train / 1,000 test)", ("train", "test"), None, _reader("landmarks", "_mafl_full"),
     "Full MAFL: the CelebA layout of 'celeba' plus <data_dir>/celeba/MAFL/training.txt and testing.txt (one CelebA "
@@ -708,10 +709,10 @@ register(DatasetSpec(
 register(DatasetSpec(
     "aflw_mtfl", "AFLW-MTFL: 10,122 train / 2,995 test AFLW faces with 5 landmarks", ("train", "test"), None,
     _reader("landmarks", "_aflw_full"),
-    "Full AFLW-MTFL: <data_dir>/aflw_mtfl/train.txt and test.txt in MTFL's line format (image path relative to "
-    "aflw_mtfl/, then x1..x5 y1..y5, further columns ignored): the test list is MTFL's AFLW testing.txt, the train "
-    "list the 10,122 crops of Thewlis et al.",
-    "whole crops resized to a square (default 100 px)"))
+    "Full AFLW-MTFL: DVE's aflw-mtfl.tar.gz (github.com/jamt9000/DVE) unpacked as <data_dir>/aflw_mtfl/ (or "
+    "aflw-mtfl/): aflw_cropped/facedata_cropped.csv with the crops it names (its 10,122 rows with set 1 are the "
+    "training faces) and MTFL/testing.txt with MTFL/AFLW/ (MTFL's 2,995 AFLW test faces, as in MTFL.zip).",
+    "whole 150x150 crops resized to a square (default 100 px); landmarks moved from 1-based to 0-based pixels"))
 register(DatasetSpec(
     "aflw_imm", "AFLW faces with 5 landmarks (the IMM release used by L2I)", ("train", "test"), None, _reader("impute", "_aflw_imm_full"),
     "Full AFLW: the aflw_release-2/ folder of github.com/tomasjakab/imm (aflw_{train,test}_images.txt, "

@@ -29,6 +29,7 @@ The paper's numbers (landmark errors as fractions of the inter-ocular distance) 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -782,7 +783,10 @@ class FaceImages(_data.LazyImages):
         return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
-CELEBA_BOX = (0, 20, 178, 198)  # the central 178 x 178 square of a 178 x 218 aligned CelebA image
+#: DVE's crop of a 178 x 218 aligned CelebA image (``left, top, right, bottom``): the 178 x 178 square 30 rows from
+#: the top ("move head up a bit" in the official loaders ``CelebAPrunedAligned_MAFLVal`` and ``MAFLAligned``).
+CELEBA_BOX = (0, 30, 178, 208)
+_FIVE_POINTS = ["left eye", "right eye", "nose", "left mouth", "right mouth"]
 
 
 def _first(root: Path, *candidates: str) -> Path:
@@ -793,49 +797,69 @@ def _first(root: Path, *candidates: str) -> Path:
 
 
 def _celeba_index(root: Path):
-    """(image folder, {file: (5, 2) landmarks}, {file: partition}) of an official CelebA layout under ``root``."""
+    """``(image folder, {file: (5, 2) landmarks}, {file: partition})`` of CelebA under ``root / "celeba"``.
+
+    Either the layout of the official release (and of DVE's ``celeba.tar.gz``): ``Img/img_align_celeba/`` (or DVE's
+    ``Img/img_align_celeba_hq/``), ``Anno/list_landmarks_align_celeba.txt``, ``Eval/list_eval_partition.txt``; or
+    torchvision's, with the three at the top of ``celeba/``. The landmark file has a count line, a header line, then
+    ``<file> lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x
+    rightmouth_y`` in pixels of the 178 x 218 aligned image; the partition file has ``<file> <0|1|2>`` (train, val,
+    test). Without a partition file every image counts as training.
+    """
     folder = root / "celeba"
-    images = _first(folder, "img_align_celeba", "Img/img_align_celeba")
+    images = _first(folder, "img_align_celeba", "Img/img_align_celeba", "Img/img_align_celeba_hq")
     marks = _first(folder, "list_landmarks_align_celeba.txt", "Anno/list_landmarks_align_celeba.txt")
-    lines = marks.read_text().splitlines()[2:]
-    pts = {}
-    for ln in lines:
+    files, values = [], []
+    for ln in marks.read_text().splitlines()[2:]:
         parts = ln.split()
         if len(parts) == 11:
-            pts[parts[0]] = torch.tensor([float(v) for v in parts[1:]]).view(5, 2)
-    part = {}
+            files.append(parts[0])
+            values.append([float(v) for v in parts[1:]])
+    lms = torch.tensor(values).view(-1, 5, 2) if values else torch.zeros(0, 5, 2)
+    pts = dict(zip(files, lms))
     try:
-        for ln in _first(folder, "list_eval_partition.txt", "Eval/list_eval_partition.txt").read_text().splitlines():
-            f, p = ln.split()
-            part[f] = int(p)
+        listing = _first(folder, "list_eval_partition.txt", "Eval/list_eval_partition.txt")
     except FileNotFoundError:
-        part = {f: 0 for f in pts}
+        return images, pts, {f: 0 for f in pts}
+    part = {}
+    for ln in listing.read_text().splitlines():
+        parts = ln.split()
+        if len(parts) == 2:
+            part[parts[0]] = int(parts[1])
     return images, pts, part
 
 
 def _mafl_list(root: Path, split: str) -> list[str]:
+    """The CelebA file names of MAFL's ``celeba/MAFL/training.txt`` or ``testing.txt`` (TCDCN's release: one file
+    name per line, further columns ignored)."""
     path = _first(root / "celeba", f"MAFL/{'training' if split == 'train' else 'testing'}.txt")
     return [Path(ln.split()[0].replace("\\", "/")).name for ln in path.read_text().splitlines() if ln.strip()]
 
 
 def _celeba_set(name: str, split: str, files: list[str], images: Path, pts: dict, size: int | None):
+    """Faces cropped to :data:`CELEBA_BOX` and resized to ``size`` (default 100), with their landmarks moved into
+    that frame (``(p - box corner) * size / 178``, as DVE's loaders do)."""
     size = size or 100
     lo_x, lo_y, hi_x, _ = CELEBA_BOX
     lms = torch.stack([pts[f] for f in files]) if files else torch.zeros(0, 5, 2)
     lms = (lms - lms.new_tensor([lo_x, lo_y])) * (size / (hi_x - lo_x))
     return _data.ImageSet(name, split, FaceImages([images / f for f in files], CELEBA_BOX, size),
-                          None, None, {"landmarks": lms, "files": files,
-                                       "_landmark_names": ["left eye", "right eye", "nose", "left mouth",
-                                                           "right mouth"]}, "full")
+                          None, None, {"landmarks": lms, "files": files, "_landmark_names": list(_FIVE_POINTS)},
+                          "full")
 
 
 def _celeba_full(root: Path, split: str, download: bool, size):
+    """CelebA's ``split`` partition without the 20,000 MAFL faces (both of MAFL's lists, as in DVE's
+    ``CelebAPrunedAligned_MAFLVal``), so that nothing MAFL evaluates on is seen while learning descriptors."""
     images, pts, part = _celeba_index(root)
     want = {"train": 0, "val": 1, "test": 2}.get(split)
-    try:
-        held_out = set(_mafl_list(root, "test"))
-    except FileNotFoundError:
-        held_out = set()
+    held_out = set()
+    for mafl_split in ("train", "test"):
+        try:
+            held_out.update(_mafl_list(root, mafl_split))
+        except FileNotFoundError:
+            warnings.warn(f"celeba: no MAFL/{'training' if mafl_split == 'train' else 'testing'}.txt under "
+                          f"{root / 'celeba'}; those MAFL faces cannot be left out of CelebA", stacklevel=3)
     files = sorted(f for f in pts if (want is None or part.get(f) == want) and f not in held_out)
     if not files:
         raise FileNotFoundError(f"no CelebA images for split {split!r} under {images}")
@@ -843,6 +867,8 @@ def _celeba_full(root: Path, split: str, download: bool, size):
 
 
 def _mafl_full(root: Path, split: str, download: bool, size):
+    """MAFL (``celeba/MAFL/training.txt``: 19,000 faces, ``testing.txt``: 1,000), CelebA's images and aligned
+    landmarks in the crop of ``celeba`` (DVE's ``MAFLAligned``)."""
     images, pts, _ = _celeba_index(root)
     files = _mafl_list(root, split)
     missing = [f for f in files if f not in pts]
@@ -851,23 +877,82 @@ def _mafl_full(root: Path, split: str, download: bool, size):
     return _celeba_set("mafl", split, files, images, pts, size)
 
 
+def _aflw_folder(root: Path) -> Path:
+    """``<root>/aflw_mtfl``, or ``<root>/aflw-mtfl`` as DVE's ``aflw-mtfl.tar.gz`` unpacks."""
+    for name in ("aflw_mtfl", "aflw-mtfl"):
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"no aflw_mtfl/ (or aflw-mtfl/) folder under {root}")
+
+
+def _mtfl_test(folder: Path) -> tuple[list[Path], list[list[float]]]:
+    """MTFL's AFLW test faces: ``MTFL/testing.txt`` lines ``AFLW/<n>-image<id>.jpg x1..x5 y1..y5 gender smile
+    glasses pose`` (1-based pixels of the 150 x 150 crops, left eye, right eye, nose, left and right mouth corner);
+    returns the image paths and the rows ``x1, y1, ..., x5, y5``."""
+    listing = folder / "MTFL" / "testing.txt"
+    paths, rows = [], []
+    for ln in listing.read_text().splitlines():
+        parts = ln.split()
+        if not parts:
+            continue
+        if len(parts) < 11:
+            raise _data.DataError(f"aflw_mtfl: {listing}: expected a path and 10 coordinates, got {ln!r}")
+        v = [float(t) for t in parts[1:11]]
+        paths.append(folder / "MTFL" / parts[0].replace("\\", "/"))
+        rows.append([c for k in range(5) for c in (v[k], v[k + 5])])
+    return paths, rows
+
+
+def _aflw_train(folder: Path) -> tuple[list[Path], list[list[float]]]:
+    """The 10,122 AFLW training crops of Thewlis et al. (ICCV 2017): the rows of
+    ``aflw_cropped/facedata_cropped.csv`` (comma separated, one header line) whose ``set`` is 1; ``crop_file`` is the
+    crop relative to ``aflw_cropped/``, ``image_file`` the original AFLW image, and columns 5 to 14 hold
+    ``x1, y1, ..., x5, y5`` (1-based pixels of the 150 x 150 crop, in MTFL's landmark order), as DVE's ``AFLW_MTFL``
+    reads them. Raises a :class:`vklib.data.DataError` when a training face's image is one of MTFL's test faces."""
+    import csv
+    base = folder / "aflw_cropped"
+    table = base / "facedata_cropped.csv"
+    with open(table, newline="", encoding="utf-8-sig") as f:  # a BOM, if any, is not part of a name
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        missing = [c for c in ("image_file", "set", "crop_file") if c not in header]
+        if missing or len(header) < 14:
+            raise _data.DataError(f"aflw_mtfl: {table} has no column(s) {', '.join(missing) or 'x1..y5'} "
+                                  f"(header {header})")
+        i_img, i_set, i_crop = (header.index(c) for c in ("image_file", "set", "crop_file"))
+        paths, rows, originals = [], [], []
+        for row in reader:
+            if not row or float(row[i_set]) != 1:
+                continue
+            paths.append(base / row[i_crop].strip().replace("\\", "/"))
+            rows.append([float(v) for v in row[4:14]])
+            originals.append(row[i_img].strip())
+    test_list = folder / "MTFL" / "testing.txt"
+    if test_list.exists():
+        tested = {p.name.split("-")[-1] for p in _mtfl_test(folder)[0]}
+        clash = [f for f in originals if f in tested]
+        if clash:
+            raise _data.DataError(f"aflw_mtfl: {len(clash)} training faces of {table} come from MTFL test images "
+                                  f"(e.g. {clash[0]})")
+    return paths, rows
+
+
 def _aflw_full(root: Path, split: str, download: bool, size):
-    folder = root / "aflw_mtfl"
-    listing = folder / f"{split}.txt"
-    lines = [ln.split() for ln in listing.read_text().splitlines() if ln.strip()]
-    size = size or 100
-    paths, lms = [], []
-    from PIL import Image
-    for ln in lines:
-        p = folder / ln[0].replace("\\", "/")
-        v = [float(t) for t in ln[1:11]]
-        with Image.open(p) as im:  # header only: the image size rescales the landmarks
-            W, H = im.size
-        paths.append(p)
-        lms.append(torch.tensor([[v[k] * size / W, v[k + 5] * size / H] for k in range(5)]))
+    """AFLW-MTFL as DVE's ``AFLW_MTFL`` reads it from ``aflw-mtfl.tar.gz``: training faces from
+    ``aflw_cropped/facedata_cropped.csv`` (:func:`_aflw_train`), test faces from ``MTFL/testing.txt``
+    (:func:`_mtfl_test`). Whole crops are resized to ``size x size`` (default 100); the 1-based landmarks become
+    0-based pixels scaled with them, ``(p - 1) * size / side`` (each image's side read from its header)."""
+    folder = _aflw_folder(root)
+    paths, rows = _aflw_train(folder) if split == "train" else _mtfl_test(folder)
     if not paths:
-        raise FileNotFoundError(f"{listing} lists no images")
+        raise FileNotFoundError(f"aflw_mtfl: no {split} faces listed under {folder}")
+    size = size or 100
+    from PIL import Image
+    lms = torch.tensor(rows).view(-1, 5, 2) - 1  # MATLAB's 1-based pixels -> pixel centres at integers
+    scale = torch.empty(len(paths), 1, 2)
+    for k, p in enumerate(paths):
+        with Image.open(p) as im:  # the header only
+            scale[k, 0] = torch.tensor([size / im.size[0], size / im.size[1]])
     return _data.ImageSet("aflw_mtfl", split, _data.LazyImages(paths, "RGB", size), None, None,
-                          {"landmarks": torch.stack(lms), "files": [str(p) for p in paths],
-                           "_landmark_names": ["left eye", "right eye", "nose", "left mouth", "right mouth"]},
-                          "full")
+                          {"landmarks": lms * scale, "files": [str(p) for p in paths],
+                           "_landmark_names": list(_FIVE_POINTS)}, "full")
