@@ -55,13 +55,13 @@ class _Benchmark:
 #: The four benchmarks of the paper's Table 1, with DC's normalisation constants and augmentations.
 BENCHMARKS: dict[str, _Benchmark] = {
     "mnist": _Benchmark("mnist", (0.1307,), (0.3081,), "crop_scale_rotate",
-                          "color_crop_cutout_scale_rotate"),
+                        "color_crop_cutout_scale_rotate"),
     "fashion_mnist": _Benchmark("fashion_mnist", (0.2861,), (0.3530,), "none",
-                                  "color_crop_cutout_flip_scale_rotate"),
+                                "color_crop_cutout_flip_scale_rotate"),
     "svhn": _Benchmark("svhn", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "none",
-                         "color_crop_cutout_scale_rotate"),
+                       "color_crop_cutout_scale_rotate"),
     "cifar10": _Benchmark("cifar10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "none",
-                            "color_crop_cutout_flip_scale_rotate"),
+                          "color_crop_cutout_flip_scale_rotate"),
 }
 
 
