@@ -151,6 +151,9 @@ def test_widget_text_gives_the_final_look():
              "s": {"model_name": "SelectionSliderModel", "state": {"description": "iteration"}}}
     assert course.widget_text("bar", state) == "condense: 100%|\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588\u2588| 150/150 [00:03<00:00]"
     assert course.widget_text("box", state).startswith("[interactive controls: iteration;")
+    state["l"]["state"]["value"], state["r"]["state"]["value"] = "grid:\u2007", "\u20070/0\u2007[00:00&lt;?,\u2007?it/s]"
+    state["p"]["state"].update(value=0.0, max=1.0)
+    assert course.widget_text("bar", state) == "grid: 0/0 (nothing to iterate over)"
 
 
 @pytest.mark.parametrize("nb", course.available(), ids=lambda nb: nb.id)

@@ -248,6 +248,8 @@ def widget_text(model_id: str, state: dict) -> str:
         frac = 0.0 if not p.get("max") else min(1.0, max(0.0, (p.get("value", 0) - p.get("min", 0)) / p["max"]))
         texts = [_html_text(c["state"].get("value", "")) for c in children if c.get("model_name") == "HTMLModel"]
         left, right = (texts + ["", ""])[:2]
+        if re.match(r"^\s*0/0\b", right):  # a loop over nothing: tqdm's bar for total=0
+            return f"{left.strip()} 0/0 (nothing to iterate over)"
         # the counts come from the progress model (its final value): a bar that finished between two refreshes of
         # its text would otherwise read "0/1" beside a full bar
         left = re.sub(r"\s*\d+%$", "", left) + f"{round(100 * frac):4d}%"
