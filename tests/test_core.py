@@ -179,6 +179,18 @@ def test_results_run_writes_json_and_artifacts(tmp_path):
     json.dumps(saved)
 
 
+def test_smoke_runs_are_compared_with_nothing(tmp_path):
+    run = results.start("01_dataset_condensation", profile="smoke", seed=0, device="cpu", results_dir=tmp_path,
+                        setting="mnist_ipc1")
+    run.log(acc_dc=0.1)
+    saved = results.load(run.save())
+    assert saved["paper"] == {} and "acc_dc" in saved["paper_metrics"] and "compared with none" in saved["note"]
+    assert "| acc_dc | 0.1 |  |" in run.table()
+    quick = results.start("01_dataset_condensation", profile="quick", seed=0, device="cpu", results_dir=tmp_path,
+                          setting="mnist_ipc1")
+    assert sorted(quick.paper) == quick.paper_metrics == saved["paper_metrics"] and "note" not in quick.to_dict()
+
+
 def test_results_table_formats_counts_in_full(tmp_path):
     run = results.Run("03_demo", profile="quick", seed=0, device="cpu", results_dir=tmp_path, paper={"p": 1234567})
     run.log(p=13569, acc=0.123456)

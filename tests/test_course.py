@@ -27,7 +27,7 @@ def test_unknown_notebook_profile_and_parameter(capsys):
     assert "unknown notebook '99'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         course.main(["run", "--profile", "slow", "--only", "00"])
-    assert "unknown profile 'slow'; allowed: quick, paper" in capsys.readouterr().err
+    assert "unknown profile 'slow'; allowed: quick, paper, smoke" in capsys.readouterr().err
     with pytest.raises(ValueError, match="has no parameter.*epoch\\b.*its parameters: profile, seed"):
         course.execute(course.find("00"), params={"epoch": 3})
     with pytest.raises(ValueError, match="unknown profile"):
@@ -87,6 +87,12 @@ def test_runner_parameters_are_refused_inside_p(capsys, tmp_path):
     code, err = _cli(capsys, "run", "--only", "00", "-p", f"results_dir={tmp_path}")
     assert code == 2 and "parameter results_dir is set with --out" in err
     assert not any(tmp_path.iterdir()), "nothing may run or be written"
+
+
+def test_store_keeps_only_quick_outputs(capsys, tmp_path):
+    code, err = _cli(capsys, "run", "--only", "00", "--profile", "smoke", "--store", "--out", str(tmp_path / "o"))
+    assert code == 2 and "--store keeps the quick profile's outputs in notebooks/, not the smoke profile's" in err
+    assert not (tmp_path / "o").exists()
 
 
 def test_unknown_parameter_is_one_line_before_anything_runs(capsys, tmp_path):

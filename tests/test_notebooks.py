@@ -2,7 +2,12 @@
 (1) assert the bounds of its issue on the metrics it recorded, and
 (2) compare its ``# NBVAL_CHECK_OUTPUT`` cells with the outputs stored in the notebook.
 
-Run one alone with ``pytest tests/test_notebooks.py -k 01``.
+``pytest -m smoke`` executes every notebook once more with the ``smoke`` profile, the paper profile's code path
+(same networks, losses, full-dataset readers, schedules, evaluation) shrunk to about a minute, on the miniature
+datasets of ``tests/miniatures`` written in the official layouts: it asserts that the run finishes and records every
+metric the paper profile compares and every artifact it names, never the values.
+
+Run one alone with ``pytest tests/test_notebooks.py -k 01`` (quick) or ``-k "smoke and 01"``.
 """
 from __future__ import annotations
 
@@ -37,6 +42,32 @@ def test_notebook(nb, tmp_path):
     problems = compare(nb.path, tmp_path / f"{nb.stem}.ipynb")
     assert not problems, "\n\n".join(problems)
     BOUNDS[nb.id](result["metrics"], result)
+
+
+@pytest.fixture(scope="session")
+def miniature_data(tmp_path_factory):
+    """Every miniature dataset, written once: the ``data_dir`` of the smoke runs."""
+    from miniatures import write_all
+    return write_all(tmp_path_factory.mktemp("miniature_data"))
+
+
+#: Seconds a smoke run may take on the 2 CI cores (kernel start included); each aims at about a minute.
+SMOKE_LIMIT_S = 240
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("nb", course.available(), ids=lambda nb: f"smoke-{nb.id}")
+def test_smoke(nb, tmp_path, miniature_data):
+    result = course.execute(nb, profile="smoke", out=tmp_path, params={"data_dir": str(miniature_data)})
+    assert result["profile"] == "smoke" and result["paper"] == {} and "compared with none" in result["note"]
+    metrics = result["metrics"]
+    missing = sorted(set(result["paper_metrics"]) - set(metrics))
+    assert not missing, f"the paper profile's path did not log {missing}, the metrics it compares with the paper"
+    missing = sorted(set(nb.headline) - set(metrics))
+    assert not missing, f"headline metrics {missing} (vklib.course.CATALOGUE) not logged"
+    for name in result.get("artifacts", []):
+        assert (tmp_path / name).is_file(), f"artifact {name} named in the JSON was not written"
+    assert result["wall_s"] < SMOKE_LIMIT_S, f"smoke run took {result['wall_s']:.0f} s"
 
 
 @pytest.mark.parametrize("nb", course.available(), ids=lambda nb: nb.id)

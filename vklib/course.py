@@ -2,7 +2,7 @@
 
 ``python -m vklib.course list``
     the table of notebooks (paper, arXiv id, data, measured quick runtime on 2 CPU cores, GPU need).
-``python -m vklib.course run [--profile quick|paper] [--only 01 04] [--out DIR] [-p name=value ...] [--store]``
+``python -m vklib.course run [--profile quick|paper|smoke] [--only 01 04] [--out DIR] [-p name=value ...] [--store]``
     executes notebooks through papermill into ``DIR`` (default ``runs/``): the executed notebooks, one results JSON
     per notebook and ``DIR/summary.md``. ``--store`` copies the executed outputs back into ``notebooks/`` (to refresh
     the outputs stored with the course).
@@ -27,7 +27,7 @@ __all__ = ["CATALOGUE", "NOTEBOOKS_DIR", "Notebook", "available", "execute", "fi
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 #: The profiles every notebook has (a notebook's settings for each are its ``PROFILES`` dict).
-PROFILE_NAMES = ("quick", "paper")
+PROFILE_NAMES = ("quick", "paper", "smoke")
 
 
 @dataclass(frozen=True)
@@ -354,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="the table of notebooks")
     run = sub.add_parser("run", help="execute notebooks through papermill")
-    run.add_argument("--profile", default="quick", help="quick (CPU, minutes) or paper (GPU, full data)")
+    run.add_argument("--profile", default="quick",
+                     help="quick (CPU, minutes), paper (GPU, full data) or smoke (the paper path shrunk to a minute, "
+                          "for miniature data: -p data_dir=DIR)")
     run.add_argument("--only", nargs="+", metavar="ID", help="notebook ids or stems (default: all)")
     run.add_argument("--out", default="runs", help="output folder (default: runs)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
@@ -367,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.profile not in PROFILE_NAMES:
             raise ValueError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILE_NAMES)}")
+        if args.store and args.profile != "quick":
+            raise ValueError(f"--store keeps the quick profile's outputs in notebooks/, not the {args.profile} profile's")
         chosen = [find(k) for k in args.only] if args.only else available()
         params = parse_params(args.param)
         for nb in chosen:  # every notebook's parameters are checked before anything runs

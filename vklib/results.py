@@ -9,8 +9,10 @@ Every notebook does::
     run.save()   # -> {results_dir}/01_dataset_condensation.json
 
 The JSON holds ``notebook``, ``profile``, ``seed``, ``device``, ``runtime_s``, ``params``, ``metrics``
-(name -> number), ``paper`` (the paper's numbers for the same metric names where they exist), ``artifacts``
-(file names in ``results_dir``) and ``versions``.
+(name -> number), ``paper`` (the paper's numbers for the same metric names where they exist), ``paper_metrics``
+(the names of those numbers), ``artifacts`` (file names in ``results_dir``) and ``versions``. A ``smoke`` run (the
+paper path on miniature data, shrunk to a minute) is compared with nothing: its ``paper`` is empty, its
+``paper_metrics`` still name what the paper profile compares, and its ``note`` says so.
 
 The paper's numbers are data: one table, ``vklib/paper_numbers.csv``, with the columns ``notebook, metric, setting,
 value, unit, source`` (:func:`paper_table`). A row's ``metric`` is the name the notebook logs, ``setting`` the
@@ -42,6 +44,11 @@ PAPER_TABLE = Path(__file__).resolve().parent / "paper_numbers.csv"
 #: The units a row may have.
 UNITS = ("fraction", "dB", "score", "rho")
 _COLUMNS = ("notebook", "metric", "setting", "value", "unit", "source")
+#: The profile that runs the paper path on miniature data, shrunk to about a minute (compared with no number).
+SMOKE = "smoke"
+SMOKE_NOTE = ("smoke run: the paper profile's code path on miniature data with loop and image counts cut to about a "
+              "minute (and random weights where ImageNet weights would be loaded); its numbers mean nothing and are "
+              "compared with none")
 
 _VERSIONS = ("torch", "torchvision", "numpy", "scipy", "scikit-image", "scikit-learn", "kornia", "captum",
              "pycocoevalcap", "vklib")
@@ -89,14 +96,17 @@ class Run:
 
     def __init__(self, notebook: str, *, profile: str, seed: int, device: str, results_dir: str | Path,
                  params: dict | None = None, paper: dict | None = None):
-        """``paper``: the paper's numbers by metric name; :func:`start` fills it from the shared table."""
+        """``paper``: the paper's numbers by metric name; :func:`start` fills it from the shared table. A ``smoke``
+        run keeps only their names (``paper_metrics``) and compares with none of them."""
         if not notebook or "/" in notebook or notebook.endswith(".ipynb"):
             raise ValueError(f"notebook must be the notebook's stem, e.g. '01_dataset_condensation', got {notebook!r}")
         self.notebook, self.profile, self.seed, self.device = notebook, profile, seed, str(device)
         self.results_dir = Path(results_dir)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.params = dict(params or {})
-        self.paper = {k: _number(k, v) for k, v in (paper or {}).items()}
+        paper = {k: _number(k, v) for k, v in (paper or {}).items()}
+        self.paper_metrics = sorted(paper)
+        self.paper = {} if profile == SMOKE else paper
         self.metrics: dict[str, float | int] = {}
         self.artifacts: list[str] = []
         self._t0 = time.perf_counter()
@@ -122,8 +132,9 @@ class Run:
     def to_dict(self) -> dict:
         return {"notebook": self.notebook, "profile": self.profile, "seed": self.seed, "device": self.device,
                 "runtime_s": round(time.perf_counter() - self._t0, 2), "params": _jsonable(self.params),
-                "metrics": dict(self.metrics), "paper": dict(self.paper), "artifacts": list(self.artifacts),
-                "versions": _versions()}
+                "metrics": dict(self.metrics), "paper": dict(self.paper), "paper_metrics": list(self.paper_metrics),
+                "artifacts": list(self.artifacts), "versions": _versions()} | (
+                    {"note": SMOKE_NOTE} if self.profile == SMOKE else {})
 
     def save(self) -> Path:
         """Write the JSON (``runtime_s`` counts from :func:`start`) and return its path."""

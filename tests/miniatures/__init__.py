@@ -2,8 +2,9 @@
 
 Each module here has ``write(root)``, which writes a few images per class below ``root`` in exactly the format of
 the official release (file names, list files, pickles, .mat, JSON), so that every full-dataset reader of ``vklib``
-can be run end to end (``vklib.data.load(name, split, full=True, data_dir=root)``) without the real data.
-:func:`write_all` writes every miniature into one root, the ``data_dir`` of the smoke runs.
+can be run end to end (``vklib.data.load(name, split, full=True, data_dir=root)``) without the real data, and
+``SIZES`` (dataset name -> {split: number of images}), what the reader must return. :func:`write_all` writes every
+miniature into one root, the ``data_dir`` of the smoke runs; :func:`sizes` merges the modules' ``SIZES``.
 """
 from __future__ import annotations
 
@@ -14,12 +15,28 @@ from pathlib import Path
 import numpy as np
 
 
+def _modules():
+    return [importlib.import_module(f"{__name__}.{m.name}")
+            for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)]
+
+
 def write_all(root: Path) -> Path:
     """Write every module's miniatures below ``root``; returns ``root``."""
     root = Path(root)
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        importlib.import_module(f"{__name__}.{info.name}").write(root)
+    for module in _modules():
+        module.write(root)
     return root
+
+
+def sizes() -> dict[str, dict[str, int]]:
+    """Every module's ``SIZES`` in one dict; a dataset written by two modules is an error."""
+    out = {}
+    for module in _modules():
+        twice = sorted(set(out) & set(module.SIZES))
+        if twice:
+            raise ValueError(f"{module.__name__} writes {twice} again")
+        out.update(module.SIZES)
+    return out
 
 
 def pixels(rng: np.random.Generator, *shape: int) -> np.ndarray:

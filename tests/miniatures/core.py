@@ -12,9 +12,9 @@ import numpy as np
 from . import pixels, save_image
 
 #: What each miniature holds, for the reader tests: name -> {split: number of images}.
-SIZES = {"mnist": {"train": 20, "test": 10}, "fashion_mnist": {"train": 20, "test": 10},
-         "cifar10": {"train": 20, "test": 10}, "cifar100": {"train": 20, "test": 10},
-         "svhn": {"train": 20, "test": 10}, "lfw_people": {"all": 40}, "orl_faces": {"all": 30},
+SIZES = {"mnist": {"train": 100, "test": 50}, "fashion_mnist": {"train": 100, "test": 50},
+         "cifar10": {"train": 100, "test": 50}, "cifar100": {"train": 200, "test": 100},
+         "svhn": {"train": 100, "test": 50}, "lfw_people": {"all": 40}, "orl_faces": {"all": 30},
          "lfw_landmarks5": {"train": 6, "test": 4}, "pacs": {"all": 56},
          "coco_captions_mini": {"train": 3, "val": 2}, "set12": {"test": 3}}
 
@@ -27,7 +27,7 @@ def _idx(path: Path, array: np.ndarray) -> None:
 
 
 def _mnist_like(base: Path, folder: str, rng) -> None:
-    for stem, n in (("train", 20), ("t10k", 10)):
+    for stem, n in (("train", 100), ("t10k", 50)):
         _idx(base / folder / "raw" / f"{stem}-images-idx3-ubyte", pixels(rng, n, 28, 28))
         _idx(base / folder / "raw" / f"{stem}-labels-idx1-ubyte", np.arange(n) % 10)
 
@@ -42,27 +42,29 @@ def write(root: Path) -> None:
     tv = root / "torchvision"
     _mnist_like(tv, "MNIST", rng)
     _mnist_like(tv, "FashionMNIST", rng)
-    # CIFAR-10: five training batches and a test batch, rows of 3072 uint8 (R, G, B planes), plus batches.meta
+    # CIFAR-10: five training batches and a test batch, rows of 3072 uint8 (R, G, B planes), plus batches.meta;
+    # 10 training and 5 test images per class
     c10 = tv / "cifar-10-batches-py"
     for i in range(1, 6):
         _pickle(c10 / f"data_batch_{i}", {"batch_label": f"training batch {i} of 5",
-                                          "labels": [(4 * (i - 1) + k) % 10 for k in range(4)],
-                                          "data": pixels(rng, 4, 3072), "filenames": [f"{i}_{k}.png" for k in range(4)]})
-    _pickle(c10 / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": list(range(10)),
-                                 "data": pixels(rng, 10, 3072), "filenames": [f"t{k}.png" for k in range(10)]})
+                                          "labels": [(20 * (i - 1) + k) % 10 for k in range(20)],
+                                          "data": pixels(rng, 20, 3072),
+                                          "filenames": [f"{i}_{k}.png" for k in range(20)]})
+    _pickle(c10 / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": [k % 10 for k in range(50)],
+                                 "data": pixels(rng, 50, 3072), "filenames": [f"t{k}.png" for k in range(50)]})
     _pickle(c10 / "batches.meta", {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                                                    "horse", "ship", "truck"], "num_cases_per_batch": 10000,
                                    "num_vis": 3072})
     # CIFAR-100: train and test pickles with fine and coarse labels, plus meta
     c100 = tv / "cifar-100-python"
-    for split, n in (("train", 20), ("test", 10)):
-        _pickle(c100 / split, {"filenames": [f"{k}.png" for k in range(n)], "fine_labels": list(range(n)),
+    for split, n in (("train", 200), ("test", 100)):
+        _pickle(c100 / split, {"filenames": [f"{k}.png" for k in range(n)], "fine_labels": [k % 100 for k in range(n)],
                                "coarse_labels": [k % 20 for k in range(n)], "data": pixels(rng, n, 3072)})
     _pickle(c100 / "meta", {"fine_label_names": [f"class_{k:02d}" for k in range(100)],
                             "coarse_label_names": [f"super_{k:02d}" for k in range(20)]})
     # SVHN: MATLAB files with X (32, 32, 3, N) and y (N, 1), the digit 0 labelled 10
     from scipy.io import savemat
-    for split, n in (("train", 20), ("test", 10)):
+    for split, n in (("train", 100), ("test", 50)):
         tv.mkdir(parents=True, exist_ok=True)
         savemat(tv / f"{split}_32x32.mat", {"X": pixels(rng, 32, 32, 3, n),
                                             "y": (np.arange(n) % 10 + 1).reshape(-1, 1).astype(np.uint8)})
