@@ -471,7 +471,7 @@ def test_celeba_and_mafl_splits_and_coordinates(landmark_root):
     everything = data.load("celeba", "all", full=True, data_dir=landmark_root).meta["files"]
     mafl_faces = set(mini.MAFL["train"]) | set(mini.MAFL["test"])
     # DVE's CelebA leaves out both MAFL lists, whatever their CelebA partition
-    assert not mafl_faces & set(everything) and len(everything) == 12 - len(mafl_faces)
+    assert not mafl_faces & set(everything) and len(everything) == len(mini.CELEBA_PARTITION) - len(mafl_faces)
     for split in ("train", "test"):
         ds = data.load("mafl", split, full=True, data_dir=landmark_root, size=50)
         assert ds.meta["files"] == mini.MAFL[split]  # the list's own order
@@ -494,7 +494,8 @@ def test_celeba_reads_the_torchvision_layout_and_warns_without_mafl(landmark_roo
     assert data.load("celeba", "train", full=True, data_dir=tmp_path).meta["files"] == mini.CELEBA_SPLITS["train"]
     shutil.rmtree(flat / "MAFL")
     with pytest.warns(UserWarning, match="MAFL"):
-        assert len(data.load("celeba", "train", full=True, data_dir=tmp_path)) == 6
+        assert len(data.load("celeba", "train", full=True, data_dir=tmp_path)) == list(
+            mini.CELEBA_PARTITION.values()).count(0)
     with pytest.raises(data.DataNotFoundError, match="MAFL/testing.txt"):
         data.load("mafl", "test", full=True, data_dir=tmp_path)
 

@@ -6,6 +6,10 @@
     executes notebooks through papermill into ``DIR`` (default ``runs/``): the executed notebooks, one results JSON
     per notebook and ``DIR/summary.md``. ``--store`` copies the executed outputs back into ``notebooks/`` (to refresh
     the outputs stored with the course).
+``python -m vklib.course sweep --only 01 -p seed=0,1,2 -p ipc=1,10 [--executor local|slurm] ...``
+    many runs (the product of the ``-p`` lists) through submitit, locally or on Slurm; see :mod:`vklib.sweep`.
+``python -m vklib.course collect DIR``
+    one table (Markdown, CSV), means +- std over seeds and a figure of a sweep's results; see :mod:`vklib.sweep`.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["CATALOGUE", "NOTEBOOKS_DIR", "Notebook", "available", "execute", "find", "main", "store_outputs",
-           "summary_markdown"]
+__all__ = ["CATALOGUE", "NOTEBOOKS_DIR", "Notebook", "available", "check_parameters", "execute", "find", "main",
+           "parse_params", "prepare_out", "store_outputs", "summary_markdown"]
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 #: The profiles every notebook has (a notebook's settings for each are its ``PROFILES`` dict).
@@ -349,6 +353,26 @@ def _list() -> str:
     return "\n".join(rows)
 
 
+def _sweep_command(parser: argparse.ArgumentParser, args) -> int:
+    from . import sweep
+    try:
+        if args.cmd == "collect":
+            sweep.collect(args.out)
+            return 0
+        if args.executor == "local" and (args.slurm_partition or args.cpus_per_job or args.mem_gb):
+            raise ValueError("--slurm-partition, --cpus-per-job and --mem-gb are for --executor slurm")
+        notebooks = [find(k) for k in args.only]
+        grid = sweep.parse_grid(args.param)
+        slurm = sweep.slurm_parameters(args.slurm_partition, args.gpus_per_job, args.cpus_per_job, args.mem_gb,
+                                       args.max_parallel)
+        failed = sweep.submit(notebooks, grid, profile=args.profile, out=args.out, executor=args.executor,
+                              max_parallel=args.max_parallel, resume=args.resume, dry_run=args.dry_run, slurm=slurm,
+                              timeout_min=args.timeout_min)
+    except ValueError as e:
+        parser.error(str(e))
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m vklib.course", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -362,10 +386,30 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                      help="a notebook parameter (repeatable)")
     run.add_argument("--store", action="store_true", help="copy the executed outputs back into notebooks/")
+    sweep = sub.add_parser("sweep", help="many runs (the product of the -p lists) through submitit")
+    sweep.add_argument("--only", nargs="+", metavar="ID", required=True, help="notebook ids or stems")
+    sweep.add_argument("-p", "--param", action="append", default=[], metavar="NAME=V1,V2,...",
+                       help="a parameter and its values (repeatable); the sweep is the product of the lists")
+    sweep.add_argument("--profile", default="quick", help="quick, paper or smoke")
+    sweep.add_argument("--out", default="runs/sweep", help="sweep folder (default: runs/sweep)")
+    sweep.add_argument("--executor", default="local", help="local (parallel local processes) or slurm")
+    sweep.add_argument("--max-parallel", type=int, default=2,
+                       help="points running at once (local: processes; slurm: the job array's parallelism)")
+    sweep.add_argument("--timeout-min", type=int, default=60, help="time limit of each point in minutes")
+    sweep.add_argument("--slurm-partition", help="Slurm partition")
+    sweep.add_argument("--gpus-per-job", type=int, default=1, help="GPUs per point on Slurm (default 1)")
+    sweep.add_argument("--cpus-per-job", type=int, help="CPUs per point on Slurm")
+    sweep.add_argument("--mem-gb", type=float, help="memory per point on Slurm, GB")
+    sweep.add_argument("--resume", action="store_true", help="run only the points without a results JSON")
+    sweep.add_argument("--dry-run", action="store_true", help="slurm: write DIR/sweep.sbatch, submit nothing")
+    coll = sub.add_parser("collect", help="one table and figure of a sweep's results")
+    coll.add_argument("out", metavar="DIR", help="the sweep folder")
     args = parser.parse_args(argv)
     if args.cmd == "list":
         print(_list())
         return 0
+    if args.cmd in ("sweep", "collect"):
+        return _sweep_command(parser, args)
     try:
         if args.profile not in PROFILE_NAMES:
             raise ValueError(f"unknown profile {args.profile!r}; allowed: {', '.join(PROFILE_NAMES)}")

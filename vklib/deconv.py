@@ -102,6 +102,12 @@ PROFILES = {
         "demo_iterations": 3000,
     },
 }
+# The paper path shrunk to about a minute on 2 CPU cores (the tests run it; its numbers mean nothing): two images,
+# two kernels of different sizes (so that the grouping by kernel size runs), 64 x 64 crops and a few iterations of
+# the paper-sized networks.
+PROFILES["smoke"] = {**PROFILES["paper"], "images": ("cameraman", "house"), "kernels": ("k3", "k5"), "crop": 64,
+                     "iterations_dip": 6, "iterations_dikp": 6, "eval_every": 3, "demo_crop": 48,
+                     "demo_iterations": 6}
 
 
 

@@ -40,7 +40,7 @@ def sizes() -> dict[str, dict[str, int]]:
 
 
 def pixels(rng: np.random.Generator, *shape: int) -> np.ndarray:
-    """Random uint8 pixels of ``shape``, smoothed a little so that JPEG keeps them recognisable."""
+    """Random uint8 pixels of ``shape``."""
     x = rng.integers(0, 256, size=shape).astype(np.float32)
     return x.astype(np.uint8)
 

@@ -34,18 +34,21 @@ import numpy as np
 from . import pixels, save_image
 
 #: What each miniature holds, for the reader tests: name -> {split: number of images}.
-SIZES = {"celeba": {"train": 3, "val": 2, "test": 2, "all": 7}, "mafl": {"train": 3, "test": 2},
+SIZES = {"celeba": {"train": 5, "val": 2, "test": 5, "all": 12}, "mafl": {"train": 4, "test": 8},
          "aflw_mtfl": {"train": 5, "test": 3}}
 
 # ----------------------------------------------------------------------------------------------- CelebA + MAFL
 CELEBA_SIZE = (178, 218)  # width, height of an aligned CelebA image
 #: file -> CelebA partition (0 train, 1 val, 2 test)
-CELEBA_PARTITION = {f"{k:06d}.jpg": 0 if k <= 6 else 1 if k <= 8 else 2 for k in range(1, 13)}
+CELEBA_PARTITION = {f"{k:06d}.jpg": 0 if k <= 14 else 1 if k <= 18 else 2 for k in range(1, 25)}
 #: MAFL's lists, in their file order (not sorted, as in the release); from several CelebA partitions
-MAFL = {"train": ["000009.jpg", "000002.jpg", "000005.jpg"], "test": ["000010.jpg", "000003.jpg"]}
+MAFL = {"train": ["000009.jpg", "000002.jpg", "000005.jpg", "000016.jpg"],
+        "test": ["000010.jpg", "000003.jpg", "000017.jpg", "000006.jpg", "000012.jpg", "000023.jpg", "000001.jpg",
+                 "000008.jpg"]}
 #: what the readers should give: CelebA's partitions without any MAFL face (DVE leaves both lists out)
-CELEBA_SPLITS = {"train": ["000001.jpg", "000004.jpg", "000006.jpg"], "val": ["000007.jpg", "000008.jpg"],
-                 "test": ["000011.jpg", "000012.jpg"]}
+CELEBA_SPLITS = {"train": ["000004.jpg", "000007.jpg", "000011.jpg", "000013.jpg", "000014.jpg"],
+                 "val": ["000015.jpg", "000018.jpg"],
+                 "test": ["000019.jpg", "000020.jpg", "000021.jpg", "000022.jpg", "000024.jpg"]}
 
 
 def celeba_landmarks(file: str) -> list[int]:
