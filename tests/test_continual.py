@@ -3,6 +3,7 @@ retrieval metrics, forgetting and the registered full-size datasets (all tiny, C
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +51,24 @@ def test_split_identities_errors():
         continual.split_identities(labels, 1, -1)
     with pytest.raises(ValueError, match="cannot give"):
         continual.split_identities(labels, 3, 2)
+    with pytest.raises(ValueError, match="min_images"):
+        continual.split_identities(labels, 1, 1, min_images=0)
+    with pytest.raises(ValueError, match="cannot give"):                # 6 identities of 2 images, none of 3
+        continual.split_identities(labels, 1, 1, min_images=3)
+
+
+def test_split_identities_leaves_out_small_identities():
+    counts = [5, 1, 6, 3, 4, 2, 7, 5, 4, 8, 2, 6]
+    labels = _labels(counts)[torch.randperm(sum(counts), generator=torch.Generator().manual_seed(0))]
+    steps, holdout = continual.split_identities(labels, n_steps=2, n_holdout=2, seed=3, min_images=4)
+    taking_part = sorted(torch.cat(steps + [holdout]).tolist())
+    assert taking_part == [i for i, c in enumerate(counts) if c >= 4]
+    assert len(holdout) == 2 and [len(s) for s in steps] == [3, 3]
+    # nothing to leave out: the same split as without the filter
+    big = _labels([6] * 12)
+    a_steps, a_hold = continual.split_identities(big, 3, 3, seed=5, first_step=5, min_images=6)
+    b_steps, b_hold = continual.split_identities(big, 3, 3, seed=5, first_step=5)
+    assert torch.equal(a_hold, b_hold) and all(torch.equal(x, y) for x, y in zip(a_steps, b_steps))
 
 
 def test_split_images_matches_a_loop_reference():
@@ -396,11 +415,22 @@ def test_average_forgetting():
 
 # ----------------------------------------------------------------------------------------------- profiles, data
 def test_profiles_resolve():
-    assert set(continual.PROFILES["quick"]) == set(continual.PROFILES["paper"])
+    quick, paper, smoke = (continual.PROFILES[p] for p in ("quick", "paper", "smoke"))
+    assert set(quick) == set(paper) == set(smoke)
     cfg = utils.resolve_profile(continual.PROFILES, "quick", k=3, margin=None)
     assert cfg["k"] == 3 and cfg["margin"] == continual.PROFILES["quick"]["margin"]
     with pytest.raises(ValueError, match="unknown setting"):
         utils.resolve_profile(continual.PROFILES, "quick", kk=3)
+    for name, prof in continual.PROFILES.items():   # every identity that takes part has one image to train on
+        assert prof["min_images_per_id"] > prof["n_test_per_id"], name
+
+
+def test_smoke_profile_is_the_paper_path_shrunk():
+    """smoke keeps the paper's datasets, readers, network kind, losses and protocol; it only shrinks counts."""
+    paper, smoke = continual.PROFILES["paper"], continual.PROFILES["smoke"]
+    shrunk = {"image_size", "n_holdout", "n_steps", "width", "emb_dim", "epochs", "batch_size", "warmup_epochs"}
+    assert {k for k in paper if smoke[k] != paper[k]} == shrunk
+    assert all(smoke[k] < paper[k] for k in shrunk)
 
 
 def test_full_datasets_registered_with_clear_errors(tmp_path):
@@ -413,32 +443,99 @@ def test_full_datasets_registered_with_clear_errors(tmp_path):
             data.load(name, split)
 
 
-def test_full_loaders_read_the_original_layouts(tmp_path):
-    from PIL import Image
-    px = Image.fromarray(np.full((16, 8, 3), 128, np.uint8))
-    market = tmp_path / "Market-1501-v15.09.15" / "query"
-    market.mkdir(parents=True)
-    for name in ("0002_c1s1_000451_03.jpg", "0002_c3s1_000551_01.jpg", "0007_c2s3_070952_01.jpg",
-                 "-1_c1s1_000401_03.jpg", "Thumbs.db"):
-        (px.save(market / name) if name.endswith(".jpg") else (market / name).write_text(""))
-    ds = data.load("market1501", "query", full=True, data_dir=tmp_path, size=16)
-    assert ds.labels.tolist() == [2, 2, 7] and ds.meta["camera"].tolist() == [1, 3, 2]
-    assert ds.images[0].shape == (3, 16, 16)
-    casia = tmp_path / "CASIA-WebFace"
-    for person, n in (("0000045", 2), ("0000099", 3)):
-        (casia / person).mkdir(parents=True)
-        for i in range(n):
-            px.save(casia / person / f"{i:03d}.jpg")
-    faces = data.load("casia_webface", "all", full=True, data_dir=tmp_path, size=12)
-    assert faces.labels.tolist() == [0, 0, 1, 1, 1] and faces.classes == ["0000045", "0000099"]
-    assert faces.images[4].shape == (3, 12, 12)
-    # the paper profile's path: lazily decoded images through training (teacher, flips, warm-up) and embedding
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
+    """This module's miniatures (CASIA-WebFace, Market-1501, DukeMTMC-reID) and LFW's, in the releases' layouts."""
+    from miniatures import continual as mini, leakage
+    root = tmp_path_factory.mktemp("continual_data")
+    mini.write(root)
+    leakage.write(root)
+    return root
+
+
+def test_casia_reader(miniature):
+    from miniatures import continual as mini
+    faces = data.load("casia_webface", "all", full=True, data_dir=miniature)
+    assert faces.classes == sorted(mini.CASIA)
+    assert torch.bincount(faces.labels).tolist() == [mini.CASIA[c] for c in faces.classes]
+    assert faces.images[0].shape == (3, 112, 112)                      # RGB, the reader's default 112 px
+    assert [Path(f).name for f in faces.meta["files"][:2]] == ["001.jpg", "002.jpg"]
+
+
+@pytest.mark.parametrize("name, folder", [("market1501", "Market-1501-v15.09.15"), ("dukemtmc_reid", "DukeMTMC-reID")])
+def test_reid_readers(miniature, name, folder):
+    from miniatures import continual as mini
+    files = mini.MARKET if name == "market1501" else mini.DUKE
+    sets = {s: data.load(name, s, full=True, data_dir=miniature, size=32) for s in ("train", "query", "gallery")}
+    classes = sets["train"].classes
+    assert all(ds.classes == classes for ds in sets.values())          # one label space for the three folders
+    for split, sub in (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test")):
+        ds = sets[split]
+        wanted = sorted(f for f in files[sub] if not f.startswith("-1"))   # junk boxes (pid -1) are skipped
+        assert [Path(f).name for f in ds.meta["files"]] == wanted
+        assert [classes[i] for i in ds.labels.tolist()] == [f.split("_")[0] for f in wanted]
+        assert ds.meta["camera"].tolist() == [int(f.split("_c")[1][0]) for f in wanted]
+        assert ds.images[0].shape == (3, 32, 32)
+    q, g = sets["query"], sets["gallery"]
+    assert set(q.labels.tolist()) <= set(g.labels.tolist())
+    assert not set(sets["train"].labels.tolist()) & set(q.labels.tolist())
+    if name == "market1501":
+        assert "0000" in classes and "-1" not in classes                 # distractors are a class no query has
+    # the camera rule: with perfect embeddings every query finds its person, in another camera, at rank 1
+    emb = lambda ds: F.one_hot(ds.labels, len(classes)).float()
+    m = continual.retrieval_metrics(emb(q), q.labels, emb(g), g.labels, query_groups=q.meta["camera"],
+                                    gallery_groups=g.meta["camera"])
+    assert m["rank1"] == 1.0 and m["map"] == 1.0 and m["n_queries"] == len(q)
+    same_camera = (g.labels[None] == q.labels[:, None]) & (g.meta["camera"][None] == q.meta["camera"][:, None])
+    assert same_camera.any()                            # the miniature has same-camera matches for the rule to skip
+
+
+def test_small_identities_are_left_out(miniature):
+    """Issue 18: identities with n_test_per_id images or fewer made split_images raise on CASIA-WebFace; the
+    protocol leaves out every identity with fewer than min_images_per_id images, before the split."""
+    from miniatures import continual as mini
+    cfg = continual.PROFILES["smoke"]
+    y = data.load("casia_webface", "all", full=True, data_dir=miniature).labels
+    small = {i for i, n in enumerate(mini.CASIA[c] for c in sorted(mini.CASIA)) if n < cfg["min_images_per_id"]}
+    assert small and max(mini.CASIA.values()) >= cfg["min_images_per_id"]
+    steps, holdout = continual.split_identities(y, cfg["n_steps"], cfg["n_holdout"], 0,
+                                                min_images=cfg["min_images_per_id"])
+    taking_part = set(torch.cat(steps + [holdout]).tolist())
+    assert taking_part == set(range(len(mini.CASIA))) - small
+    for ids in steps:
+        train_idx, test_idx = continual.split_images(y, ids, cfg["n_test_per_id"], seed=0)
+        assert torch.bincount(y[test_idx])[ids].eq(cfg["n_test_per_id"]).all()
+        assert torch.bincount(y[train_idx], minlength=len(mini.CASIA))[ids].ge(1).all()
+    with pytest.raises(ValueError, match="min_images=4"):                # what the paper path hit before
+        continual.split_images(y, torch.tensor(sorted(small)), cfg["n_test_per_id"], seed=0)
+
+
+def test_paper_second_test_set_matches_the_training_images(miniature):
+    """Issue 18: the paper profile's second test set was scikit-learn's grey 62x47 LFW crops, which a network
+    trained on RGB CASIA-WebFace cannot embed; it is now the RGB LFW of the original release."""
+    cfg = continual.PROFILES["paper"]
+    train_set = data.load(cfg["dataset"], "all", full=True, data_dir=miniature, size=cfg["image_size"])
+    second = data.load(cfg["second_test"], data.info(cfg["second_test"]).splits[0], full=True, data_dir=miniature,
+                       size=cfg["image_size"])
+    assert second.images[0].shape == train_set.images[0].shape == (3, 112, 112)
+    torch.manual_seed(0)
+    net = continual.IdentityNet(3, 112, emb_dim=8, arch="resnet", width=2, depth=2)
+    e = train.infer(net, second.images, fn=continual.IdentityNet.embed, device="cpu")
+    assert e.shape == (len(second), 8)
+    m = continual.retrieval_metrics(e, second.labels)                    # leave-one-out, singletons only distract
+    assert m["n_queries"] == int((torch.bincount(second.labels)[second.labels] > 1).sum())
+
+
+def test_paper_path_trains_on_lazily_decoded_images(miniature):
+    faces = data.load("casia_webface", "all", full=True, data_dir=miniature, size=12)
+    idx = torch.nonzero(faces.labels < 3).flatten()
+    images = data.LazyImages([faces.images.paths[i] for i in idx.tolist()], "RGB", 12)
     torch.manual_seed(0)
     net = continual.IdentityNet(3, 12, emb_dim=4, arch="resnet", width=2, depth=2)
     net.add_head(1)
     teacher = copy.deepcopy(net).eval()
-    net.add_head(2)
-    hist = continual.train_step(net, faces.images, faces.labels, method="crl", teacher=teacher, epochs=1,
-                                batch_size=2, k=1, warmup_epochs=1, device="cpu")
+    net.add_head(3)
+    hist = continual.train_step(net, images, faces.labels[idx], method="crl", teacher=teacher, epochs=1,
+                                batch_size=4, k=1, warmup_epochs=1, device="cpu")
     assert len(hist) == 1 and np.isfinite(hist[0])
-    assert train.infer(net, faces.images, fn=continual.IdentityNet.embed, batch_size=2, device="cpu").shape == (5, 4)
+    assert train.infer(net, images, fn=continual.IdentityNet.embed, batch_size=4, device="cpu").shape == (len(idx), 4)

@@ -1,6 +1,4 @@
 """vklib.saliency: NormGrad, meta-saliency, baselines, deletion/insertion, pointing game, models and loaders."""
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -452,12 +450,14 @@ def test_finetune_multilabel_lowers_the_loss_and_checks_inputs():
         saliency.finetune_multilabel(net, ds, epochs=0, lr=0.1, workers=0, device="cpu")
     with pytest.raises(ValueError, match="needs meta\\['targets'\\]"):
         saliency.finetune_multilabel(net, data.ImageSet("t", "s", x), epochs=1, lr=0.1, workers=0, device="cpu")
+    with pytest.raises(ValueError, match="batch_size must be at most the 16 images of toy train, got 32"):
+        saliency.finetune_multilabel(net, ds, epochs=1, lr=0.1, batch_size=32, workers=0, device="cpu")
 
 
 # ----------------------------------------------------------------------------------------------- profiles, loaders
 def test_profiles_and_paper_numbers():
-    assert set(saliency.PROFILES) == {"quick", "paper"}
-    assert set(saliency.PROFILES["quick"]) == set(saliency.PROFILES["paper"])
+    assert set(saliency.PROFILES) == {"quick", "paper", "smoke"}
+    assert set(saliency.PROFILES["quick"]) == set(saliency.PROFILES["paper"]) == set(saliency.PROFILES["smoke"])
     cfg = utils.resolve_profile(saliency.PROFILES, "quick", meta_lr=0.5)
     assert cfg["meta_lr"] == 0.5 and cfg["dataset"] == "cifar10" and not cfg["pointing"]
     for spec in saliency.PROFILES["paper"]["pointing"]:
@@ -472,50 +472,103 @@ def test_profiles_and_paper_numbers():
         utils.resolve_profile(saliency.PROFILES, "quick", meta_learning_rate=0.5)
 
 
-def _write_voc(root):
-    from PIL import Image
-    voc = root / "VOCdevkit" / "VOC2007"
-    for sub in ("Annotations", "ImageSets/Main", "JPEGImages"):
-        (voc / sub).mkdir(parents=True)
-    (voc / "ImageSets/Main/test.txt").write_text("000001\n")
-    Image.new("RGB", (40, 20), (10, 200, 30)).save(voc / "JPEGImages/000001.jpg")
-    (voc / "Annotations/000001.xml").write_text(
-        "<annotation><size><width>40</width><height>20</height><depth>3</depth></size>"
-        "<object><name>dog</name><difficult>0</difficult><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>20</xmax>"
-        "<ymax>10</ymax></bndbox></object><object><name>person</name><difficult>1</difficult><bndbox><xmin>21"
-        "</xmin><ymin>5</ymin><xmax>40</xmax><ymax>20</ymax></bndbox></object></annotation>")
+def test_smoke_profile_is_the_paper_path_cut_down():
+    """smoke keeps the paper's data, networks, layers, objectives and protocol; it cuts only counts and sizes, starts
+    from random weights, and still runs a pointing game on each dataset and network, the paper's numbers' included."""
+    paper, smoke = saliency.PROFILES["paper"], saliency.PROFILES["smoke"]
+    cut = {"weights", "correct_only", "image_size", "eval_per_class", "steps", "chunk_size", "map_batch", "eval_batch",
+           "pointing", "pointing_epochs", "pointing_limit", "batch_size", "workers"}
+    assert {k for k in paper if smoke[k] != paper[k]} == cut
+    assert smoke["weights"] is None and paper["weights"] == "IMAGENET1K_V1"
+    assert all(smoke[k] <= paper[k] for k in cut - {"weights", "correct_only", "pointing", "pointing_limit"})
+    assert set(smoke["pointing"]) < set(paper["pointing"])
+    assert {s.split("/")[0] for s in smoke["pointing"]} == {s.split("/")[0] for s in paper["pointing"]}
+    assert {s.split("/")[1] for s in smoke["pointing"]} == {s.split("/")[1] for s in paper["pointing"]}
+    logged = {f"pointing_{spec.replace('/', '_')}_{m}" for spec in smoke["pointing"] for m in saliency.METHODS}
+    assert {r["metric"] for r in results.paper_table() if r["notebook"] == "07_normgrad_saliency"} <= logged
 
 
-def test_voc07_loader_on_a_tiny_layout(tmp_path):
-    _write_voc(tmp_path)
-    ds = data.load("voc07", "test", full=True, data_dir=tmp_path, size=10)
-    assert len(ds) == 1 and ds.images[0].shape == (3, 10, 10) and ds.source == "full"
+@pytest.mark.parametrize("arch", ["resnet50", "vgg16"])
+def test_paper_profile_without_the_imagenet_checkpoint_is_a_hard_error(arch, tmp_path, monkeypatch):
+    """The paper profile reads torchvision's checkpoints from the torch hub cache; when one is missing, building the
+    network fails with a message naming the file and the folder to put it in (never a silent random start)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    folder = tmp_path / "hub" / "checkpoints"
+    file = {"resnet50": "resnet50-0676ba61.pth", "vgg16": "vgg16-397923af.pth"}[arch]
+    with torch.device("meta"), pytest.raises(models.WeightsNotFoundError) as err:  # meta: no weights to initialise
+        saliency.build_model(arch, 20, weights=saliency.PROFILES["paper"]["weights"])
+    assert f"not found at {folder / file}" in str(err.value) and f"checkpoint {file}" in str(err.value)
+    assert f"in {folder}" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    """This module's miniatures (VOC07, COCO14 instances, ImageNet) in their official layouts."""
+    from miniatures import saliency as miniature
+    root = tmp_path_factory.mktemp("saliency_miniatures")
+    miniature.write(root)
+    return root, miniature
+
+
+def test_voc07_reader_on_the_official_layout(mini):
+    root, m = mini
+    trainval = data.load("voc07", "trainval", full=True, data_dir=root)
+    test = data.load("voc07", "test", full=True, data_dir=root, size=100)
+    assert trainval.meta["files"] == list(m.VOC_TRAINVAL) and test.meta["files"] == list(m.VOC_TEST)
+    assert not set(trainval.meta["files"]) & set(test.meta["files"]), "trainval and test share images"
+    assert trainval.classes == list(m.VOC_CLASSES) == saliency.VOC_CLASSES
+    # 000001 (353 x 500): a dog and a person; the person's head and hand <part>s are not objects
     dog, person = saliency.VOC_CLASSES.index("dog"), saliency.VOC_CLASSES.index("person")
-    assert ds.meta["box_labels"][0].tolist() == [dog, person]
-    assert torch.allclose(ds.meta["boxes"][0][0], torch.tensor([0.0, 0.0, 19 / 4, 9 / 2]))
-    assert ds.meta["difficult"][0].tolist() == [False, True]
-    assert ds.meta["targets"].shape == (1, 20) and ds.meta["targets"][0].sum() == 2
+    assert test.images[0].shape == (3, 100, 100) and test.meta["box_labels"][0].tolist() == [dog, person]
+    x0, y0, x1, y1 = m.VOC_TEST["000001"][2][0][1]   # 1-based inclusive pixels -> 0-based, scaled to 100 x 100
+    expected = torch.tensor([(x0 - 1) * 100 / 353, (y0 - 1) * 100 / 500, (x1 - 1) * 100 / 353, (y1 - 1) * 100 / 500])
+    assert torch.allclose(test.meta["boxes"][0][0], expected)
+    assert trainval.images[0].shape == (3, 375, 500)
+    assert torch.equal(trainval.meta["boxes"][0][0], torch.tensor([262.0, 210.0, 323.0, 338.0]))  # unscaled
+    for ds, table in ((trainval, m.VOC_TRAINVAL), (test, m.VOC_TEST)):
+        for i, (w, h, objects) in enumerate(table.values()):
+            assert ds.meta["box_labels"][i].tolist() == [saliency.VOC_CLASSES.index(o[0]) for o in objects]
+            assert ds.meta["difficult"][i].tolist() == [bool(o[2]) for o in objects]
+            present = ds.meta["box_labels"][i].unique().tolist()
+            assert ds.meta["targets"][i].nonzero().flatten().tolist() == present
     with pytest.raises(data.DataNotFoundError, match="voc07.*VOCdevkit"):
-        data.load("voc07", "test", full=True, data_dir=tmp_path / "nowhere")
+        data.load("voc07", "test", full=True, data_dir=root / "nowhere")
 
 
-def test_coco_and_imagenet_loaders_on_tiny_layouts(tmp_path):
-    from PIL import Image
-    (tmp_path / "coco/annotations").mkdir(parents=True)
-    (tmp_path / "coco/val2014").mkdir()
-    Image.new("RGB", (20, 10)).save(tmp_path / "coco/val2014/a.jpg")
-    ann = {"images": [{"id": 7, "file_name": "a.jpg", "width": 20, "height": 10},
-                      {"id": 8, "file_name": "b.jpg", "width": 20, "height": 10}],
-           "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
-           "annotations": [{"image_id": 7, "category_id": 18, "bbox": [2, 1, 4, 3]}]}
-    (tmp_path / "coco/annotations/instances_val2014.json").write_text(json.dumps(ann))
-    ds = data.load("coco_instances", "val", full=True, data_dir=tmp_path)
-    assert len(ds) == 1 and ds.classes == ["person", "dog"] and ds.meta["box_labels"][0].tolist() == [1]
-    assert ds.meta["boxes"][0].tolist() == [[2.0, 1.0, 5.0, 3.0]] and ds.images[0].shape == (3, 10, 20)
-    for wnid in ("n01", "n02"):
-        (tmp_path / "imagenet/val" / wnid).mkdir(parents=True)
-        Image.new("RGB", (8, 8)).save(tmp_path / "imagenet/val" / wnid / "x.JPEG")
-    inet = data.load("imagenet", "val", full=True, data_dir=tmp_path, size=4)
-    assert inet.labels.tolist() == [0, 1] and inet.classes == ["n01", "n02"] and inet.images[1].shape == (3, 4, 4)
+def test_coco_instances_reader_on_the_official_layout(mini):
+    root, m = mini
+    val = data.load("coco_instances", "val", full=True, data_dir=root)
+    assert val.classes == [name for _, name, _ in m.COCO_CATEGORIES] and len(val.classes) == 80
+    annotated = [i for i, (_, _, objects) in m.COCO_IMAGES["val"].items() if objects]
+    assert val.meta["image_id"] == sorted(annotated) and len(val) < len(m.COCO_IMAGES["val"])  # 139 has none
+    index = {cat: k for k, (cat, _, _) in enumerate(m.COCO_CATEGORIES)}   # ids 1..90 with gaps -> 0..79
+    assert index[90] == 79 and val.classes[index[88]] == "teddy bear"
+    for k, image_id in enumerate(val.meta["image_id"]):
+        w, h, objects = m.COCO_IMAGES["val"][image_id]
+        assert val.images[k].shape == (3, h, w)   # greyscale JPEGs (136) come out as RGB
+        assert val.meta["box_labels"][k].tolist() == [index[cat] for cat, _, _ in objects]  # crowds included
+        boxes = torch.tensor([[x, y, x + bw - 1, y + bh - 1] for _, (x, y, bw, bh), _ in objects])
+        assert torch.allclose(val.meta["boxes"][k], boxes)
+    train = data.load("coco_instances", "train", full=True, data_dir=root, size=32)
+    assert len(train) == 8 and train.images[0].shape == (3, 32, 32) and train.meta["targets"].shape == (8, 80)
+    w, h, objects = m.COCO_IMAGES["train"][train.meta["image_id"][0]]
+    x, y, bw, bh = objects[0][1]
+    assert torch.allclose(train.meta["boxes"][0][0], torch.tensor([x * 32 / w, y * 32 / h, (x + bw - 1) * 32 / w,
+                                                                   (y + bh - 1) * 32 / h]))
+    with pytest.raises(data.DataNotFoundError, match="coco_instances.*instances_"):
+        data.load("coco_instances", "val", full=True, data_dir=root / "nowhere")
+
+
+def test_imagenet_reader_on_the_official_layout(mini):
+    root, m = mini
+    for split, per_wnid in m.IMAGENET_FILES.items():
+        ds = data.load("imagenet", split, full=True, data_dir=root)
+        assert ds.classes == list(m.IMAGENET_WNIDS)
+        assert ds.labels.tolist() == [k for k, files in enumerate(per_wnid.values()) for _ in files]
+        assert [p.rsplit("/", 1)[-1] for p in ds.meta["files"]] == [f for files in per_wnid.values() for f in files]
+    train = data.load("imagenet", "train", full=True, data_dir=root, size=16)
+    for odd in (m.IMAGENET_CMYK, m.IMAGENET_GREY):   # a CMYK and a greyscale JPEG come out as RGB
+        x = train.images[[p.endswith(odd) for p in train.meta["files"]].index(True)]
+        assert x.shape == (3, 16, 16) and 0 <= float(x.min()) <= float(x.max()) <= 1
     with pytest.raises(data.DataNotFoundError, match="imagenet.*ImageFolder"):
-        data.load("imagenet", "train", full=True, data_dir=tmp_path)
+        data.load("imagenet", "val", full=True, data_dir=root / "nowhere")

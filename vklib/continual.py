@@ -17,9 +17,10 @@ Kernels (the notebook ``08_continual_representation`` runs the experiment with t
   forward gives ``(embeddings, logits)``), :func:`retrieval_ranks` / :func:`retrieval_metrics` (rank-k and mAP with
   cosine similarity) and :func:`average_forgetting`.
 
-``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, shipped LFW people + ORL) and ``paper`` (GPU, full
-face / person re-identification benchmarks) settings. The readers of the full-size benchmarks the paper profile
-needs, ``casia_webface``, ``market1501`` and ``dukemtmc_reid``, are here; :mod:`vklib.data` registers them.
+``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, shipped LFW people + ORL), ``paper`` (GPU, full
+face / person re-identification benchmarks) and ``smoke`` (the paper path on miniature data, a minute) settings.
+The readers of the full-size benchmarks the paper profile needs, ``casia_webface``, ``market1501`` and
+``dukemtmc_reid``, are here; :mod:`vklib.data` registers them.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ PROFILES = {
         "n_steps": 11,                # the remaining identities arrive in this many steps: ...
         "first_step": 20,             # ... a base step with this many, then the rest in pairs (10 steps of 2)
         "n_test_per_id": 5,           # images of each trained identity kept back (forgetting)
+        "min_images_per_id": 6,       # identities with fewer images are left out (n_test_per_id + 1 to train on)
         "max_train_per_id": 25,       # cap on training images per identity (LFW is very unbalanced)
         "max_eval_per_id": 20,        # cap on evaluation images per held-out identity
         "arch": "convnet",
@@ -70,13 +72,14 @@ PROFILES = {
     },
     "paper": {
         "dataset": "casia_webface",
-        "second_test": "lfw_people",
+        "second_test": "lfw",         # all of LFW, RGB like CASIA-WebFace (its 1-image people are distractors)
         "full_data": True,
         "image_size": 112,
         "n_holdout": 500,
         "n_steps": 10,
         "first_step": None,
         "n_test_per_id": 3,
+        "min_images_per_id": 4,       # identities of 3 images or fewer cannot take part: left out
         "max_train_per_id": None,
         "max_eval_per_id": 20,
         "arch": "resnet",             # SmallResNet (64, 128, 256, 512) x 2 blocks: a ResNet-18-sized network
@@ -95,13 +98,31 @@ PROFILES = {
         "warmup_epochs": 5,
     },
 }
-
+# smoke: the paper path (CASIA-WebFace in steps, LFW, every method) on the miniature datasets of tests/miniatures,
+# shrunk to about a minute on 2 CPU cores; its numbers mean nothing and are compared with none. No profile loads
+# pretrained weights (every network starts at random), so there is no weights setting to turn off.
+PROFILES["smoke"] = {
+    **PROFILES["paper"],
+    "image_size": 56,
+    "n_holdout": 4,       # of the miniature's 20 identities with >= 4 images
+    "n_steps": 3,         # enough old identities after step 1 for the top-k neighbourhood (k=10) to select
+    "width": 8,           # the same ResNet-18-sized SmallResNet (4 stages of 2 blocks), 8x narrower
+    "emb_dim": 64,
+    "epochs": 2,
+    "batch_size": 16,
+    "warmup_epochs": 1,
+}
 
 
 # ----------------------------------------------------------------------------------------------- protocol
 def split_identities(labels: torch.Tensor, n_steps: int, n_holdout: int, seed: int = 0,
-                     first_step: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                     first_step: int | None = None, min_images: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Split the identities present in ``labels`` into held-out identities and ``n_steps`` steps.
+
+    Identities with fewer than ``min_images`` images are left out of both: too small for the protocol (a trained
+    identity needs its kept-back test images plus at least one to train on, see :func:`split_images`; a held-out one
+    at least two, to be retrieved). Real face sets have such identities (most of LFW's people have one image);
+    when none is left out, the split is the one ``min_images=1`` gives.
 
     Args:
         labels: ``(N,)`` int64 identity of every image.
@@ -110,20 +131,26 @@ def split_identities(labels: torch.Tensor, n_steps: int, n_holdout: int, seed: i
         seed: fixes the random assignment.
         first_step: identities of the first (base) step; the others share the rest evenly. ``None``: all steps
             get (nearly) the same number.
+        min_images: the fewest images an identity needs to take part.
 
     Returns:
         ``(steps, holdout)``: a list of ``n_steps`` sorted ``(n_t,)`` int64 tensors of identities, and the sorted
-        ``(n_holdout,)`` held-out identities. Every identity is in exactly one of them.
+        ``(n_holdout,)`` held-out identities. Every identity with at least ``min_images`` images is in exactly one
+        of them.
     """
-    ids = torch.unique(torch.as_tensor(labels))
+    if min_images < 1:
+        raise ValueError(f"min_images must be >= 1, got {min_images}")
+    ids, counts = torch.unique(torch.as_tensor(labels), return_counts=True)
+    ids = ids[counts >= min_images]
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if n_holdout < 0:
         raise ValueError(f"n_holdout must be >= 0, got {n_holdout}")
     rest_n = len(ids) - n_holdout
     if rest_n < 2 * n_steps:
-        raise ValueError(f"{len(ids)} identities cannot give n_holdout={n_holdout} held-out identities and "
-                         f"n_steps={n_steps} steps of at least 2 identities each")
+        raise ValueError(f"{len(ids)} identities with at least min_images={min_images} images cannot give "
+                         f"n_holdout={n_holdout} held-out identities and n_steps={n_steps} steps of at least 2 "
+                         f"identities each")
     if first_step is not None and not (2 <= first_step <= rest_n - 2 * (n_steps - 1)):
         raise ValueError(f"first_step must leave at least 2 identities to each later step: between 2 and "
                          f"{rest_n - 2 * (n_steps - 1)} here, got {first_step}")
@@ -161,7 +188,7 @@ def split_images(labels: torch.Tensor, identities: torch.Tensor, n_test: int = 0
     missing = identities[(counts[identities] if len(counts) else torch.zeros_like(identities)) <= n_test]
     if len(missing):
         raise ValueError(f"identities {missing.tolist()[:5]} have at most n_test={n_test} images, leaving none "
-                         f"to train on")
+                         f"to train on; leave them out with split_identities(min_images={n_test + 1})")
     g = torch.Generator().manual_seed(seed)
     idx = torch.nonzero(keep).flatten()
     idx = idx[torch.randperm(len(idx), generator=g)]                 # random order ...
@@ -539,22 +566,31 @@ _REID_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bo
 
 
 def _reid_full(name: str, folder_name: str):
-    def load_full(root: Path, split: str, download: bool, size):
-        folder = root / folder_name / _REID_FOLDERS[split]
+    """The reader of a re-id release in Market-1501's layout (``<folder_name>/{bounding_box_train,query,
+    bounding_box_test}/<pid>_c<camera>...jpg``; Market-1501 and DukeMTMC-reID).
+
+    ``classes`` are the person ids of all three folders (the file names' 4-digit prefixes, sorted), so the labels of
+    the query and the gallery agree; Market-1501's distractors (pid ``0000``) are a class that no query has, its
+    junk boxes (pid ``-1``) are skipped, as the protocol ignores them. ``meta["camera"]`` ``(N,)`` holds the camera
+    of every image (the camera rule of the protocol)."""
+    def boxes(folder: Path) -> list[tuple[Path, str, int]]:
         if not folder.is_dir():
-            raise FileNotFoundError(f"no {_REID_FOLDERS[split]} folder in {root / folder_name}")
-        paths, pids, cams = [], [], []
+            raise FileNotFoundError(f"no {folder.name} folder in {folder.parent}")
+        out = []
         for p in sorted(p for p in folder.iterdir() if p.suffix.lower() in data.IMAGE_SUFFIXES):
             m = _REID_NAME.match(p.name)
-            if m is None or int(m.group(1)) < 0:       # junk images (pid -1) are not part of the protocol
-                continue
-            paths.append(p)
-            pids.append(int(m.group(1)))
-            cams.append(int(m.group(2)))
-        if not paths:
-            raise FileNotFoundError(f"no <pid>_c<cam>... images in {folder}")
-        # person ids are kept as they are (not renumbered), so query and gallery labels agree; pid 0 marks
-        # distractors that match no query
-        return data.ImageSet(name, split, data.LazyImages(paths, "RGB", size or 128), torch.tensor(pids), None,
+            if m is not None and int(m.group(1)) >= 0:
+                out.append((p, m.group(1), int(m.group(2))))
+        return out
+
+    def load_full(root: Path, split: str, download: bool, size):
+        listing = {s: boxes(root / folder_name / sub) for s, sub in _REID_FOLDERS.items()}
+        if not listing[split]:
+            raise FileNotFoundError(f"no <pid>_c<cam>... images in {root / folder_name / _REID_FOLDERS[split]}")
+        classes = sorted({pid for rows in listing.values() for _, pid, _ in rows}, key=int)
+        index = {pid: i for i, pid in enumerate(classes)}
+        paths, pids, cams = zip(*listing[split])
+        return data.ImageSet(name, split, data.LazyImages(paths, "RGB", size or 128),
+                             torch.tensor([index[p] for p in pids]), classes,
                              {"camera": torch.tensor(cams), "files": [str(p) for p in paths]}, "full")
     return load_full

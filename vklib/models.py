@@ -56,9 +56,8 @@ def torchvision_net(arch: str, weights: str | os.PathLike | None) -> nn.Module:
     import torchvision
     if arch not in TORCHVISION_WEIGHTS:
         raise ValueError(f"arch must be one of {', '.join(TORCHVISION_WEIGHTS)}, got {arch!r}")
-    net = getattr(torchvision.models, arch)(weights=None)
     if weights is None:
-        return net
+        return getattr(torchvision.models, arch)(weights=None)
     enum = getattr(torchvision.models, TORCHVISION_WEIGHTS[arch])
     text = str(weights)
     if text in enum.__members__:
@@ -73,6 +72,7 @@ def torchvision_net(arch: str, weights: str | os.PathLike | None) -> nn.Module:
             f"{arch}: ImageNet weights not found at {path}. Put torchvision's checkpoint {file} "
             f"(torchvision.models.{TORCHVISION_WEIGHTS[arch]}.IMAGENET1K_V1) in {Path(torch.hub.get_dir()) / 'checkpoints'}, "
             f"or pass weights=<path of the .pth file or its folder>; weights=None trains from random weights.")
+    net = getattr(torchvision.models, arch)(weights=None)  # built after the check: a missing file fails at once
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net
 
