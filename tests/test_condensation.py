@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vklib import condensation as dc
-from vklib import data, models, results, train, utils
+from vklib import course, data, models, results, train, utils
 
 
 def tiny_net(channels: int = 1, classes: int = 3, size: int = 8, width: int = 4) -> nn.Module:
@@ -200,8 +200,11 @@ def test_condense_errors(kw, match):
 
 def test_loops_for_ipc():
     assert dc.loops_for_ipc(1) == (1, 1) and dc.loops_for_ipc(10) == (10, 50) and dc.loops_for_ipc(50) == (50, 10)
-    with pytest.raises(ValueError, match="pass outer_loop and inner_loop"):
+    with pytest.raises(ValueError, match=r"ipc 5: defined for ipc in \[1, 10, 20, 30, 40, 50\]; pass outer_loop"):
         dc.loops_for_ipc(5)
+    assert dc.loops_for_ipc(10, {1: (1, 1), 10: (2, 1)}) == (2, 1)
+    with pytest.raises(ValueError, match=r"ipc 10: defined for ipc in \[1\]"):
+        dc.loops_for_ipc(10, {1: (1, 1)})
 
 
 def test_sample_per_class_distinct_and_in_class():
@@ -388,6 +391,29 @@ def test_normalize_roundtrip_and_errors():
         dc.normalize(x, "mnist")
 
 
+@pytest.fixture(scope="module")
+def miniature_root(tmp_path_factory):
+    """The miniatures of the torchvision releases (tests/miniatures/core.py), the full data of the smoke run."""
+    from miniatures import core
+    root = tmp_path_factory.mktemp("miniatures")
+    core.write(root)
+    return root
+
+
+@pytest.mark.parametrize("name", list(dc.BENCHMARKS))
+def test_load_real_full_reads_the_miniature_releases(name, miniature_root):
+    from miniatures import core
+    for split in ("train", "test"):
+        x, y, classes = dc.load_real(name, split, full=True, data_dir=miniature_root)
+        c, s = (1, 28) if name in ("mnist", "fashion_mnist") else (3, 32)
+        assert x.shape == (core.SIZES[name][split], c, s, s) and x.dtype == torch.float32
+        assert y.dtype == torch.int64 and torch.bincount(y, minlength=10).tolist() == [len(y) // 10] * 10
+        assert len(classes) == 10
+        # normalised with the benchmark's constants: denormalize returns the release's pixels in [0, 1]
+        raw = data.load(dc.BENCHMARKS[name].registry, split, full=True, data_dir=miniature_root).images
+        assert torch.allclose(dc.denormalize(x, name), raw, atol=1e-5)
+
+
 def test_load_real_subset_and_missing_full(tmp_path):
     x, y, classes = dc.load_real("mnist", "train")
     assert x.shape == (5000, 1, 28, 28) and y.shape == (5000,) and classes[3] == "3"
@@ -413,7 +439,9 @@ def test_make_network_errors():
 
 
 def test_profiles_and_paper_numbers():
-    assert set(dc.PROFILES["quick"]) == set(dc.PROFILES["paper"])
+    assert set(dc.PROFILES) == set(course.PROFILE_NAMES)
+    assert set(dc.PROFILES["quick"]) == set(dc.PROFILES["paper"]) == set(dc.PROFILES["smoke"])
+    assert dc.PROFILES["quick"]["loops"] == dc.PROFILES["paper"]["loops"] == dc.LOOPS
     cfg = utils.resolve_profile(dc.PROFILES, "quick", ipc=None, iterations=7)
     assert cfg["iterations"] == 7 and cfg["ipc"] == 1 and cfg["dataset"] == "mnist"
     assert all(d in dc.BENCHMARKS for p in dc.PROFILES.values() for d, _ in (*p["grid"], (p["dataset"], 1)))
@@ -424,3 +452,24 @@ def test_profiles_and_paper_numbers():
         "acc_dc": 0.917, "acc_dc_std": 0.005, "acc_random": 0.649, "acc_herding": 0.892, "acc_kcenter": 0.893}
     assert paper["acc_dc_cifar10_ipc50"] == 0.539 and "acc_dc_mnist_ipc1" not in paper
     assert len([k for k in paper if k.startswith("acc_dc_") and "std" not in k]) == 11  # the grid less mnist ipc1
+
+
+def test_smoke_profile_runs_the_paper_path_on_the_miniatures():
+    """smoke shrinks counts only: the paper's networks and settings otherwise, every benchmark of the paper's grid
+    once, one at more than one image per class (the loop that trains the network between matching steps), and
+    counts the miniatures (tests/miniatures/core.py) can serve."""
+    from miniatures import core
+    paper, smoke = dc.PROFILES["paper"], dc.PROFILES["smoke"]
+    shrunk = {"download", "grid", "iterations", "batch_real", "loops", "eval_nets", "eval_epochs",
+              "eval_epochs_augmented", "feature_epochs", "snapshot_every"}
+    assert {k for k in paper if smoke[k] != paper[k]} == shrunk
+    assert smoke["full"] and not smoke["download"]  # the miniatures are on disk; torchvision would re-fetch them
+    assert set(smoke["grid"]) <= set(paper["grid"]) and (smoke["dataset"], smoke["ipc"]) in smoke["grid"]
+    assert {d for d, _ in smoke["grid"]} == set(dc.BENCHMARKS)
+    assert any(dc.loops_for_ipc(n, smoke["loops"])[0] > 1 for _, n in smoke["grid"])
+    for n, (outer, inner) in dc.LOOPS.items():
+        assert 1 <= smoke["loops"][n][0] <= outer and 0 <= smoke["loops"][n][1] <= inner
+    for d, n in smoke["grid"]:
+        per_class = core.SIZES[d]["train"] // 10
+        assert n <= per_class and smoke["batch_real"] <= per_class, f"{d}: the miniature has {per_class} per class"
+    assert 2 <= smoke["eval_nets"] < paper["eval_nets"] and smoke["eval_epochs"] >= 2  # a std, and the lr decay

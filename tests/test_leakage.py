@@ -2,6 +2,8 @@
 determinism under a seed, and the error cases."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,7 +31,7 @@ def tiny():
 # ----------------------------------------------------------------------------------------------- settings
 def test_profiles_and_paper():
     assert set(L.PROFILES) == set(course.PROFILE_NAMES)
-    assert set(L.PROFILES["quick"]) == set(L.PROFILES["paper"])
+    assert set(L.PROFILES["quick"]) == set(L.PROFILES["paper"]) == set(L.PROFILES["smoke"])
     cfg = utils.resolve_profile(L.PROFILES, "quick", n_recon=9)
     assert cfg["n_recon"] == 9 and cfg["n_label"] >= 100 and cfg["n_recon"] >= 8
     assert all(d in L.ATTACK_SETS for p in L.PROFILES.values() for d in p["datasets"])
@@ -71,15 +73,48 @@ def test_attack_set_errors(tmp_path):
     assert data.info("lfw").load_subset is None
 
 
-def test_lfw_full_loader_reads_the_original_layout(tmp_path):
-    from PIL import Image
-    for person, n in (("Ann_A", 2), ("Bob_B", 1)):
-        (tmp_path / "lfw" / person).mkdir(parents=True)
-        for i in range(n):
-            Image.new("RGB", (250, 250), (40 * i, 100, 200)).save(tmp_path / "lfw" / person / f"{person}_{i:04d}.jpg")
-    a = L.attack_set("lfw", 3, generator=_gen(), data_dir=tmp_path, full=True)
-    assert a.images.shape == (3, 3, 32, 32) and sorted(a.labels.tolist()) == [0, 0, 1]
-    assert a.classes == ["Ann_A", "Bob_B"]
+@pytest.fixture(scope="module")
+def lfw_root(tmp_path_factory):
+    """The miniature of lfw.tgz (tests/miniatures/leakage.py) in a temporary data root."""
+    from miniatures import leakage as mini
+    root = tmp_path_factory.mktemp("lfw_miniature")
+    mini.write(root)
+    return root
+
+
+def test_lfw_full_reader_reads_the_release_layout(lfw_root):
+    from miniatures import leakage as mini
+    ds = data.load("lfw", "all", full=True, data_dir=lfw_root)
+    people = sorted(mini.PEOPLE)
+    assert ds.classes == [p for p, _ in people] and len(ds) == mini.SIZES["lfw"]["all"]
+    assert torch.bincount(ds.labels).tolist() == [n for _, n in people]  # identities of 1 to 9 images, all read
+    files = [f"lfw/{p}/{p}_{k:04d}.jpg" for p, n in people for k in range(1, n + 1)]
+    assert [Path(f).relative_to(lfw_root).as_posix() for f in ds.meta["files"]] == files
+    for i in (0, len(ds) - 1):
+        assert ds.images[i].shape == (3, 250, 250) and 0 <= float(ds.images[i].min()) <= float(ds.images[i].max()) <= 1
+
+
+def test_attack_set_lfw_is_32px_rgb(lfw_root):
+    from miniatures import leakage as mini
+    a = L.attack_set("lfw", 5, generator=_gen(), data_dir=lfw_root, full=True)
+    b = L.attack_set("lfw", 5, generator=_gen(), data_dir=lfw_root, full=True)
+    assert a.images.shape == (5, 3, 32, 32) and a.images.dtype == torch.float32 and torch.equal(a.images, b.images)
+    assert len(a.classes) == len(mini.PEOPLE)
+    ref = data.load("lfw", "all", full=True, data_dir=lfw_root, size=32).images[int(a.meta["index"][0])]
+    assert torch.equal(a.images[0], ref) and torch.equal(a.labels, b.labels)
+
+
+def test_smoke_profile_is_the_paper_path_on_the_miniatures():
+    """smoke shrinks counts only, attacks the paper's datasets, and asks for no more images than the miniatures
+    hold; its trials span more than one chunk, as the paper's 1000 trials in chunks of 50 do."""
+    from miniatures import sizes
+    paper, smoke = L.PROFILES["paper"], L.PROFILES["smoke"]
+    shrunk = {"n_label", "n_recon", "iterations", "snapshot_every", "defence_n", "defence_iterations", "chunk"}
+    assert {k for k in paper if smoke[k] != paper[k]} == shrunk
+    for name in smoke["datasets"]:
+        assert smoke["n_label"] <= sizes()[name][L.ATTACK_SETS[name]["split"]], name
+    assert smoke["chunk"] < smoke["n_recon"] <= smoke["n_label"] and smoke["defence_n"] <= smoke["chunk"]
+    assert smoke["defence_dataset"] in smoke["datasets"]
 
 
 # ----------------------------------------------------------------------------------------------- victims

@@ -98,8 +98,8 @@ def test_local_sweep_runs_points_as_processes_and_collects(capsys, tmp_path):
     code, stdout, err = _cli(capsys, "sweep", "--only", "00", "-p", "seed=0,1", "--max-parallel", "2",
                              "--out", str(out))
     assert code == 0, stdout + err
-    jobs = [p for p in (out / ".submitit").iterdir() if p.is_dir() and p.name.isdigit()]
-    assert len(jobs) == 2 and str(os.getpid()) not in {p.name for p in jobs}, "two separate processes"
+    jobs = {p.name.split("_")[0] for p in (out / ".submitit").glob("*_0_result.pkl")}  # <pid>_0_result.pkl
+    assert len(jobs) == 2 and str(os.getpid()) not in jobs, "two separate processes, each with its result"
     results = {s: json.loads((out / "00_course_tour" / f"seed-{s}" / "00_course_tour.json").read_text())
                for s in (0, 1)}
     assert [r["seed"] for r in results.values()] == [0, 1]

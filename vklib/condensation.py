@@ -434,12 +434,13 @@ INITS = ("noise", "real")
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
 
-def loops_for_ipc(ipc: int) -> tuple[int, int]:
-    """The paper's (outer, inner) loop counts for ``ipc`` images per class (1: (1, 1), 10: (10, 50), 50: (50, 10))."""
-    if ipc not in LOOPS:
-        raise ValueError(f"the paper defines loop counts for ipc in {sorted(LOOPS)}, got {ipc}; "
+def loops_for_ipc(ipc: int, loops: Mapping[int, tuple[int, int]] = LOOPS) -> tuple[int, int]:
+    """The (outer, inner) loop counts for ``ipc`` images per class from the table ``loops`` (ipc -> (outer, inner));
+    by default the paper's, :data:`LOOPS` (1: (1, 1), 10: (10, 50), 50: (50, 10))."""
+    if ipc not in loops:
+        raise ValueError(f"no loop counts for ipc {ipc}: defined for ipc in {sorted(loops)}; "
                          f"pass outer_loop and inner_loop explicitly")
-    return LOOPS[ipc]
+    return tuple(loops[ipc])
 
 
 def _by_class(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -724,7 +725,7 @@ PROFILES = {
         iterations=150, batch_real=32, init="noise", metric="dc", lr_img=1.0, lr_net=0.01, batch_train=256,
         width=32, depth=3, dsa=False, vectorised=True,
         eval_nets=5, eval_epochs=300, eval_epochs_augmented=300, eval_augment="none", eval_batch=256,
-        cross_archs=("mlp", "lenet"), feature_epochs=2, snapshot_every=25,
+        cross_archs=("mlp", "lenet"), feature_epochs=2, snapshot_every=25, loops=LOOPS,
     ),
     "paper": dict(
         dataset="mnist", ipc=1, full=True, download=True,
@@ -732,6 +733,17 @@ PROFILES = {
         iterations=1000, batch_real=256, init="noise", metric="dc", lr_img=0.1, lr_net=0.01, batch_train=256,
         width=128, depth=3, dsa=False, vectorised=True,
         eval_nets=20, eval_epochs=300, eval_epochs_augmented=1000, eval_augment="paper", eval_batch=256,
-        cross_archs=("mlp", "lenet", "resnet"), feature_epochs=10, snapshot_every=100,
+        cross_archs=("mlp", "lenet", "resnet"), feature_epochs=10, snapshot_every=100, loops=LOOPS,
     ),
+}
+#: ``smoke``: the paper profile's code path on the miniature datasets of ``tests/miniatures`` (10 training and 5 test
+#: images per class) in about a minute on 2 CPU cores; its numbers mean nothing and are compared with none. It
+#: shrinks only counts: every benchmark once, one of them at 10 images per class (the loop that also trains the
+#: network between matching steps), 1 iteration of at most (2, 1) loops, 8 real images per class, 2 evaluation
+#: networks of 2 epochs, 1 epoch of the coreset features; the miniatures are on disk, so nothing is downloaded.
+PROFILES["smoke"] = {
+    **PROFILES["paper"], "download": False,
+    "grid": (("mnist", 1), ("fashion_mnist", 10), ("svhn", 1), ("cifar10", 1)),
+    "iterations": 1, "batch_real": 8, "loops": {n: (min(o, 2), min(i, 1)) for n, (o, i) in LOOPS.items()},
+    "eval_nets": 2, "eval_epochs": 2, "eval_epochs_augmented": 2, "feature_epochs": 1, "snapshot_every": 1,
 }
