@@ -168,6 +168,8 @@ def test_build_model_shapes_and_errors(tmp_path):
         A.build_model("vgg")
     with pytest.raises(ValueError, match="4 widths"):
         A.build_model("small", widths=(4, 6))
+    with pytest.raises(ValueError, match="weights"):
+        A.build_model("small", weights="IMAGENET1K_V1")
     r = A.build_model("resnet18", hidden=8, weights=None)
     assert r.eval()(_imgs(1, 32)).shape == (1,) and len(r.tail) == 2
     with pytest.raises(models.WeightsNotFoundError, match="not found"):   # never a silent random start
@@ -180,6 +182,30 @@ def test_build_model_shapes_and_errors(tmp_path):
     conv1_to_layer3 = torch.nn.Sequential(models.ImageNetNormalize(), *list(plain.children())[:7]).eval()
     with torch.no_grad():                                                  # the trunk: normalisation, conv1 .. layer3
         assert torch.allclose(loaded.eval().features(_imgs(1, 32)), conv1_to_layer3(_imgs(1, 32)))
+
+
+def test_paper_backbone_without_imagenet_weights_is_an_error(tmp_path, monkeypatch):
+    # the paper profile's ResNet-18 with no checkpoint in the torch hub cache: an error naming the file and the
+    # folder it goes in, never a warning and a random start
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cfg = A.PROFILES["paper"]
+    folder = tmp_path / "hub" / "checkpoints"
+    with pytest.raises(models.WeightsNotFoundError) as err:
+        A.build_model(cfg["backbone"], widths=cfg["widths"], hidden=cfg["head_hidden"], weights=cfg["weights"])
+    message = str(err.value)
+    assert "resnet18: ImageNet weights not found at " + str(folder / "resnet18-") in message
+    assert f"in {folder}" in message and "weights=None trains from random weights" in message
+
+
+def test_smoke_profile_is_the_paper_profile_shrunk():
+    paper, smoke = A.PROFILES["paper"], A.PROFILES["smoke"]
+    changed = {k for k in paper if smoke[k] != paper[k]}
+    assert set(smoke) == set(paper) and changed == {"image_size", "test_users", "generic_epochs", "draws",
+                                                    "adapt_steps", "eval_every", "finetune_steps",
+                                                    "enhance_steps", "weights"}
+    assert paper["weights"] == "IMAGENET1K_V1" and smoke["weights"] is None   # random start, said in the profile
+    assert all(smoke[k] < paper[k] for k in changed - {"weights"})
+    assert smoke["ks"] == (10, 100) and smoke["test_size"] == 0            # the paper's protocol, unchanged
 
 
 def test_init_user_params_and_count():
@@ -391,8 +417,9 @@ def test_flickr_loader_layouts(tmp_path, per_worker_csv):
     _flickr_layout(tmp_path, per_worker_csv)
     train = data.load("flickr_aes", "train", full=True, data_dir=tmp_path, size=8)
     test = data.load("flickr_aes", "test", full=True, data_dir=tmp_path)
-    assert train.meta["files"] == ["im0.jpg", "im1.jpg", "im2.jpg"] and test.meta["_workers"] == ["w3"]
-    assert torch.allclose(train.meta["mean_score"], torch.tensor([5.0, 3.5, 2.0]))
+    # im2, rated by the test worker w3, is held out of the training split (the generic model never sees it)
+    assert train.meta["files"] == ["im0.jpg", "im1.jpg"] and test.meta["_workers"] == ["w3"]
+    assert torch.allclose(train.meta["mean_score"], torch.tensor([5.0, 3.5]))
     assert train.images[0].shape == (3, 8, 8) and test.images[0].shape == (3, 10, 12)
     idx, sc = test.meta["_ratings"]["w3"]
     assert [test.meta["files"][i] for i in idx] == ["im3.jpg", "im2.jpg"] and sc.tolist() == [1.0, 2.0]
@@ -410,6 +437,49 @@ def test_flickr_loader_errors(tmp_path):
     (folder / "test_workers.txt").write_text("w9\n")
     with pytest.raises(data.DataError, match="without ratings"):
         data.load("flickr_aes", "test", full=True, data_dir=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def flickr(tmp_path_factory):
+    """The FLICKR-AES miniature (tests/miniatures/aesthetics.py), written once."""
+    from miniatures import aesthetics as mini
+    root = tmp_path_factory.mktemp("flickr_aes")
+    mini.write(root)
+    return root
+
+
+def test_flickr_miniature_ratings_workers_and_splits(flickr):
+    import csv
+    from miniatures import aesthetics as mini
+    with open(flickr / "flickr_aes" / "FLICKR-AES_image_labeled_by_each_worker.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["worker", " imagePair", " score"]                     # the release's header, spaces and all
+    ratings = {}
+    for w, name, score in rows[1:]:
+        ratings.setdefault(w, {})[name] = int(score)
+    train = data.load("flickr_aes", "train", full=True, data_dir=flickr, size=16)
+    test = data.load("flickr_aes", "test", full=True, data_dir=flickr, size=16)
+    assert test.meta["_workers"] == mini.TEST_WORKERS and sorted(train.meta["_workers"]) == sorted(mini.TRAIN_WORKERS)
+    assert not set(train.meta["files"]) & set(test.meta["files"])         # no test photo trains the generic model
+    assert len(train) == 12 and len(test) == 108 and test.images[0].shape == (3, 16, 16)
+    for w in mini.TEST_WORKERS:                                             # each test worker's ratings, as written
+        idx, sc = test.meta["_ratings"][w]
+        assert len(idx) == 105 and {test.meta["files"][i]: int(s) for i, s in zip(idx, sc)} == ratings[w]
+    for i, name in enumerate(train.meta["files"]):                          # mean of the training workers' scores
+        given = [r[name] for w, r in ratings.items() if w in mini.TRAIN_WORKERS and name in r]
+        assert len(given) == 2 and train.meta["mean_score"][i].item() == pytest.approx(sum(given) / 2)
+    # the paper profile's benchmark and protocol on it: both k = 10 and k = 100 leave held-out ratings
+    smoke = A.PROFILES["smoke"]
+    b = A.flickr_benchmark(smoke, data_dir=flickr)
+    assert b.user_ids == mini.TEST_WORKERS and b.user_ratings.shape == (2, 108)
+    assert (~torch.isnan(b.user_ratings)).sum(1).tolist() == [105, 105]
+    assert set(b.user_ratings[~torch.isnan(b.user_ratings)].tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    for k in smoke["ks"]:
+        tr, te, rows_ = A.user_draws(b.user_ratings, k, draws=smoke["draws"], test_size=smoke["test_size"],
+                                     generator=torch.Generator().manual_seed(0))
+        assert tr.shape == (2, k) and te.shape == (2, 105 - k) and rows_.tolist() == [0, 1]
+        for m in range(2):
+            assert not set(tr[m].tolist()) & set(te[m].tolist())
 
 
 def test_simulated_benchmark_small_and_deterministic():
@@ -430,8 +500,8 @@ def test_flickr_benchmark_from_the_loader(tmp_path, per_worker_csv):
     _flickr_layout(tmp_path, per_worker_csv)
     cfg = dict(A.PROFILES["paper"], image_size=8, test_users=37)
     b = A.flickr_benchmark(cfg, data_dir=tmp_path)
-    assert torch.allclose(b.generic_targets, torch.tensor([5.0, 3.5, 2.0]))         # mean of the training workers
-    assert len(b.generic_images) == 3 and b.generic_images[0].shape == (3, 8, 8)
+    assert torch.allclose(b.generic_targets, torch.tensor([5.0, 3.5]))              # mean of the training workers
+    assert len(b.generic_images) == 2 and b.generic_images[0].shape == (3, 8, 8)
     assert b.user_ids == ["w3"] and b.n_select == 0 and not b.simulated and b.users is None
     assert len(b.user_images) == 2 and b.user_ratings.tolist() == [[1.0, 2.0]]      # im3, im2 as w3 rated them
     with pytest.raises(ValueError, match="simulated"):

@@ -1,6 +1,7 @@
 """Unit tests of vklib.captioning: shapes, small readable references, autograd, determinism and error cases."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -128,6 +129,45 @@ def test_coco_karpathy_reads_the_original_layout(tmp_path):
     assert len(capped) == 1 and len(capped.meta["captions"]) == 1
 
 
+@pytest.fixture(scope="module")
+def karpathy(tmp_path_factory):
+    """The Karpathy-split miniature (tests/miniatures/captioning.py), written once."""
+    from miniatures import captioning as mini
+    root = tmp_path_factory.mktemp("karpathy")
+    mini.write(root)
+    return root
+
+
+def test_coco_karpathy_miniature_splits_and_captions(karpathy):
+    from miniatures import captioning as mini
+    listing = json.loads((karpathy / "coco" / "dataset_coco.json").read_text())
+    assert listing["dataset"] == "coco"
+    by_split = {}
+    for r in listing["images"]:
+        by_split.setdefault(r["split"], []).append(r["cocoid"])
+    sets = {s: data.load("coco_karpathy", s, full=True, data_dir=karpathy, size=32) for s in ("train", "val", "test")}
+    # train is Karpathy's train + restval (113,287 images in the full split), in the file's order; val and test
+    assert sets["train"].meta["image_id"] == [r["cocoid"] for r in listing["images"]
+                                              if r["split"] in ("train", "restval")]
+    assert set(by_split) == {"train", "restval", "val", "test"} and len(sets["train"]) == 5
+    assert sets["val"].meta["image_id"] == by_split["val"] and sets["test"].meta["image_id"] == by_split["test"]
+    ids = [i for s in sets.values() for i in s.meta["image_id"]]
+    assert len(ids) == len(set(ids)) == len(listing["images"])      # disjoint, every image in one split
+    for s in sets.values():
+        for cocoid, caps in zip(s.meta["image_id"], s.meta["captions"]):
+            assert caps == mini.captions(cocoid)                     # the raw captions, in the file's order
+        assert s.images[0].shape == (3, 32, 32)
+    # the paper profile's reader path: the smoke profile's caps, the tokens and the vocabulary threshold
+    smoke = C.PROFILES["smoke"]
+    train = C.load_split(smoke, "train", data_dir=karpathy)
+    test = C.load_split(dict(smoke, n_test=2), "test", data_dir=karpathy)
+    assert len(train) == 5 and len(test) == 2 and test.meta["image_id"] == by_split["test"][:2]
+    vocab = C.Vocab.build([c for caps in train.meta["captions"] for c in caps], smoke["min_count"])
+    assert "a" in vocab.stoi and len(vocab) > 4
+    tokens = C.encode_references(train.meta["captions"], vocab, smoke["max_len"])
+    assert tokens.shape == (5, 5, smoke["max_len"] + 2)
+
+
 # ------------------------------------------------------------------------------------------------ kernels
 def test_additive_attention_reference_and_mask():
     g = torch.Generator().manual_seed(0)
@@ -221,9 +261,11 @@ def test_grid_encoder_shapes_and_errors():
 
 def test_make_encoder_and_resnet_encoder(tmp_path):
     import torchvision
-    assert isinstance(C.make_encoder("grid", 16, 8), C.GridEncoder)
+    assert isinstance(C.make_encoder("grid", 16, 8, weights=None), C.GridEncoder)
     with pytest.raises(ValueError, match="encoder"):
-        C.make_encoder("vgg", 16)
+        C.make_encoder("vgg", 16, weights=None)
+    with pytest.raises(ValueError, match="weights"):
+        C.make_encoder("grid", 16, weights="IMAGENET1K_V1")
     enc = C.ResNetEncoder("resnet18", weights=None, frozen=True)
     x = torch.rand(1, 3, 64, 64)
     assert enc(x).shape == (1, 4, 512)
@@ -240,10 +282,21 @@ def test_make_encoder_and_resnet_encoder(tmp_path):
     assert torch.equal(loaded.body[0].weight, plain.conv1.weight)
     with pytest.raises(models.WeightsNotFoundError, match="not found"):   # never a silent random start
         C.ResNetEncoder("resnet18", weights=tmp_path / "missing.pth")
-    try:
-        assert isinstance(C.make_encoder("resnet18", 64), C.ResNetEncoder)   # ImageNet weights in the hub cache
-    except models.WeightsNotFoundError as e:
-        assert "checkpoints" in str(e)                               # or an error saying where to put them
+    random = C.make_encoder("resnet18", 64, weights=None)            # a random start only when asked for
+    assert isinstance(random, C.ResNetEncoder) and random.feat_dim == 512
+
+
+def test_paper_encoder_without_imagenet_weights_is_an_error(tmp_path, monkeypatch):
+    # the paper profile's ResNet-101 with no checkpoint in the torch hub cache: an error naming the file and the
+    # folder it goes in, never a warning and a random start
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cfg = C.PROFILES["paper"]
+    folder = tmp_path / "hub" / "checkpoints"
+    with pytest.raises(models.WeightsNotFoundError) as err:
+        C.make_encoder(cfg["encoder"], cfg["image_size"], cfg["feat_dim"], weights=cfg["weights"])
+    message = str(err.value)
+    assert "resnet101: ImageNet weights not found at " + str(folder / "resnet101-") in message
+    assert f"in {folder}" in message and "weights=None trains from random weights" in message
 
 
 @pytest.mark.parametrize("attention", C.ATTENTIONS)
@@ -439,14 +492,56 @@ def test_caption_metrics_java_flag(monkeypatch):
         C.caption_metrics(refs, hyps, java=True)
 
 
+def test_caption_metrics_start_one_meteor_process(monkeypatch):
+    # METEOR's Java process loads its paraphrase tables for tens of seconds: one process serves every call, and a
+    # scorer that failed is replaced
+    import pycocoevalcap.meteor.meteor as meteor_module
+    started = []
+
+    class FakeMeteor:
+        def __init__(self):
+            started.append(self)
+            self.fail = False
+
+        def compute_score(self, gts, res):
+            if self.fail:
+                raise ValueError("the Java process died")
+            return 0.25, [0.25] * len(res)
+
+    monkeypatch.setattr(meteor_module, "Meteor", FakeMeteor)
+    monkeypatch.setattr(C.shutil, "which", lambda name: "/usr/bin/java")
+    C._meteor.cache_clear()
+    refs, hyps = [["a b c d"]], ["a b c"]
+    try:
+        assert C.caption_metrics(refs, hyps, java=True)["meteor"] == 0.25
+        assert C.caption_metrics(refs, hyps, java=True)["meteor"] == 0.25 and len(started) == 1
+        started[0].fail = True
+        with pytest.raises(ValueError, match="died"):
+            C.caption_metrics(refs, hyps, java=True)
+        assert C.caption_metrics(refs, hyps, java=True)["meteor"] == 0.25 and len(started) == 2
+    finally:
+        C._meteor.cache_clear()
+
+
 def test_profiles_resolve():
-    for p in ("quick", "paper"):
+    for p in ("quick", "paper", "smoke"):
         cfg = utils.resolve_profile(C.PROFILES, p, steps=3)
-        assert cfg["steps"] == 3 and set(C.PROFILES["quick"]) == set(C.PROFILES["paper"])
+        assert cfg["steps"] == 3 and set(C.PROFILES[p]) == set(C.PROFILES["paper"])
     assert C.PROFILES["paper"]["beam"] == 3
+    assert C.PROFILES["paper"]["weights"] == "IMAGENET1K_V1" and C.PROFILES["quick"]["weights"] is None
     # one scale everywhere: no profile rescales the metrics, so runs and the paper's numbers share pycocoevalcap's
     # native scale
     assert all("metric_scale" not in prof for prof in C.PROFILES.values())
+
+
+def test_smoke_profile_is_the_paper_profile_shrunk():
+    paper, smoke = C.PROFILES["paper"], C.PROFILES["smoke"]
+    changed = {k for k in paper if smoke[k] != paper[k]}
+    assert changed == {"n_train", "n_test", "image_size", "steps", "batch_size", "sae_steps", "weights"}
+    assert smoke["weights"] is None                                  # random start, said in the profile
+    for k in changed - {"weights", "n_train", "n_test"}:
+        assert smoke[k] < paper[k], k
+    assert paper["n_train"] is None and paper["n_test"] is None and smoke["n_train"] and smoke["n_test"]
 
 
 def test_paper_numbers_on_the_recorded_scale():

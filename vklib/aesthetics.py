@@ -102,6 +102,11 @@ PROFILES = {
         "enhance_steps": 100, "enhance_lr": 0.05,
     },
 }
+# The paper path (FLICKR-AES reader, ResNet-18, generic model, adapters at k = 10 and k = 100, fine-tune baseline,
+# enhancement) on miniature data in about a minute: its numbers mean nothing and are compared with none. Only counts
+# and sizes shrink, and ResNet-18 starts from random weights.
+PROFILES["smoke"] = {**PROFILES["paper"], "image_size": 64, "test_users": 2, "generic_epochs": 1, "draws": 1,
+                     "adapt_steps": 2, "eval_every": 1, "finetune_steps": 2, "enhance_steps": 2, "weights": None}
 
 # ============================================================================================ image properties
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -334,7 +339,8 @@ def build_model(backbone: str = "small", *, widths: Sequence[int] | None = (16, 
     """The generic regressor.
 
     * ``"small"``: stem ``conv3x3(3, w0, stride 2)-BN-ReLU``, ``conv3x3(w0, w1, stride 2)-BN-ReLU`` (the trunk),
-      then two BasicBlocks ``w1 -> w2`` and ``w2 -> w3``, both stride 2 (the tail); 64 px -> 4x4 features.
+      then two BasicBlocks ``w1 -> w2`` and ``w2 -> w3``, both stride 2 (the tail); 64 px -> 4x4 features. Trained
+      from scratch: ``weights`` must be ``None``.
     * ``"resnet18"``: torchvision's ResNet-18; ``conv1 .. layer3`` the trunk, ``layer4`` the tail. ``weights`` as
       :func:`vklib.models.torchvision_net` reads them: a torchvision weights name (e.g. ``"IMAGENET1K_V1"``, from the
       torch hub cache) or the path of a saved ``state_dict``; a missing file raises
@@ -343,6 +349,9 @@ def build_model(backbone: str = "small", *, widths: Sequence[int] | None = (16, 
     Both take ``(N, 3, H, W)`` images in [0, 1] (ImageNet normalisation first in the trunk).
     """
     if backbone == "small":
+        if weights is not None:
+            raise ValueError(f"weights: the small backbone has no pretrained weights, pass weights=None "
+                             f"(got {weights!r})")
         if widths is None or len(widths) != 4:
             raise ValueError(f"the small backbone needs 4 widths, got {widths!r}")
         w0, w1, w2, w3 = widths
@@ -831,8 +840,8 @@ def simulated_benchmark(cfg: dict, *, data_dir=None, seed: int = 0) -> Benchmark
 def flickr_benchmark(cfg: dict, *, data_dir=None, seed: int = 0) -> Benchmark:
     """The paper profile's benchmark: FLICKR-AES (:func:`vklib.data.load` ``("flickr_aes", ...)``, full=True).
 
-    Generic model: the images rated by the training workers, with their mean scores. Users: the test workers, with
-    the ratings they gave (``NaN`` elsewhere) on the images of the test split.
+    Generic model: the images rated by the training workers and by no test worker, with the training workers' mean
+    scores. Users: the test workers, with the ratings they gave (``NaN`` elsewhere) on the images of the test split.
     """
     size = cfg["image_size"]
     train = _data.load("flickr_aes", "train", data_dir=data_dir, full=True, size=size)
@@ -894,12 +903,16 @@ def _flickr_full(root: Path, split: str, download: bool, size):
     if missing:
         raise _data.DataError(f"flickr_aes: test workers without ratings: {', '.join(missing[:5])}")
     chosen = test_workers if split == "test" else [w for w in per_worker if w not in set(test_workers)]
+    # the generic model never sees a test photo: training keeps only photos that no test worker rated
+    held_out = {name for w in test_workers for name, _ in per_worker[w]} if split == "train" else set()
     names: dict[str, int] = {}
     scores: list[list[float]] = []
     ratings = {}
     for w in chosen:
         idx, sc = [], []
         for name, s in per_worker[w]:
+            if name in held_out:
+                continue
             if name not in names:
                 names[name] = len(names)
                 scores.append([])

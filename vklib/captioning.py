@@ -24,11 +24,13 @@ Kernels (the notebook ``09_topic_attention_captioning`` runs the experiment with
   :func:`caption_images`;
 * metrics: :func:`caption_metrics` (pycocoevalcap BLEU-1..4, ROUGE-L, CIDEr; METEOR / SPICE only with Java).
 
-``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, generated scenes) and ``paper`` (GPU, MS-COCO Karpathy
-split, beam 3) settings; the paper's numbers are rows of ``vklib/paper_numbers.csv`` (see :mod:`vklib.results`).
+``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, generated scenes), ``paper`` (GPU, MS-COCO Karpathy
+split, beam 3) and ``smoke`` (the paper path shrunk to a minute on miniature data, random weights) settings; the
+paper's numbers are rows of ``vklib/paper_numbers.csv`` (see :mod:`vklib.results`).
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -64,6 +66,7 @@ PROFILES = {
         "max_len": 12,              # longest caption in words
         "min_count": 1,             # words seen fewer times map to <unk>
         "encoder": "grid",          # small CNN trained end to end
+        "weights": None,            # the grid CNN starts from random weights (no ImageNet weights)
         "feat_dim": 64,             # region feature size D
         "embed_dim": 64,            # word embedding size
         "hidden_dim": 128,          # both LSTMs of the decoder
@@ -87,7 +90,8 @@ PROFILES = {
         "image_size": 224,
         "max_len": 16,
         "min_count": 5,             # Karpathy's vocabulary threshold (about 10k words)
-        "encoder": "resnet101",     # frozen ImageNet weights (a local file); 7x7 grid of 2048-d regions
+        "encoder": "resnet101",     # frozen; 7x7 grid of 2048-d regions
+        "weights": "IMAGENET1K_V1",  # its ImageNet weights, a local file (models.torchvision_net): never random
         "feat_dim": 2048,
         "embed_dim": 1000,          # Up-Down's sizes
         "hidden_dim": 1000,
@@ -105,6 +109,11 @@ PROFILES = {
         "java_metrics": True,
     },
 }
+# The paper path (Karpathy split reader, ResNet-101 grid, Up-Down sizes, every arm, beam 3, every metric) on miniature
+# data in about a minute: its numbers mean nothing and are compared with none. Only counts and sizes shrink, and the
+# frozen ResNet-101 starts from random weights.
+PROFILES["smoke"] = {**PROFILES["paper"], "n_train": 8, "n_test": 4, "image_size": 64, "steps": 2, "batch_size": 2,
+                     "sae_steps": 2, "weights": None}
 
 # ----------------------------------------------------------------------------------------------- text
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -585,15 +594,20 @@ class SentenceAutoEncoder(nn.Module):
         return self.out(self.states(tokens))
 
 
-def make_encoder(name: str, image_size: int, feat_dim: int = 64) -> nn.Module:
-    """The encoder a profile names: ``"grid"`` (:class:`GridEncoder`, trained end to end) or a torchvision ResNet
-    (:class:`ResNetEncoder` with frozen ImageNet weights ``"IMAGENET1K_V1"`` from the torch hub cache; a missing
-    file raises :class:`~vklib.models.WeightsNotFoundError`)."""
+def make_encoder(name: str, image_size: int, feat_dim: int = 64, *, weights: str | Path | None) -> nn.Module:
+    """The encoder a profile names (``encoder`` and ``weights``): ``"grid"`` (:class:`GridEncoder`, trained end to
+    end from random weights; ``weights=None``) or a torchvision ResNet (:class:`ResNetEncoder`, frozen, ``weights``
+    as :func:`vklib.models.torchvision_net` reads them: ``"IMAGENET1K_V1"`` from the torch hub cache or a ``.pth``
+    path, a missing file raising :class:`~vklib.models.WeightsNotFoundError` that names it and the folder it goes
+    in; ``None`` starts from random weights, said explicitly)."""
     if name == "grid":
+        if weights is not None:
+            raise ValueError(f"weights: the grid encoder has no pretrained weights, pass weights=None "
+                             f"(got {weights!r})")
         return GridEncoder(image_size, feat_dim)
     if not name.startswith("resnet"):
         raise ValueError(f"encoder must be 'grid' or a torchvision resnet name (e.g. 'resnet101'), got {name!r}")
-    return ResNetEncoder(name, weights="IMAGENET1K_V1", frozen=True)
+    return ResNetEncoder(name, weights=weights, frozen=True)
 
 
 def load_split(cfg: dict, split: str, *, seed: int = 0, data_dir=None) -> data.ImageSet:
@@ -807,6 +821,14 @@ def caption_images(model: Captioner, images, vocab: Vocab, *, beam: int = 1, max
 
 
 # ----------------------------------------------------------------------------------------------- metrics
+@functools.cache
+def _meteor():
+    """pycocoevalcap's METEOR scorer, started once per process: its Java process spends tens of seconds loading its
+    paraphrase tables before the first score, and every later call reuses it."""
+    from pycocoevalcap.meteor.meteor import Meteor
+    return Meteor()
+
+
 def caption_metrics(references: Sequence[Sequence[str]], hypotheses: Sequence[str], *, java: bool | None = False,
                     scale: float = 1.0) -> dict[str, float]:
     """Corpus metrics of pycocoevalcap: ``bleu1`` .. ``bleu4``, ``rouge_l``, ``cider`` (pure Python), and with
@@ -838,8 +860,11 @@ def caption_metrics(references: Sequence[Sequence[str]], hypotheses: Sequence[st
     if java:
         if shutil.which("java") is None:
             raise RuntimeError("java=True but no java executable is on PATH (METEOR and SPICE need Java)")
-        from pycocoevalcap.meteor.meteor import Meteor
-        out["meteor"] = float(Meteor().compute_score(gts, res)[0])
+        try:
+            out["meteor"] = float(_meteor().compute_score(gts, res)[0])
+        except Exception:
+            _meteor.cache_clear()        # a scorer that failed mid-call keeps its lock: the next call starts afresh
+            raise
         import pycocoevalcap.spice as spice_pkg
         if any((Path(spice_pkg.__file__).parent / "lib").glob("stanford-corenlp-*.jar")):
             from pycocoevalcap.spice.spice import Spice

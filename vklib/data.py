@@ -758,7 +758,7 @@ _FLICKR_HINT = ("FLICKR-AES (Ren et al., ICCV 2017): put the release under <data
                 "images in 40K/ (file names as in the CSV), the ratings either as "
                 "FLICKR-AES_image_labeled_by_each_worker.csv (columns worker, imagePair, score) or as one CSV per "
                 "worker in workers/<worker>.csv (columns image, score), and the 37 test workers' ids in "
-                "test_workers.txt (one per line).")
+                "test_workers.txt (one per line). Photos rated by a test worker are kept out of the training split.")
 register(DatasetSpec(
     "flickr_aes", "FLICKR-AES personalised aesthetics (Ren et al. 2017): 40k Flickr photos, 210 workers",
     ("train", "test"), None, _reader("aesthetics", "_flickr_full"), _FLICKR_HINT,
