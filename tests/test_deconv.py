@@ -314,8 +314,13 @@ def test_deconv_dikp_shapes_kernel_constraints_and_determinism():
 
 def test_profiles_and_paper_table():
     from vklib import results, utils
-    assert set(deconv.PROFILES) == {"quick", "paper"}
-    assert set(deconv.PROFILES["quick"]) == set(deconv.PROFILES["paper"])
+    assert set(deconv.PROFILES) == {"quick", "paper", "smoke"}
+    assert set(deconv.PROFILES["quick"]) == set(deconv.PROFILES["paper"]) == set(deconv.PROFILES["smoke"])
+    smoke, paper = deconv.PROFILES["smoke"], deconv.PROFILES["paper"]
+    assert {k for k in paper if smoke[k] != paper[k]} == {"images", "kernels", "crop", "iterations_dip",
+                                                          "iterations_dikp", "eval_every", "demo_crop",
+                                                          "demo_iterations"}, "smoke only cuts counts and sizes"
+    assert set(smoke["images"]) < set(paper["images"]) and set(smoke["kernels"]) < set(paper["kernels"])
     q = deconv.PROFILES["quick"]
     assert len(q["images"]) == 2 and len(q["kernels"]) == 2 and q["noise_std"] == 0.01
     assert "lena" not in deconv.PROFILES["paper"]["images"] and len(deconv.PROFILES["paper"]["kernels"]) == 8

@@ -384,7 +384,9 @@ def test_pca_rgb_range_shape_and_determinism():
 
 # ----------------------------------------------------------------------------------------------- data, profiles
 def test_profiles_and_paper_numbers():
-    assert set(L.PROFILES["quick"]) == set(L.PROFILES["paper"])
+    assert set(L.PROFILES["quick"]) == set(L.PROFILES["paper"]) == set(L.PROFILES["smoke"])
+    assert {k for k in L.PROFILES["paper"] if L.PROFILES["smoke"][k] != L.PROFILES["paper"][k]} == {
+        "dims", "epochs", "batch_size", "workers", "finetune_epochs", "reg_epochs", "reg_batch_size"}
     cfg = utils.resolve_profile(L.PROFILES, "quick", epochs=2.0)
     assert cfg["epochs"] == 2.0 and cfg["dims"] == [16]
     # the paper profile's grid (notebook 04 logs iod_error_{dve,no_dve}_{dim}d_{dataset}) has the paper's numbers,
