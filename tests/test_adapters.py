@@ -331,25 +331,50 @@ def test_split_cells_and_subsample_domain():
         A.subsample_domain(tr, labels, domains, 7, 0.5)
 
 
-def test_full_loaders_registered_and_read_the_layout(tmp_path):
-    from PIL import Image
+@pytest.fixture(scope="module")
+def domain_root(tmp_path_factory):
+    """Office-Home and DomainNet written once in their releases' layouts (tests/miniatures/adapters.py)."""
+    from miniatures import write_some
+    return write_some(tmp_path_factory.mktemp("adapters_miniatures"), "adapters")
+
+
+def test_office_home_reader_reads_the_release_layout(domain_root, tmp_path):
+    import shutil
+    from miniatures import adapters as mini
+    oh = data.load("office_home", "all", full=True, data_dir=domain_root)
+    assert oh.images.shape == (4 * 130, 3, 64, 64) and oh.meta["_domains"] == mini.OFFICE_HOME_DOMAINS
+    assert oh.classes == mini.OFFICE_HOME_CLASSES and oh.classes.index("TV") < oh.classes.index("Table")
+    assert oh.meta["domain"].tolist() == [d for d in range(4) for _ in range(130)]
+    assert oh.labels.tolist() == [c for c in range(65) for _ in range(2)] * 4
+    assert all(f"/Real World/{c}/0000{k}.jpg" in f
+               for c, k, f in zip(np.repeat(oh.classes, 2), [1, 2] * 65, oh.meta["files"][3 * 130:]))
+    assert data.load("office_home", "all", full=True, data_dir=domain_root, size=8).images.shape == (520, 3, 8, 8)
+    # "Real World" may sit on disk as Real_World
+    shutil.copytree(domain_root / "OfficeHomeDataset_10072016", tmp_path / "OfficeHomeDataset_10072016")
+    (tmp_path / "OfficeHomeDataset_10072016" / "Real World").rename(tmp_path / "OfficeHomeDataset_10072016" /
+                                                                    "Real_World")
+    assert torch.equal(data.load("office_home", "all", full=True, data_dir=tmp_path, size=8).meta["domain"],
+                       oh.meta["domain"])
+
+
+def test_domainnet_reader_reads_the_release_layout(domain_root):
+    from miniatures import adapters as mini
+    dn = data.load("domainnet", "all", full=True, data_dir=domain_root, size=6)
+    assert isinstance(dn.images, data.LazyImages) and len(dn) == 12 and dn.images[0].shape == (3, 6, 6)
+    assert dn.classes == [c for _, c in mini.DOMAINNET_CLASSES] and dn.meta["_domains"] == mini.DOMAINNET_DOMAINS
+    assert dn.meta["domain"].tolist() == [d for d in range(6) for _ in range(2)] and dn.labels.tolist() == [0, 1] * 6
+    quickdraw = [f for f, d in zip(dn.meta["files"], dn.meta["domain"].tolist()) if d == 3]
+    assert [f.rsplit("/", 1)[1] for f in quickdraw] == [mini.domainnet_file("quickdraw", n, 0)
+                                                        for n, _ in mini.DOMAINNET_CLASSES]
+    assert dn.images[7].shape == (3, 6, 6)  # a quickdraw PNG
+
+
+def test_full_readers_say_where_the_data_go(tmp_path):
     assert {"office_home", "domainnet"} <= set(data.names())
     with pytest.raises(data.DataNotFoundError, match="OfficeHome"):
         data.load("office_home", "all", full=True, data_dir=tmp_path)
     with pytest.raises(data.DataNotFoundError, match="domainnet"):
         data.load("domainnet", "all", full=True, data_dir=tmp_path)
-    for dom in ("Art", "Real World"):
-        for cls in ("Bike", "Mug"):
-            (tmp_path / "OfficeHomeDataset_10072016" / dom / cls).mkdir(parents=True)
-            Image.new("RGB", (20, 10), (200, 10, 10)).save(tmp_path / "OfficeHomeDataset_10072016" / dom / cls / "a.jpg")
-    oh = data.load("office_home", "all", full=True, data_dir=tmp_path, size=8)
-    assert oh.images.shape == (4, 3, 8, 8) and oh.classes == ["Bike", "Mug"]
-    assert oh.meta["domain"].tolist() == [0, 0, 3, 3] and oh.labels.tolist() == [0, 1, 0, 1]
-    (tmp_path / "domainnet" / "sketch" / "cat").mkdir(parents=True)
-    Image.new("RGB", (9, 9)).save(tmp_path / "domainnet" / "sketch" / "cat" / "1.png")
-    dn = data.load("domainnet", "all", full=True, data_dir=tmp_path, size=6)
-    assert isinstance(dn.images, data.LazyImages) and dn.images[0].shape == (3, 6, 6)
-    assert dn.meta["domain"].tolist() == [5]
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -387,6 +412,31 @@ def test_fit_learns_is_deterministic_and_trains_only_what_it_should():
 
 
 def test_profiles():
-    assert set(A.PROFILES) == {"quick", "paper"} and set(A.PROFILES["quick"]) == set(A.PROFILES["paper"])
+    assert set(A.PROFILES) == {"quick", "paper", "smoke"} and set(A.PROFILES["quick"]) == set(A.PROFILES["paper"])
     assert A.PROFILES["quick"]["gate"] in A.GATES and A.PROFILES["quick"]["num_adapters"] >= 2
-    assert A.PROFILES["paper"]["backbone"] in A.RESNETS
+    assert A.PROFILES["paper"]["backbone"] in A.RESNETS and A.PROFILES["paper"]["weights"] == "IMAGENET1K_V1"
+    # smoke: the paper profile with counts cut and a random start said explicitly, nothing else
+    smoke, paper = A.PROFILES["smoke"], A.PROFILES["paper"]
+    changed = {k for k in paper if smoke[k] != paper[k]}
+    assert set(smoke) == set(paper) and changed == {"weights", "epochs", "test_fraction"} and smoke["weights"] is None
+
+
+def test_paper_profile_without_imagenet_weights_is_a_hard_error(tmp_path, monkeypatch):
+    """The paper profile's backbone reads ImageNet weights from the torch hub cache; a missing file stops the run with
+    a message naming the file and the folder to put it in (never a silent random start)."""
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cfg = A.PROFILES["paper"]
+    folder = tmp_path / "hub" / "checkpoints"
+    file = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    with pytest.raises(models.WeightsNotFoundError) as error:
+        A.build_backbone(cfg["backbone"], 7, weights=cfg["weights"])
+    message = str(error.value)
+    assert f"ImageNet weights not found at {folder / file}" in message and f"in {folder}," in message
+    assert "weights=None trains from random weights" in message
+    # the same file in that folder is read
+    folder.mkdir(parents=True)
+    body = torchvision.models.resnet18()
+    torch.save(body.state_dict(), folder / file)
+    net = A.build_backbone(cfg["backbone"], 7, weights=cfg["weights"])
+    assert torch.equal(net.body.conv1.weight, body.conv1.weight)

@@ -442,10 +442,8 @@ def test_flickr_loader_errors(tmp_path):
 @pytest.fixture(scope="module")
 def flickr(tmp_path_factory):
     """The FLICKR-AES miniature (tests/miniatures/aesthetics.py), written once."""
-    from miniatures import aesthetics as mini
-    root = tmp_path_factory.mktemp("flickr_aes")
-    mini.write(root)
-    return root
+    from miniatures import write_some
+    return write_some(tmp_path_factory.mktemp("flickr_aes"), "aesthetics")
 
 
 def test_flickr_miniature_ratings_workers_and_splits(flickr):

@@ -132,10 +132,8 @@ def test_coco_karpathy_reads_the_original_layout(tmp_path):
 @pytest.fixture(scope="module")
 def karpathy(tmp_path_factory):
     """The Karpathy-split miniature (tests/miniatures/captioning.py), written once."""
-    from miniatures import captioning as mini
-    root = tmp_path_factory.mktemp("karpathy")
-    mini.write(root)
-    return root
+    from miniatures import write_some
+    return write_some(tmp_path_factory.mktemp("karpathy"), "captioning")
 
 
 def test_coco_karpathy_miniature_splits_and_captions(karpathy):

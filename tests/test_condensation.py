@@ -394,10 +394,8 @@ def test_normalize_roundtrip_and_errors():
 @pytest.fixture(scope="module")
 def miniature_root(tmp_path_factory):
     """The miniatures of the torchvision releases (tests/miniatures/core.py), the full data of the smoke run."""
-    from miniatures import core
-    root = tmp_path_factory.mktemp("miniatures")
-    core.write(root)
-    return root
+    from miniatures import write_some
+    return write_some(tmp_path_factory.mktemp("miniatures"), "core")
 
 
 @pytest.mark.parametrize("name", list(dc.BENCHMARKS))

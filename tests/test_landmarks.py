@@ -431,10 +431,8 @@ def test_face_images_crop_then_resize(tmp_path):
 @pytest.fixture(scope="module")
 def landmark_root(tmp_path_factory):
     """CelebA (+ MAFL's lists) and AFLW-MTFL written once in their releases' layouts (tests/miniatures/landmarks.py)."""
-    from miniatures import landmarks as mini
-    root = tmp_path_factory.mktemp("landmark_miniatures")
-    mini.write(root)
-    return root
+    from miniatures import write_some
+    return write_some(tmp_path_factory.mktemp("landmark_miniatures"), "landmarks")
 
 
 def _marker_centre(image: torch.Tensor) -> torch.Tensor:

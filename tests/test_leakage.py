@@ -76,10 +76,8 @@ def test_attack_set_errors(tmp_path):
 @pytest.fixture(scope="module")
 def lfw_root(tmp_path_factory):
     """The miniature of lfw.tgz (tests/miniatures/leakage.py) in a temporary data root."""
-    from miniatures import leakage as mini
-    root = tmp_path_factory.mktemp("lfw_miniature")
-    mini.write(root)
-    return root
+    from miniatures import write_some
+    return write_some(tmp_path_factory.mktemp("lfw_miniature"), "leakage")
 
 
 def test_lfw_full_reader_reads_the_release_layout(lfw_root):

@@ -28,6 +28,13 @@ def write_all(root: Path) -> Path:
     return root
 
 
+def write_some(root: Path, *modules: str) -> Path:
+    """Write the miniatures of the named modules (e.g. ``"landmarks"``) below ``root``; returns ``root``."""
+    for name in modules:
+        importlib.import_module(f"{__name__}.{name}").write(Path(root))
+    return Path(root)
+
+
 def sizes() -> dict[str, dict[str, int]]:
     """Every module's ``SIZES`` in one dict; a dataset written by two modules is an error."""
     out = {}
