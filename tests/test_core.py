@@ -403,3 +403,19 @@ def test_logged_name_patterns_are_not_vacuous():
     import re
     pats = re.compile("|".join(f"(?:{p})" for p in _logged_name_patterns('run.log(**{f"acc_{k}": v, f"{k}": 1})\nx = 2')))
     assert pats.fullmatch("acc_dc") and not pats.fullmatch("psnr_dikp")
+
+
+def test_log_seeds_records_mean_std_and_count(tmp_path):
+    run = results.start("02_demo", profile="quick", seed=0, device="cpu", results_dir=tmp_path)
+    got = run.log_seeds(acc_dc=[0.8, 0.9, 1.0], acc_random=torch.tensor([0.5, 0.5, 0.5]))
+    assert run.metrics["acc_dc"] == pytest.approx(0.9) and run.metrics["acc_dc_std"] == pytest.approx(0.1)
+    assert run.metrics["acc_random_std"] == 0.0 and run.metrics["n_seeds"] == 3
+    assert got["acc_dc"] == pytest.approx((0.9, 0.1))
+    run.log_seeds(acc_one=[0.7])
+    assert run.metrics["acc_one_std"] == 0.0 and run.metrics["n_seeds"] == 1
+    with pytest.raises(ValueError, match="one value per seed"):
+        run.log_seeds(a=[1.0, 2.0], b=[1.0])
+    with pytest.raises(ValueError, match="one value per seed"):
+        run.log_seeds(a=[])
+    with pytest.raises(ValueError, match="metric 'a' is nan"):
+        run.log_seeds(a=[1.0, float("nan")])

@@ -172,3 +172,12 @@ def test_stored_notebooks_show_no_dead_widgets(nb):
             text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
             assert "HBox(children=" not in text and "VBox(children=" not in text, f"cell {cell.id}: {text[:80]}"
             assert not re.search(r"(^|\s)0%\|", text), f"cell {cell.id} stores a 0% progress line: {text[:80]}"
+
+
+def test_solution_loads_the_worked_solutions_file(tmp_path, monkeypatch):
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "solutions" / "99_demo.py").write_text("def answer():\n    return 42\n")
+    monkeypatch.setattr(course, "NOTEBOOKS_DIR", tmp_path)
+    assert course.solution("99_demo").answer() == 42
+    with pytest.raises(FileNotFoundError, match=r"no worked solutions for 98_demo: expected .*98_demo\.py"):
+        course.solution("98_demo")

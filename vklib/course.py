@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 __all__ = ["CATALOGUE", "NOTEBOOKS_DIR", "Notebook", "available", "check_parameters", "execute", "find", "main",
-           "parse_params", "prepare_out", "store_outputs", "summary_markdown"]
+           "parse_params", "prepare_out", "solution", "store_outputs", "summary_markdown"]
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 #: The profiles every notebook has (a notebook's settings for each are its ``PROFILES`` dict).
@@ -87,6 +87,20 @@ CATALOGUE: tuple[Notebook, ...] = (
 def available() -> list[Notebook]:
     """The catalogue entries whose notebook exists."""
     return [nb for nb in CATALOGUE if nb.exists]
+
+
+def solution(stem: str):
+    """The worked solutions of notebook ``stem``'s exercises: ``notebooks/solutions/{stem}.py`` loaded as a module
+    (its file name starts with the notebook's number, so it cannot be imported by name). The notebook's exercise cell
+    and the unit test that checks the solution against the library kernel both load it so."""
+    import importlib.util
+    path = NOTEBOOKS_DIR / "solutions" / f"{stem}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no worked solutions for {stem}: expected {path}")
+    spec = importlib.util.spec_from_file_location(f"solutions_{stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def find(key: str) -> Notebook:

@@ -5,6 +5,7 @@ Every notebook does::
     run = results.start("01_dataset_condensation", profile=profile, seed=seed, device=str(dev),
                         results_dir=results_dir, params=cfg, setting="mnist_ipc1")
     run.log(acc_dc=0.83, acc_random=0.62)
+    run.log_seeds(acc_dc=[0.83, 0.85, 0.84])   # a comparison over seeds: acc_dc (mean), acc_dc_std, n_seeds
     torch.save(synset, run.artifact("synset.pt"))
     run.save()   # -> {results_dir}/01_dataset_condensation.json
 
@@ -115,6 +116,25 @@ class Run:
         """Record (or overwrite) metrics by name: ``run.log(acc_dc=0.83)``."""
         for k, v in metrics.items():
             self.metrics[k] = _number(k, v)
+
+    def log_seeds(self, **per_seed) -> dict[str, tuple[float, float]]:
+        """Record a comparison over seeds: ``run.log_seeds(acc_dc=[0.83, 0.85, 0.84], acc_random=[...])`` logs, for
+        each name, the mean under the name, the sample standard deviation (``ddof=1``, as ``torch.std``; 0 for one
+        seed) as ``{name}_std``, and ``n_seeds``. Every sequence (numbers or a 1-D tensor, one value per seed) must
+        have the same length. Returns ``{name: (mean, std)}``."""
+        lengths = {k: len(v) for k, v in per_seed.items()}
+        if not per_seed or len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise ValueError(f"log_seeds: every metric needs one value per seed, the same number for all; got "
+                             f"lengths {lengths}")
+        summary = {}
+        for name, values in per_seed.items():
+            values = [_number(name, v) for v in values]
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+            self.log(**{name: mean, f"{name}_std": std})
+            summary[name] = (mean, std)
+        self.log(n_seeds=next(iter(lengths.values())))
+        return summary
 
     def artifact(self, suffix: str) -> Path:
         """Path ``{results_dir}/{notebook}.{suffix}`` for a reusable output; it is listed in the JSON."""
