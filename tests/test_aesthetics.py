@@ -2,6 +2,8 @@
 references or autograd, determinism under a seed, and the error cases. Fast: tiny inputs only."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from vklib import aesthetics as A
-from vklib import data, models, results, train
+from vklib import course, data, models, results
 
 
 def _imgs(n=4, size=8, seed=0):
@@ -82,6 +84,14 @@ def test_draw_users_shapes_determinism_and_errors():
     u0 = A.draw_users(3, spread=0.0, ideal_spread=0.0)
     assert torch.allclose(u0.weights, torch.tensor(A.POPULATION["weights"]).expand(3, -1))
     assert len(u1[[0, 2]]) == 2 and len(u1[1]) == 1
+    assert u1.content.shape == (7, 0)
+    uc = A.draw_users(7, spread=0.5, ideal_spread=0.3, content_spread=2.0, n_classes=3,
+                      generator=torch.Generator().manual_seed(1))
+    assert uc.content.shape == (7, 3) and torch.equal(uc.weights, u1.weights)   # content drawn after the rest
+    z, cls = torch.randn(5, len(A.PROPERTIES)), torch.tensor([0, 2, 1, 1, 0])
+    assert torch.allclose(uc.latent(z, cls) - u1.latent(z), uc.content[:, cls], atol=1e-6)
+    with pytest.raises(ValueError, match="classes"):
+        uc.latent(z)
     with pytest.raises(ValueError, match="n must be"):
         A.draw_users(0, spread=0.1, ideal_spread=0.1)
     with pytest.raises(ValueError, match="spread"):
@@ -118,12 +128,10 @@ def test_spearman_matches_scipy_and_edge_cases():
     assert abs(A.spearman(a, b) - spearmanr(a.numpy(), b.numpy()).statistic) < 1e-12
     assert A.spearman(a, a) == pytest.approx(1.0)
     assert A.spearman(torch.ones(5), b) == 0.0
-    mean, rhos = A.mean_spearman([a, a], [b, a])
-    assert len(rhos) == 2 and mean == pytest.approx((rhos[0] + 1.0) / 2)
+    rows = A.spearman_rows(torch.stack([a, a]), torch.stack([b, a]), torch.tensor([[True] * 5, [True] * 4 + [False]]))
+    assert torch.allclose(rows, torch.tensor([A.spearman(a, b), A.spearman(a[:4], a[:4])], dtype=rows.dtype))
     with pytest.raises(ValueError, match="equal length"):
         A.spearman(a, b[:3])
-    with pytest.raises(ValueError, match="mean_spearman"):
-        A.mean_spearman([a], [])
 
 
 def test_kshot_draws_disjoint_and_deterministic():
@@ -188,39 +196,36 @@ def test_paper_backbone_without_imagenet_weights_is_an_error(tmp_path, monkeypat
     # the paper profile's ResNet-18 with no checkpoint in the torch hub cache: an error naming the file and the
     # folder it goes in, never a warning and a random start
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cfg = A.PROFILES["paper"]
     folder = tmp_path / "hub" / "checkpoints"
     with pytest.raises(models.WeightsNotFoundError) as err:
-        A.build_model(cfg["backbone"], widths=cfg["widths"], hidden=cfg["head_hidden"], weights=cfg["weights"])
+        A.build_model("resnet18", widths=None, hidden=256, weights="IMAGENET1K_V1")
     message = str(err.value)
     assert "resnet18: ImageNet weights not found at " + str(folder / "resnet18-") in message
     assert f"in {folder}" in message and "weights=None trains from random weights" in message
 
 
-def test_smoke_profile_is_the_paper_profile_shrunk():
-    paper, smoke = A.PROFILES["paper"], A.PROFILES["smoke"]
-    changed = {k for k in paper if smoke[k] != paper[k]}
-    assert set(smoke) == set(paper) and changed == {"image_size", "test_users", "generic_epochs", "draws",
-                                                    "adapt_steps", "eval_every", "finetune_steps",
-                                                    "enhance_steps", "weights"}
-    assert paper["weights"] == "IMAGENET1K_V1" and smoke["weights"] is None   # random start, said in the profile
-    assert all(smoke[k] < paper[k] for k in changed - {"weights"})
-    assert smoke["ks"] == (10, 100) and smoke["test_size"] == 0            # the paper's protocol, unchanged
-
-
 def test_init_user_params_and_count():
     m = _tiny_model()
     p = A.init_user_params(m, 3)
-    assert p["tail.0.a1"].shape == (3, 8, 6) and p["tail.0.a2"].shape == (3, 8, 8)
-    assert p["tail.1.a1"].shape == (3, 10, 8) and p["head.0.weight"].shape == (3, 5, 10)
+    assert p["tail.0.conv1.adapter"].shape == (3, 8, 6) and p["tail.0.conv2.adapter"].shape == (3, 8, 8)
+    assert p["tail.1.conv1.adapter"].shape == (3, 10, 8) and p["head.0.weight"].shape == (3, 5, 10)
     assert p["head.2.weight"].shape == (3, 1, 5) and p["tail.1.bn2.bias"].shape == (3, 10)
-    assert all(not t.requires_grad for t in p.values()) and p["tail.0.a1"].abs().sum() == 0
+    assert p["tail.0.downsample.1.weight"].shape == (3, 8)
+    assert all(not t.requires_grad for t in p.values()) and p["tail.0.conv1.adapter"].abs().sum() == 0
     assert torch.equal(p["head.0.weight"][2], m.head[0].weight)
-    expected = 8 * 6 + 8 * 8 + 10 * 8 + 10 * 10 + 2 * (8 + 8 + 10 + 10) + 5 * 10 + 5 + 5 + 1
+    norm = 3 * 2 * (8 + 10)                                             # bn1, bn2, downsample BN of two blocks
+    expected = 8 * 6 + 8 * 8 + 10 * 8 + 10 * 10 + norm + 5 * 10 + 5 + 5 + 1
     assert A.user_parameter_count(m) == expected
+    assert A.user_parameter_count(m, parts=("head",)) == 5 * 10 + 5 + 5 + 1
     assert {A.param_part(n) for n in p} == set(A.PARTS)
+    pa = A.init_user_params(m, 2, stages="all")
+    assert pa["trunk.1.adapter"].shape == (2, 4, 3) and pa["trunk.4.adapter"].shape == (2, 6, 4)
+    assert pa["trunk.2.weight"].shape == (2, 4) and set(p) < set(pa)
+    assert A.user_parameter_count(m, stages="all") == expected + 4 * 3 + 6 * 4 + 2 * (4 + 6)
     with pytest.raises(ValueError, match="n must be"):
         A.init_user_params(m, 0)
+    with pytest.raises(ValueError, match="stages"):
+        A.init_user_params(m, 1, stages="first")
 
 
 def test_adapter_conv_against_loop_reference():
@@ -239,6 +244,19 @@ def test_adapter_conv_against_loop_reference():
         A.adapter_conv(x[0], w, a)
 
 
+def _copy_with(model, p, i):
+    """A copy of ``model`` whose weights carry model ``i``'s user-specific parameters (adapters folded into the 3x3
+    kernels' centres, affines and head copied)."""
+    net = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, t in p.items():
+            if name.endswith(".adapter"):
+                net.get_submodule(name[:-len(".adapter")]).weight += F.pad(t[i][:, :, None, None], (1, 1, 1, 1))
+            else:
+                net.get_parameter(name).copy_(t[i])
+    return net
+
+
 def test_adapted_forward_zero_adapters_is_generic_and_matches_reference():
     m = _tiny_model()
     feats = torch.randn(3, 4, 6, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -248,20 +266,41 @@ def test_adapted_forward_zero_adapters_is_generic_and_matches_reference():
         ref = torch.stack([m.forward_tail(feats[i]) for i in range(3)])
     assert out.shape == (3, 4) and (out - ref).abs().max() < 1e-5
     g = torch.Generator().manual_seed(2)
-    p = {n: t + 0.2 * torch.randn(t.shape, generator=g) for n, t in p0.items()}
-    with torch.no_grad():
-        out = A.adapted_forward(m, p, feats)
-        for i in range(3):                                   # model i == a copy of the network with its parameters
-            net = _tiny_model()
-            for b, block in enumerate(net.tail):
-                for j in (1, 2):
-                    conv = getattr(block, f"conv{j}")
-                    conv.weight += F.pad(p[f"tail.{b}.a{j}"][i][:, :, None, None], (1, 1, 1, 1))
-                    getattr(block, f"bn{j}").weight.copy_(p[f"tail.{b}.bn{j}.weight"][i])
-                    getattr(block, f"bn{j}").bias.copy_(p[f"tail.{b}.bn{j}.bias"][i])
-            for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
-                net.head.get_parameter(name).copy_(p[f"head.{name}"][i])
-            assert (out[i] - net.forward_tail(feats[i])).abs().max() < 1e-4
+    for stages, x in (("last", feats), ("all", torch.rand(3, 4, 3, 32, 32, generator=g))):
+        p = {n: t + 0.2 * torch.randn(t.shape, generator=g) for n, t in A.init_user_params(m, 3, stages=stages).items()}
+        with torch.no_grad():
+            out = A.adapted_forward(m, p, x)
+            for i in range(3):                               # model i == a copy of the network with its parameters
+                net = _copy_with(m, p, i)
+                ref = net.forward_tail(x[i]) if stages == "last" else net(x[i])
+                assert (out[i] - ref).abs().max() < 1e-4, stages
+        with torch.no_grad():
+            pooled = m.tail_pooled(feats[0])
+        assert torch.allclose(A.head_forward(p0, pooled[None].expand(3, -1, -1)), ref.new_tensor(
+            torch.stack([m.forward_tail(feats[0])] * 3)), atol=1e-5)
+    with pytest.raises(ValueError, match="adapted_forward"):
+        A.adapted_forward(m, p0, feats[0])
+
+
+def test_batch_norm_re_estimation_matches_train_mode():
+    m = _tiny_model()
+    x = torch.rand(2, 6, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    p = A.init_user_params(m, 2, stages="all")
+    stats = A.init_bn_stats(m, p)
+    assert stats["trunk.2.running_mean"].shape == (2, 4) and len(stats) == 2 * sum(
+        n.endswith(".weight") and A.param_part(n) == "norm" for n in p)
+    out = A.adapted_forward(m, p, x, stats=stats, train_bn=True)
+    for i in range(2):                                        # nn.BatchNorm2d in training mode, one model at a time
+        net = copy.deepcopy(m).train()
+        with torch.no_grad():
+            ref = net(x[i])
+        assert (out[i] - ref).abs().max() < 1e-4
+        for name, t in stats.items():
+            assert torch.allclose(t[i], net.get_buffer(name), atol=1e-5), name
+        with torch.no_grad():                                 # evaluation with the re-estimated statistics
+            ev = A.adapted_forward(m, {n: v[i:i + 1] for n, v in p.items()}, x[i:i + 1],
+                                   stats={n: v[i:i + 1] for n, v in stats.items()})
+        assert (ev[0] - net.eval()(x[i])).abs().max() < 1e-4
 
 
 def test_personal_loss_reference_autograd_and_errors():
@@ -282,82 +321,6 @@ def test_personal_loss_reference_autograd_and_errors():
         A.personal_loss(pred, r, p, init, -1)
 
 
-# ------------------------------------------------------------------------------------------------ training
-def test_fit_generic_deterministic_and_errors():
-    x, y = _imgs(12, 16), torch.rand(12) * 4 + 1
-    runs = []
-    for _ in range(2):
-        m = A.build_model("small", widths=(4, 6, 8, 10), hidden=5)
-        torch.manual_seed(0)
-        m = A.build_model("small", widths=(4, 6, 8, 10), hidden=5)
-        losses = A.fit_generic(m, x, y, epochs=3, lr=1e-2, batch_size=4, seed=3, device="cpu", progress=False)
-        runs.append((losses, train.infer(m, x, device="cpu")))
-    assert len(runs[0][0]) == 3 and runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
-    assert runs[0][1].shape == (12,)
-    seq = [x[i] for i in range(12)]                                       # a sequence works as well
-    assert torch.allclose(train.infer(m, seq, device="cpu"), train.infer(m, x, device="cpu"))
-    assert train.infer(m, seq, fn=lambda net, b: net.features(b), device="cpu").shape == (12, 6, 4, 4)
-    with pytest.raises(ValueError, match="epochs"):
-        A.fit_generic(m, x, y, epochs=0, lr=1e-2)
-    with pytest.raises(ValueError, match="differ in length"):
-        A.fit_generic(m, x, y[:5], epochs=1, lr=1e-2)
-
-
-def _personal_problem(m_models=4, n=24, k=6, t=8):
-    g = torch.Generator().manual_seed(0)
-    model = _tiny_model()
-    feats = torch.randn(n, 6, 8, 8, generator=g)
-    ratings = torch.randint(1, 6, (m_models, n), generator=g).float()
-    tr, te = A.kshot_draws(n, k, draws=m_models, test_size=t, generator=g)
-    return model, feats, ratings, tr, te
-
-
-def test_personalise_shapes_determinism_selection_and_errors():
-    model, feats, ratings, tr, te = _personal_problem()
-    kw = dict(steps=6, lr=1e-2, batch_size=4, offset_decay=1e-3, eval_every=2, seed=0, device="cpu", progress=False)
-    r1 = A.personalise(model, feats, ratings, tr, te, n_select=1, **kw)
-    r2 = A.personalise(model, feats, ratings, tr, te, n_select=1, **kw)
-    assert r1.steps == [0, 2, 4, 6] and r1.rho.shape == (4, 3) and r1.val_rho.shape == (4, 1)
-    assert torch.equal(r1.rho, r2.rho) and r1.best_step == r2.best_step
-    assert r1.best_step == r1.steps[int(r1.val_rho[:, 0].argmax())]
-    assert r1.params["tail.0.a1"].shape[0] == 3 and torch.equal(r1.final, r1.rho[r1.steps.index(r1.best_step)])
-    # the training error on the k ratings falls when only the head trains (a convex-ish, small problem)
-    r3 = A.personalise(model, feats, ratings, tr, te, **{**kw, "steps": 40, "lr": 3e-2}, parts=("head",))
-    assert np.mean(r3.losses[-5:]) < np.mean(r3.losses[:5])
-    assert r3.params["tail.0.a1"].abs().sum() == 0 and r3.best_step == 40          # adapters untouched; last step
-    with pytest.raises(ValueError, match="parts"):
-        A.personalise(model, feats, ratings, tr, te, parts=("bias",), **kw)
-    padded = te.clone()
-    padded[:, 5:] = -1                                                  # ragged test sets: only 5 valid each
-    r4 = A.personalise(model, feats, ratings, tr, padded, **{**kw, "steps": 1})
-    with torch.no_grad():
-        gen = model.forward_tail(feats)
-    ref = torch.tensor([A.spearman(gen[te[m, :5]], ratings[m, te[m, :5]]) for m in range(4)])
-    assert torch.allclose(r4.rho[0], ref, atol=1e-6)
-    with pytest.raises(ValueError, match="same number of models"):
-        A.personalise(model, feats, ratings[:2], tr, te, **kw)
-    with pytest.raises(ValueError, match="n_select"):
-        A.personalise(model, feats, ratings, tr, te, n_select=4, **kw)
-
-
-def test_finetune_all_runs_and_chunks_agree():
-    g = torch.Generator().manual_seed(0)
-    model = _tiny_model()
-    images = torch.rand(16, 3, 16, 16, generator=g)
-    ratings = torch.randint(1, 6, (3, 16), generator=g).float()
-    tr, te = A.kshot_draws(16, 4, draws=3, test_size=6, generator=g)
-    kw = dict(steps=3, lr=1e-2, batch_size=4, eval_every=1, seed=0, device="cpu", progress=False)  # full batches
-    a = A.finetune_all(model, images, ratings, tr, te, **kw)
-    b = A.finetune_all(model, images, ratings, tr, te, chunk=1, **kw)
-    assert a.rho.shape == (4, 3) and a.steps == [0, 1, 2, 3] and a.best_step == 3 and a.params == {}
-    assert torch.allclose(a.rho, b.rho, atol=1e-6)
-    with torch.no_grad():
-        gen = model(images)
-    assert torch.allclose(a.rho[0], torch.tensor([A.spearman(gen[te[m]], ratings[m, te[m]]) for m in range(3)]))
-    with pytest.raises(ValueError, match="chunk"):
-        A.finetune_all(model, images, ratings, tr, te, chunk=-1, **kw)
-
-
 # ------------------------------------------------------------------------------------------------ enhancement
 def test_adjust_identity_reference_and_errors():
     x = _imgs(2, 6) * 0.8 + 0.1
@@ -368,16 +331,6 @@ def test_adjust_identity_reference_and_errors():
     assert (grey.amax(1) - grey.amin(1)).max() < 1e-5                                     # no saturation left
     with pytest.raises(ValueError, match="RGB"):
         A.adjust(x[:, :1], 0.0, 1.0, 1.0)
-
-
-def test_enhance_raises_the_score_within_ranges():
-    x = _imgs(3, 8) * 0.5
-    brighter = lambda im: A.image_properties(im)[:, 0]
-    out, s = A.enhance(x, brighter, steps=30, lr=0.1, max_offset=0.2)
-    assert out.shape == x.shape and (brighter(out) > brighter(x)).all()
-    assert (s["brightness"] <= 0.2).all() and (s["contrast"] <= np.exp(0.5) + 1e-6).all()
-    with pytest.raises(ValueError, match="steps"):
-        A.enhance(x, brighter, steps=0, lr=0.1)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -467,7 +420,7 @@ def test_flickr_miniature_ratings_workers_and_splits(flickr):
         given = [r[name] for w, r in ratings.items() if w in mini.TRAIN_WORKERS and name in r]
         assert len(given) == 2 and train.meta["mean_score"][i].item() == pytest.approx(sum(given) / 2)
     # the paper profile's benchmark and protocol on it: both k = 10 and k = 100 leave held-out ratings
-    smoke = A.PROFILES["smoke"]
+    smoke = {"image_size": 64, "test_users": 2, "ks": (10, 100), "draws": 1, "test_size": 0}   # the smoke profile's
     b = A.flickr_benchmark(smoke, data_dir=flickr)
     assert b.user_ids == mini.TEST_WORKERS and b.user_ratings.shape == (2, 108)
     assert (~torch.isnan(b.user_ratings)).sum(1).tolist() == [105, 105]
@@ -481,29 +434,35 @@ def test_flickr_miniature_ratings_workers_and_splits(flickr):
 
 
 def test_simulated_benchmark_small_and_deterministic():
-    cfg = dict(A.PROFILES["quick"], crops_per_image=0, image_size=16, train_raters=10, test_users=2, val_users=1)
-    b1 = A.simulated_benchmark(cfg, seed=0)
-    b2 = A.simulated_benchmark(cfg, seed=0)
+    cfg = {"image_size": 16, "crops_per_image": 0, "crop_scale": (0.45, 0.9), "train_raters": 10,
+           "ratings_per_image": 5, "test_users": 2, "val_users": 1, "spread": 0.5, "ideal_spread": 0.8, "noise": 0.5}
+    photos = A.simulated_photos(cfg, seed=0)
+    assert photos["user_classes"].shape == (280,) and len(photos["class_names"]) == 7
+    b1 = A.simulated_benchmark(cfg, photos, seed=0)
+    b2 = A.simulated_benchmark(cfg, photos, seed=0)
+    bc = A.simulated_benchmark(cfg, photos, seed=0, content_spread=1.0)
+    assert torch.equal(bc.generic_targets, b1.generic_targets)         # the crowd (and the generic model) unchanged
+    assert torch.equal(bc.users.weights, b1.users.weights) and bc.users.content.shape == (3, 7)
     assert b1.generic_images.shape == (239, 3, 16, 16) and b1.generic_targets.shape == (239,)
     assert b1.user_images.shape == (280, 3, 16, 16) and b1.user_ratings.shape == (3, 280)
     assert b1.n_select == 1 and b1.user_ids == ["select0", "user0", "user1"] and b1.simulated
     assert torch.equal(b1.user_ratings, b2.user_ratings) and torch.equal(b1.generic_targets, b2.generic_targets)
-    assert b1.true_scores(b1.user_images[:5], [0, 2]).shape == (2, 5)
+    assert b1.true_scores(b1.user_images[:5], [0, 2], photos["user_classes"][:5]).shape == (2, 5)
     with pytest.raises(ValueError, match="ratings_per_image"):
-        A.simulated_benchmark(dict(cfg, ratings_per_image=20), seed=0)
+        A.simulated_benchmark(dict(cfg, ratings_per_image=20), photos, seed=0)
 
 
 @pytest.mark.parametrize("per_worker_csv", [False, True])
 def test_flickr_benchmark_from_the_loader(tmp_path, per_worker_csv):
     _flickr_layout(tmp_path, per_worker_csv)
-    cfg = dict(A.PROFILES["paper"], image_size=8, test_users=37)
+    cfg = {"image_size": 8, "test_users": 37}
     b = A.flickr_benchmark(cfg, data_dir=tmp_path)
     assert torch.allclose(b.generic_targets, torch.tensor([5.0, 3.5]))              # mean of the training workers
     assert len(b.generic_images) == 2 and b.generic_images[0].shape == (3, 8, 8)
     assert b.user_ids == ["w3"] and b.n_select == 0 and not b.simulated and b.users is None
     assert len(b.user_images) == 2 and b.user_ratings.tolist() == [[1.0, 2.0]]      # im3, im2 as w3 rated them
     with pytest.raises(ValueError, match="simulated"):
-        b.true_scores(torch.rand(1, 3, 8, 8), [0])
+        b.true_scores(torch.rand(1, 3, 8, 8), [0], torch.zeros(1, dtype=torch.long))
 
 
 def test_paper_numbers_use_the_recorded_scales():
@@ -515,3 +474,12 @@ def test_paper_numbers_use_the_recorded_scales():
             assert -1.0 <= value <= 1.0, f"{key} must be a fraction in [-1, 1], got {value}"
         if key.endswith("_params"):
             assert value >= 1 and float(value).is_integer(), f"{key} must be a count, got {value}"
+
+
+def test_worked_solution_matches_adapter_conv():
+    sol = course.solution("10_personalised_aesthetics")
+    g = torch.Generator().manual_seed(1)
+    x, w, a = torch.randn(2, 5, 3, 9, 9, generator=g), torch.randn(4, 3, 3, 3, generator=g), torch.randn(2, 4, 3, generator=g)
+    for stride in (1, 2):
+        mine = torch.stack([sol.adapter_conv_reference(x[m], w, a[m], stride) for m in range(2)])
+        assert torch.allclose(mine, A.adapter_conv(x, w, a, stride=stride), atol=1e-5)

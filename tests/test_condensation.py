@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vklib import condensation as dc
-from vklib import course, data, models, results, train, utils
+from vklib import course, data, models, results, train
 
 
 def tiny_net(channels: int = 1, classes: int = 3, size: int = 8, width: int = 4) -> nn.Module:
@@ -143,7 +143,7 @@ def test_matching_loss_shape_error():
         dc.matching_loss(tiny_net(), torch.zeros(3, 2, 1, 8, 8), torch.zeros(2, 1, 1, 8, 8))
 
 
-# ------------------------------------------------------------------------------------------- condense
+# ------------------------------------------------------------------------------------------- condensation kernels
 def toy_data(n_per_class: int = 6, classes: int = 3, size: int = 8, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(classes).repeat_interleave(n_per_class)
@@ -151,56 +151,66 @@ def toy_data(n_per_class: int = 6, classes: int = 3, size: int = 8, seed: int = 
     return x, y
 
 
-def run_condense(**kw):
-    x, y = toy_data()
-    args = dict(ipc=2, iterations=3, batch_real=4, outer_loop=2, inner_loop=1, net_fn=lambda: tiny_net(),
-                device="cpu", seed=0, snapshot_at=(0, 3))
-    args.update(kw)
-    return dc.condense(x, y, **args)
+def test_class_gradients_default_is_the_loop_on_cpu(monkeypatch):
+    """vectorised=None takes the loop on a CPU (faster there) and gives what both explicit choices give."""
+    torch.manual_seed(2)
+    net, x = tiny_net(), torch.randn(3, 2, 1, 8, 8)
+    calls = []
+    import torch.func as tf
+    real_vmap = tf.vmap
+    monkeypatch.setattr(tf, "vmap", lambda *a, **k: calls.append(1) or real_vmap(*a, **k))
+    auto = dc.class_gradients(net, x)
+    assert not calls
+    vec = dc.class_gradients(net, x, vectorised=True)
+    assert calls and all(torch.allclose(auto[k], vec[k], atol=1e-6) for k in auto)
 
 
-def test_condense_shapes_snapshots_and_determinism():
-    a, b = run_condense(), run_condense()
-    assert a.images.shape == (6, 1, 8, 8) and a.labels.tolist() == [0, 0, 1, 1, 2, 2]
-    assert len(a.losses) == 3 and all(v >= 0 for v in a.losses)
-    assert sorted(a.snapshots) == [0, 3] and torch.equal(a.snapshots[3], a.images)
-    assert not torch.equal(a.snapshots[0], a.images)  # the images moved
-    assert torch.equal(a.images, b.images) and a.losses == b.losses
-    assert not torch.equal(a.images, run_condense(seed=1).images)
+def reference_dm_loss(net, real, syn):
+    """DM's loss written out one class and one image at a time."""
+    total = 0.0
+    for c in range(len(real)):
+        mu_r = torch.stack([net.embed(x[None])[0] for x in real[c]]).mean(0).detach()
+        mu_s = torch.stack([net.embed(x[None])[0] for x in syn[c]]).mean(0)
+        total = total + ((mu_r - mu_s) ** 2).sum()
+    return total
 
 
-def test_condense_vectorised_equals_loop_and_real_init():
-    a, b = run_condense(), run_condense(vectorised=False)
-    assert torch.allclose(a.images, b.images, atol=1e-5)
-    x, y = toy_data()
-    r = run_condense(init="real", iterations=0)
-    assert all(any(torch.equal(img, xi) for xi in x[y == c]) for img, c in zip(r.images, r.labels))
+def test_dm_loss_reference_gradcheck_and_real_side_detached():
+    torch.manual_seed(4)
+    net = tiny_net().double()
+    real = torch.randn(3, 4, 1, 8, 8, dtype=torch.double, requires_grad=True)
+    syn = torch.randn(3, 2, 1, 8, 8, dtype=torch.double, requires_grad=True)
+    loss = dc.dm_loss(net, real, syn)
+    assert loss.ndim == 0 and torch.allclose(loss, reference_dm_loss(net, real, syn))
+    assert torch.autograd.gradcheck(lambda s: dc.dm_loss(net, real, s), (syn,), eps=1e-6, atol=1e-5)
+    g_real, = torch.autograd.grad(loss, real, allow_unused=True)
+    assert g_real is None  # the real side is a fixed target
+    assert float(dc.dm_loss(net, real, real[:, :2]).detach()) >= 0
 
 
-def test_condense_options_run():
-    r = run_condense(metric="mse", dsa_strategy="color_crop_cutout_flip_scale_rotate", callback=lambda *a: None)
-    assert r.images.shape == (6, 1, 8, 8) and torch.isfinite(r.images).all()
-    assert run_condense(ipc=1, outer_loop=None, inner_loop=None).images.shape == (3, 1, 8, 8)  # paper loops (1, 1)
+def test_dm_loss_errors():
+    with pytest.raises(ValueError, match="must be \\(K, n, C, H, W\\)"):
+        dc.dm_loss(tiny_net(), torch.zeros(3, 2, 1, 8, 8), torch.zeros(2, 1, 1, 8, 8))
+    with pytest.raises(ValueError, match="no embed"):
+        dc.dm_loss(dc.MLP(1, 3, 8), torch.zeros(3, 2, 1, 8, 8), torch.zeros(3, 1, 1, 8, 8))
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(ipc=0), "ipc must be an int >= 1"),
-    (dict(init="zeros"), "unknown init 'zeros'"),
-    (dict(metric="l2"), "unknown distance 'l2'"),
-    (dict(batch_real=7), "only 6 real images, fewer than batch_real=7"),
-    (dict(ipc=7, init="real", batch_real=2), "needs 7 images of every class"),
-    (dict(ipc=3, outer_loop=None, inner_loop=None), "loop counts for ipc"),
-    (dict(dsa_strategy="color_blur"), "unknown DSA operation"),
-    (dict(net_fn=lambda: models.ConvNet(1, 3, 8, width=2, depth=1, norm="batchnorm")), "without BatchNorm"),
-])
-def test_condense_errors(kw, match):
-    with pytest.raises(ValueError, match=match):
-        run_condense(**kw)
+def test_worked_solution_equals_dm_loss():
+    sol = course.solution("01_dataset_condensation")
+    torch.manual_seed(5)
+    net = tiny_net()
+    real = torch.randn(3, 6, 1, 8, 8)
+    syn = torch.randn(3, 2, 1, 8, 8, requires_grad=True)
+    want, got = dc.dm_loss(net, real, syn), sol.dm_loss(net, real, syn)
+    assert torch.allclose(got, want, rtol=1e-5)
+    g_want, = torch.autograd.grad(want, syn)
+    g_got, = torch.autograd.grad(got, syn)
+    assert torch.allclose(g_got, g_want, rtol=1e-4, atol=1e-7)
 
 
 def test_loops_for_ipc():
     assert dc.loops_for_ipc(1) == (1, 1) and dc.loops_for_ipc(10) == (10, 50) and dc.loops_for_ipc(50) == (50, 10)
-    with pytest.raises(ValueError, match=r"ipc 5: defined for ipc in \[1, 10, 20, 30, 40, 50\]; pass outer_loop"):
+    with pytest.raises(ValueError, match=r"ipc 5: defined for ipc in \[1, 10, 20, 30, 40, 50\]"):
         dc.loops_for_ipc(5)
     assert dc.loops_for_ipc(10, {1: (1, 1), 10: (2, 1)}) == (2, 1)
     with pytest.raises(ValueError, match=r"ipc 10: defined for ipc in \[1\]"):
@@ -209,12 +219,14 @@ def test_loops_for_ipc():
 
 def test_sample_per_class_distinct_and_in_class():
     y = torch.tensor([0, 1, 1, 0, 2, 2, 2, 0, 1, 2])
-    index, counts = dc._by_class(y, 3)
+    index, counts = dc.by_class(y, 3)
     assert counts.tolist() == [3, 3, 4]
-    pick = dc._sample_per_class(index, counts, 3, torch.Generator().manual_seed(0))
+    pick = dc.sample_per_class(index, counts, 3, torch.Generator().manual_seed(0))
     assert pick.shape == (3, 3)
     for c in range(3):
         assert (y[pick[c]] == c).all() and len(set(pick[c].tolist())) == 3
+    with pytest.raises(ValueError, match="class 0 has only 3 samples, fewer than the 4 asked for"):
+        dc.sample_per_class(index, counts, 4, torch.Generator())
 
 
 # ------------------------------------------------------------------------------------------- augmentation
@@ -323,25 +335,26 @@ def test_embed_shapes_and_error():
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-def test_evaluate_synset_protocol_and_determinism():
+def test_evaluate_sets_protocol_and_determinism():
     x, y = toy_data(n_per_class=4)
     xt, yt = toy_data(n_per_class=10, seed=1)
     mk = lambda: dc.MLP(1, 3, 8)  # noqa: E731
+    sets, labels = torch.stack([x, x.flip(0)]), torch.stack([y, y.flip(0)])
     state = torch.get_rng_state()
-    a = dc.evaluate_synset(x, y, xt, yt, net_fn=mk, n_nets=2, epochs=4, device="cpu", augment="crop_scale_rotate")
+    a = dc.evaluate_sets(sets, labels, xt, yt, net_fn=mk, seeds=[0, 1], epochs=4, device="cpu",
+                         augment="crop_scale_rotate")
     assert torch.equal(torch.get_rng_state(), state)  # the caller's global RNG is left alone
-    b = dc.evaluate_synset(x, y, xt, yt, net_fn=mk, n_nets=2, epochs=4, device="cpu", augment="crop_scale_rotate")
-    assert len(a.accs) == 2 and a.accs == b.accs and all(0 <= v <= 1 for v in a.accs)
-    assert abs(a.mean - sum(a.accs) / 2) < 1e-6 and a.std >= 0
-    c = dc.evaluate_synset(x, y, xt, yt, net_fn=mk, n_nets=1, epochs=4, device="cpu")
-    assert len(c.accs) == 1 and c.std == 0.0
+    b = dc.evaluate_sets(sets, labels, xt, yt, net_fn=mk, seeds=[0, 1], epochs=4, device="cpu",
+                         augment="crop_scale_rotate")
+    assert len(a) == 2 and a == b and all(0 <= v <= 1 for v in a)
 
 
-def separately_trained_accs(x, y, xt, yt, mk, seeds, epochs, batch_size, augment):
-    """The protocol written out for one network after the other: network s initialised and trained under seed s."""
+def separately_trained_accs(sets, labels, xt, yt, mk, seeds, epochs, batch_size, augment):
+    """The protocol written out for one network after the other: network s initialised and trained under seed
+    seeds[s] on set s."""
     aug = lambda b, g: dc.dc_augment(b, augment, generator=g)  # noqa: E731
     accs = []
-    for s in seeds:
+    for x, y, s in zip(sets, labels, seeds):
         torch.manual_seed(s)
         net = mk()
         train.train_classifier(net, x, y, epochs=epochs, batch_size=batch_size, lr=0.01, momentum=0.9,
@@ -351,33 +364,36 @@ def separately_trained_accs(x, y, xt, yt, mk, seeds, epochs, batch_size, augment
 
 
 @pytest.mark.parametrize("arch", ["convnet", "lenet", "batchnorm"])
-def test_evaluate_synset_equals_separately_trained_networks(arch):
-    """All seeds in one pass (an Ensemble; networks with BatchNorm one after the other) give the accuracies of
-    networks trained separately from the same seeds. In float64: in float32 the stacked and the separate runs
-    round differently and drift apart by about 1e-3 after a few steps."""
+def test_evaluate_sets_equals_separately_trained_networks(arch):
+    """All networks in one pass (an Ensemble, member s on set s; networks with BatchNorm one after the other) give
+    the accuracies of networks trained separately from the same seeds on the same sets. In float64: in float32 the
+    stacked and the separate runs round differently and drift apart by about 1e-3 after a few steps."""
     x, y = (t.double() if t.is_floating_point() else t for t in toy_data(n_per_class=4, size=16))
     xt, yt = (t.double() if t.is_floating_point() else t for t in toy_data(n_per_class=30, size=16, seed=1))
+    sets, labels = torch.stack([x, x + 0.5, x.flip(-1)]), torch.stack([y, y, y])
     mk = {"convnet": lambda: tiny_net(size=16),
           "lenet": lambda: dc.LeNet(1, 3, 16),
           "batchnorm": lambda: nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                                              nn.Linear(4 * 14 * 14, 3))}[arch]
     mk64 = lambda: mk().double()  # noqa: E731
-    got = dc.evaluate_synset(x, y, xt, yt, net_fn=mk64, n_nets=3, epochs=6, batch_size=8, seed=2,
-                             augment="crop_scale_rotate", device="cpu")
-    want = separately_trained_accs(x, y, xt, yt, mk64, [2000, 2001, 2002], 6, 8, "crop_scale_rotate")
-    assert got.accs == pytest.approx(want, abs=1e-9)
-    assert len(set(got.accs)) > 1 or arch == "batchnorm"  # the members differ (different seeds)
+    got = dc.evaluate_sets(sets, labels, xt, yt, net_fn=mk64, seeds=[2000, 2001, 2002], epochs=6, batch_size=8,
+                           augment="crop_scale_rotate", device="cpu")
+    want = separately_trained_accs(sets, labels, xt, yt, mk64, [2000, 2001, 2002], 6, 8, "crop_scale_rotate")
+    assert got == pytest.approx(want, abs=1e-9)
+    assert len(set(got)) > 1 or arch == "batchnorm"  # the members differ (different seeds and sets)
 
 
-def test_evaluate_synset_errors():
+def test_evaluate_sets_errors():
     x, y = toy_data()
     mk = lambda: dc.MLP(1, 3, 8)  # noqa: E731
-    with pytest.raises(ValueError, match="n_nets and epochs must be >= 1"):
-        dc.evaluate_synset(x, y, x, y, net_fn=mk, n_nets=0)
-    with pytest.raises(ValueError, match="one label per image"):
-        dc.evaluate_synset(x, y[:-1], x, y, net_fn=mk)
+    with pytest.raises(ValueError, match="one seed per set"):
+        dc.evaluate_sets(x[None], y[None], x, y, net_fn=mk, seeds=[0, 1])
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        dc.evaluate_sets(x[None], y[None], x, y, net_fn=mk, seeds=[0], epochs=0)
+    with pytest.raises(ValueError, match=r"images must be \(S, M, C, H, W\)"):
+        dc.evaluate_sets(x, y, x, y, net_fn=mk, seeds=[0])
     with pytest.raises(ValueError, match="unknown dc_augment operation"):
-        dc.evaluate_synset(x, y, x, y, net_fn=mk, augment="blur")
+        dc.evaluate_sets(x[None], y[None], x, y, net_fn=mk, seeds=[0], augment="blur")
 
 
 # ------------------------------------------------------------------------------------------- data, networks, settings
@@ -429,6 +445,15 @@ def test_make_network_shapes(name):
     assert dc.make_network(name, 3, 10, 32, width=8)(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def test_convnet_pads_grey_28px_inputs_as_the_official_code():
+    """networks.py: one-channel 28 px images get padding 3 in the first conv (28 -> 32 px; width 128: 2048
+    features); colour 32 px images padding 1."""
+    net = dc.make_network("convnet", 1, 10, 28)
+    assert net.features[0].padding == (3, 3) and net.classifier.in_features == 2048
+    assert net.embed(torch.zeros(2, 1, 28, 28)).shape == (2, 2048)
+    assert dc.make_network("convnet", 3, 10, 32).features[0].padding == (1, 1)
+
+
 def test_make_network_errors():
     with pytest.raises(ValueError, match="unknown network 'vgg'"):
         dc.make_network("vgg", 1, 10, 28)
@@ -436,15 +461,9 @@ def test_make_network_errors():
         dc.LeNet(3, 10, 8)
 
 
-def test_profiles_and_paper_numbers():
-    assert set(dc.PROFILES) == set(course.PROFILE_NAMES)
-    assert set(dc.PROFILES["quick"]) == set(dc.PROFILES["paper"]) == set(dc.PROFILES["smoke"])
-    assert dc.PROFILES["quick"]["loops"] == dc.PROFILES["paper"]["loops"] == dc.LOOPS
-    cfg = utils.resolve_profile(dc.PROFILES, "quick", ipc=None, iterations=7)
-    assert cfg["iterations"] == 7 and cfg["ipc"] == 1 and cfg["dataset"] == "mnist"
-    assert all(d in dc.BENCHMARKS for p in dc.PROFILES.values() for d, _ in (*p["grid"], (p["dataset"], 1)))
+def test_paper_numbers():
     # the notebook's settings (f"{dataset}_ipc{ipc}") find the paper's Table 1 under the metric names it logs
-    grid = [f"{d}_ipc{n}" for d, n in dc.PROFILES["paper"]["grid"]]
+    grid = [f"{d}_ipc{n}" for d in ("mnist", "fashion_mnist", "svhn", "cifar10") for n in (1, 10, 50)]
     paper = results.paper_numbers("01_dataset_condensation", "mnist_ipc1", grid)
     assert {k: paper[k] for k in ("acc_dc", "acc_dc_std", "acc_random", "acc_herding", "acc_kcenter")} == {
         "acc_dc": 0.917, "acc_dc_std": 0.005, "acc_random": 0.649, "acc_herding": 0.892, "acc_kcenter": 0.893}
@@ -452,14 +471,28 @@ def test_profiles_and_paper_numbers():
     assert len([k for k in paper if k.startswith("acc_dc_") and "std" not in k]) == 11  # the grid less mnist ipc1
 
 
+def notebook_profiles() -> dict:
+    """The PROFILES dicts of notebook 01 (its settings cell), evaluated."""
+    import nbformat
+    book = nbformat.read(str(course.find("01").path), as_version=4)
+    src = next(c.source for c in book.cells if c.cell_type == "code" and c.source.startswith("# The settings"))
+    scope = {"condensation": dc}
+    exec(src[:src.index("cfg = ")], scope)
+    return scope["PROFILES"]
+
+
 def test_smoke_profile_runs_the_paper_path_on_the_miniatures():
     """smoke shrinks counts only: the paper's networks and settings otherwise, every benchmark of the paper's grid
     once, one at more than one image per class (the loop that trains the network between matching steps), and
     counts the miniatures (tests/miniatures/core.py) can serve."""
     from miniatures import core
-    paper, smoke = dc.PROFILES["paper"], dc.PROFILES["smoke"]
-    shrunk = {"download", "grid", "iterations", "batch_real", "loops", "eval_nets", "eval_epochs",
-              "eval_epochs_augmented", "feature_epochs", "snapshot_every"}
+    profiles = notebook_profiles()
+    assert set(profiles) == set(course.PROFILE_NAMES)
+    assert set(profiles["quick"]) == set(profiles["paper"]) == set(profiles["smoke"])
+    assert profiles["quick"]["seeds"] >= 3 and profiles["quick"]["eval_augment"] == "paper"
+    paper, smoke = profiles["paper"], profiles["smoke"]
+    shrunk = {"download", "grid", "seeds", "iterations", "batch_real", "dm_iterations", "dm_batch_real", "loops",
+              "eval_nets", "eval_epochs", "eval_epochs_augmented", "feature_epochs", "snapshot_every"}
     assert {k for k in paper if smoke[k] != paper[k]} == shrunk
     assert smoke["full"] and not smoke["download"]  # the miniatures are on disk; torchvision would re-fetch them
     assert set(smoke["grid"]) <= set(paper["grid"]) and (smoke["dataset"], smoke["ipc"]) in smoke["grid"]
@@ -469,5 +502,7 @@ def test_smoke_profile_runs_the_paper_path_on_the_miniatures():
         assert 1 <= smoke["loops"][n][0] <= outer and 0 <= smoke["loops"][n][1] <= inner
     for d, n in smoke["grid"]:
         per_class = core.SIZES[d]["train"] // 10
-        assert n <= per_class and smoke["batch_real"] <= per_class, f"{d}: the miniature has {per_class} per class"
+        assert n <= per_class and max(smoke["batch_real"], smoke["dm_batch_real"]) <= per_class, \
+            f"{d}: the miniature has {per_class} per class"
     assert 2 <= smoke["eval_nets"] < paper["eval_nets"] and smoke["eval_epochs"] >= 2  # a std, and the lr decay
+    assert 2 <= smoke["seeds"] <= paper["seeds"]

@@ -2,6 +2,7 @@
 determinism under a seed, and the error cases."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -29,14 +30,26 @@ def tiny():
 
 
 # ----------------------------------------------------------------------------------------------- settings
+def _notebook_profiles():
+    """The notebook's visible PROFILES dicts (its settings cell, executed up to the profile resolution)."""
+    import nbformat
+    book = nbformat.read(str(course.find("02").path), as_version=4)
+    source = next(c.source for c in book.cells if c.cell_type == "code" and c.source.lstrip().startswith(
+        "# Every setting of each profile"))
+    scope = {}
+    exec(source[:source.index("cfg = utils.resolve_profile")], scope)
+    return scope["PROFILES"]
+
+
 def test_profiles_and_paper():
-    assert set(L.PROFILES) == set(course.PROFILE_NAMES)
-    assert set(L.PROFILES["quick"]) == set(L.PROFILES["paper"]) == set(L.PROFILES["smoke"])
-    cfg = utils.resolve_profile(L.PROFILES, "quick", n_recon=9)
-    assert cfg["n_recon"] == 9 and cfg["n_label"] >= 100 and cfg["n_recon"] >= 8
-    assert all(d in L.ATTACK_SETS for p in L.PROFILES.values() for d in p["datasets"])
+    profiles = _notebook_profiles()
+    assert set(profiles) == set(course.PROFILE_NAMES)
+    assert set(profiles["quick"]) == set(profiles["paper"]) == set(profiles["smoke"])
+    quick = profiles["quick"]
+    assert quick["seeds"] == 3 and quick["seeds"] * quick["n_recon"] >= 32, "at least 32 attacks per dataset"
+    assert all(d in L.ATTACK_SETS for p in profiles.values() for d in p["datasets"])
     # the notebook's grid (its datasets) finds the paper's Table 1 per dataset, under the names it logs
-    paper = results.paper_numbers("02_gradient_leakage", grid=L.PROFILES["paper"]["datasets"])
+    paper = results.paper_numbers("02_gradient_leakage", grid=profiles["paper"]["datasets"])
     assert paper["dlg_label_acc_mnist"] == pytest.approx(0.899) and paper["idlg_label_acc_lfw"] == 1.0
     assert set(results.paper_numbers("02_gradient_leakage", grid=["mnist", "cifar10"])) == {
         "dlg_label_acc_mnist", "idlg_label_acc_mnist"}
@@ -104,15 +117,18 @@ def test_attack_set_lfw_is_32px_rgb(lfw_root):
 
 def test_smoke_profile_is_the_paper_path_on_the_miniatures():
     """smoke shrinks counts only, attacks the paper's datasets, and asks for no more images than the miniatures
-    hold; its trials span more than one chunk, as the paper's 1000 trials in chunks of 50 do."""
+    hold; its trials span more than one chunk, as the paper's do."""
     from miniatures import sizes
-    paper, smoke = L.PROFILES["paper"], L.PROFILES["smoke"]
-    shrunk = {"n_label", "n_recon", "iterations", "snapshot_every", "defence_n", "defence_iterations", "chunk"}
-    assert {k for k in paper if smoke[k] != paper[k]} == shrunk
+    profiles = _notebook_profiles()
+    paper, smoke = profiles["paper"], profiles["smoke"]
+    assert smoke["datasets"] == paper["datasets"] and smoke["full_data"]
+    assert {k for k in paper if smoke[k] != paper[k]} <= {
+        "seeds", "n_label", "n_recon", "iterations", "snapshot_every", "batch_sizes", "n_batch", "n_public", "ig_n",
+        "ig_steps", "relu_iterations", "defence_n", "defence_iterations", "chunk"}
     for name in smoke["datasets"]:
         assert smoke["n_label"] <= sizes()[name][L.ATTACK_SETS[name]["split"]], name
-    assert smoke["chunk"] < smoke["n_recon"] <= smoke["n_label"] and smoke["defence_n"] <= smoke["chunk"]
-    assert smoke["defence_dataset"] in smoke["datasets"]
+    assert smoke["chunk"] < 2 * smoke["seeds"] * smoke["n_recon"] and smoke["defence_n"] <= smoke["chunk"]
+    assert max(smoke["batch_sizes"]) + smoke["n_public"] <= smoke["n_label"]
 
 
 # ----------------------------------------------------------------------------------------------- victims
@@ -153,6 +169,33 @@ def test_victim_gradients_match_autograd(tiny):
         L.victim_gradients(model, params, x[:2], y[:2])
 
 
+def test_default_init_and_relu_victims(tiny):
+    model, _, x, y, _ = tiny
+    p = L.sample_victims(model, 2, generator=_gen(20), init="default")
+    assert float(p["body.0.weight"].abs().max()) <= 1 / 5 and float(p["fc.weight"].abs().max()) <= 1 / 48 ** 0.5
+    assert float(p["fc.bias"].abs().max()) <= 1 / 48 ** 0.5
+    relu = copy.deepcopy(model)
+    relu.body = nn.Sequential(*[nn.ReLU() if isinstance(m, nn.Sigmoid) else m for m in relu.body])
+    ref = torch.stack([functional_call(relu, {k: v[i] for k, v in p.items()}, (x[i:i + 1],))[0] for i in range(2)])
+    assert torch.allclose(L.batched_forward(model, p, x[:2], "relu"), ref, atol=1e-5)
+    with pytest.raises(ValueError, match="activation must be"):
+        L.batched_forward(model, p, x[:2], "tanh")
+    with pytest.raises(ValueError, match="init must be"):
+        L.sample_victims(model, 2, generator=_gen(), init="xavier")
+
+
+def test_victim_gradients_of_a_batch_are_the_mean_loss_gradient(tiny):
+    model, params, x, y, _ = tiny
+    one = {k: v[:1] for k, v in params.items()}
+    g = L.victim_gradients(model, one, x, y, batch=3)
+    net = models.LeNetSigmoid(1, 4, 8)
+    net.load_state_dict({k: v[0] for k, v in params.items()})
+    ref = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+    assert all(torch.allclose(g[k][0], r, atol=1e-6) for k, r in zip(g, ref))
+    with pytest.raises(ValueError, match="batch=2"):
+        L.victim_gradients(model, one, x, y, batch=2)
+
+
 # ----------------------------------------------------------------------------------------------- the core loss
 def test_gradient_distance_against_a_readable_loop(tiny):
     _, params, _, _, grads = tiny
@@ -172,6 +215,27 @@ def test_gradient_distance_errors(tiny):
         L.gradient_distance(list(grads.values())[:2], list(grads.values()))
     with pytest.raises(ValueError, match="shapes differ"):
         L.gradient_distance([torch.zeros(3, 2)], [torch.zeros(3, 4)])
+
+
+def test_cosine_distance_and_total_variation_against_readable_code(tiny):
+    _, _, x, _, grads = tiny
+    other = [v + 0.05 * torch.randn(v.shape, generator=_gen(21)) for v in grads.values()]
+    got = L.cosine_distance(other, list(grads.values()))
+    for i in range(3):
+        u = torch.cat([t[i].flatten() for t in other])
+        v = torch.cat([t[i].flatten() for t in grads.values()])
+        assert float(got[i]) == pytest.approx(1 - float(F.cosine_similarity(u, v, dim=0)), abs=1e-6)
+    assert torch.allclose(L.cosine_distance(list(grads.values()), [2 * v for v in grads.values()]), torch.zeros(3),
+                          atol=1e-6)
+    tv = L.total_variation(x)
+    i = 1
+    ref = (x[i, :, :, 1:] - x[i, :, :, :-1]).abs().mean() + (x[i, :, 1:, :] - x[i, :, :-1, :]).abs().mean()
+    assert tv.shape == (3,) and float(tv[i]) == pytest.approx(float(ref), rel=1e-6)
+    assert torch.equal(L.total_variation(torch.ones(2, 3, 4, 4)), torch.zeros(2))
+    with pytest.raises(ValueError, match="same non-zero number"):
+        L.cosine_distance([], [])
+    with pytest.raises(ValueError, match=r"\(A, C, H, W\)"):
+        L.total_variation(x[0])
 
 
 # ----------------------------------------------------------------------------------------------- iDLG's label rule
@@ -221,6 +285,34 @@ def test_extract_label_errors(tiny):
     with pytest.raises(ValueError, match="not rank one"):
         L.extract_label(noisy)
     assert L.extract_label(noisy, strict=False).shape == (3,)
+
+
+def test_count_labels_is_exact_with_the_true_mean_prediction():
+    g = _gen(22)
+    model = models.LeNetSigmoid(1, 10, 28)
+    ds = L.attack_set("mnist", 64, generator=g)
+    b = 16
+    params = L.sample_victims(model, 4, generator=g)
+    grads = L.victim_gradients(model, params, ds.images, ds.labels, batch=b)
+    rep = {k: v.repeat_interleave(b, 0) for k, v in params.items()}
+    pbar = L.batched_forward(model, rep, ds.images).softmax(-1).view(4, b, 10).mean(1).detach()
+    counts = L.count_labels(grads["fc.bias"], pbar, b)
+    true = F.one_hot(ds.labels, 10).view(4, b, 10).sum(1)
+    assert counts.dtype == torch.long and torch.equal(counts.sum(1), torch.full((4,), b))
+    assert torch.equal(counts, true)
+    with pytest.raises(ValueError, match="both be"):
+        L.count_labels(grads["fc.bias"][0], pbar[0], b)
+    with pytest.raises(ValueError, match="batch must be"):
+        L.count_labels(grads["fc.bias"], pbar, 0)
+
+
+def test_worked_solution_counts_like_the_kernel():
+    sol = course.solution("02_gradient_leakage")
+    g = _gen(23)
+    bias = torch.randn((5, 7), generator=g) * 0.1
+    pbar = torch.rand((5, 7), generator=g).softmax(-1)
+    want = L.count_labels(bias, pbar, 9)
+    assert torch.equal(torch.stack([sol.count_labels(b, p, 9) for b, p in zip(bias, pbar)]), want)
 
 
 # ----------------------------------------------------------------------------------------------- batched L-BFGS
@@ -291,98 +383,45 @@ def test_lbfgs_errors():
         L.lbfgs(fun, x0, steps=1, max_iter=0)
 
 
-# ----------------------------------------------------------------------------------------------- the attacks
-def test_idlg_reconstructs_a_tiny_image(tiny):
+# ----------------------------------------------------------------------------------------------- an attack
+def test_idlg_on_the_kernels_reconstructs_a_tiny_image(tiny):
+    """The notebook's attack in a few lines: iDLG's label, then L-BFGS on the gradient distance."""
     model, params, x, y, grads = tiny
-    r = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(8), iterations=60)
-    assert r.method == "idlg" and r.images.shape == x.shape and r.losses.shape == (3, 61)
-    assert torch.equal(r.labels, y)
-    assert (L.mse(r.images, x) < 1e-3).float().mean() >= 2 / 3
-    assert int((r.losses[:, -1] < 1e-6).sum()) >= 2 and r.converged.sum() >= 2
+    labels = L.extract_label(grads["fc.weight"])
+    onehot, targets = F.one_hot(labels, 4).float(), list(grads.values())
 
-
-def test_attacks_shapes_seed_and_snapshots(tiny):
-    model, params, x, y, grads = tiny
-    kw = dict(iterations=4, snapshot_every=2, snapshot_n=2)
-    a = L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(9), **kw)
-    b = L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(9), **kw)
-    assert a.method == "dlg" and a.labels.shape == (3,) and a.labels.dtype == torch.long
-    assert a.snapshots.shape == (3, 2, 1, 8, 8) and a.snapshot_at == [0, 2, 4]
-    assert torch.equal(a.images, b.images) and torch.equal(a.losses, b.losses) and torch.equal(a.evals, b.evals)
-    assert torch.equal(a.snapshots[-1], a.images[:2])
-    start = torch.randn((3, 64), generator=_gen(9)).view(3, 1, 8, 8)
-    assert torch.equal(a.snapshots[0], start[:2])                 # randn starts, images drawn first
-    assert a.mse_history is None
-    c = L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(9), truth=x, **kw)
-    assert c.mse_history.shape == (3, 5) and torch.equal(c.images, a.images)
-    assert torch.allclose(c.mse_history[:, 0], L.mse(start, x)) and torch.allclose(c.mse_history[:, -1], L.mse(a.images, x))
-    with pytest.raises(ValueError, match="truth must be"):
-        L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(9), truth=x[:2], **kw)
-
-
-def test_attack_result_cat(tiny):
-    model, params, x, y, grads = tiny
-    kw = dict(iterations=2, snapshot_every=1, snapshot_n=1)
-    a = L.idlg_attack(model, {k: v[:2] for k, v in params.items()}, {k: v[:2] for k, v in grads.items()},
-                      (1, 8, 8), generator=_gen(13), truth=x[:2], **kw)
-    b = L.idlg_attack(model, {k: v[2:] for k, v in params.items()}, {k: v[2:] for k, v in grads.items()},
-                      (1, 8, 8), generator=_gen(14), truth=x[2:], **kw)
-    c = L.AttackResult.cat([a, b])
-    assert c.images.shape == (3, 1, 8, 8) and torch.equal(c.labels, y) and c.mse_history.shape == (3, 3)
-    assert c.snapshots.shape == (3, 2, 1, 8, 8) and torch.equal(c.snapshots[:, 1], b.snapshots[:, 0])
-    with pytest.raises(ValueError, match="one method"):
-        L.AttackResult.cat([a, L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(), iterations=0)])
-
-
-def test_dlg_and_idlg_equals_the_two_attacks(tiny):
-    model, params, x, y, grads = tiny
-    d, i = L.dlg_and_idlg(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=0)
-    d0 = L.dlg_attack(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=0)
-    i0 = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=0)
-    assert torch.equal(d.images, d0.images) and torch.equal(i.images, i0.images)
-    assert torch.equal(d.labels, d0.labels) and torch.equal(i.labels, y)
-    assert torch.allclose(d.losses, d0.losses, rtol=1e-5) and torch.allclose(i.losses, i0.losses, rtol=1e-5)
-    # a few iterations: the same up to float rounding (batched products of other sizes may round differently)
-    d, i = L.dlg_and_idlg(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=1, max_iter=3)
-    i1 = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(10), iterations=1, max_iter=3)
-    assert torch.allclose(i.images, i1.images, atol=1e-4)
-
-
-def test_chunks_give_the_same_attacks(tiny):
-    model, params, x, y, grads = tiny
-    a = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(11), iterations=1, max_iter=3)
-    b = L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(11), iterations=1, max_iter=3, chunk=2)
-    assert torch.allclose(a.images, b.images, atol=1e-4)
-
-
-def test_attack_errors(tiny):
-    model, params, x, y, grads = tiny
-    with pytest.raises(ValueError, match="image_shape"):
-        L.dlg_attack(model, params, grads, (8, 8), generator=_gen())
-    with pytest.raises(ValueError, match="name the victim's parameters"):
-        L.dlg_attack(model, params, {("x" + k): v for k, v in grads.items()}, (1, 8, 8), generator=_gen())
-    with pytest.raises(ValueError, match="same number of attacks"):
-        L.dlg_attack(model, params, {k: v[:2] for k, v in grads.items()}, (1, 8, 8), generator=_gen())
-    with pytest.raises(ValueError, match="labels must be"):
-        L.invert_gradients(model, params, grads, (1, 8, 8), labels=torch.tensor([0, 9, 1]), generator=_gen())
-    with pytest.raises(ValueError, match="iterations"):
-        L.idlg_attack(model, params, grads, (1, 8, 8), generator=_gen(), iterations=-1)
+    def objective(z, idx):
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            dummy = L.dummy_gradients(model, {k: v[idx] for k, v in params.items()}, z.view(-1, 1, 8, 8), onehot[idx])
+            loss = L.gradient_distance(dummy, [t[idx] for t in targets])
+            return loss.detach(), torch.autograd.grad(loss.sum(), z)[0]
+    out = L.lbfgs(objective, torch.randn((3, 64), generator=_gen(8)), steps=60, stop_loss=1e-6)
+    assert torch.equal(labels, y) and out["losses"].shape == (3, 61)
+    assert (L.mse(out["x"].view(3, 1, 8, 8), x) < 1e-3).float().mean() >= 2 / 3
+    assert int(out["converged"].sum()) >= 2
 
 
 # ----------------------------------------------------------------------------------------------- metrics, defences
-def test_mse_psnr_summarise():
+def test_mse_psnr_ssim_wilson():
     truth = torch.zeros(2, 1, 2, 2)
     recon = torch.stack([torch.full((1, 2, 2), 0.1), torch.full((1, 2, 2), 0.01)])
     assert torch.allclose(L.mse(recon, truth), torch.tensor([1e-2, 1e-4]))
     assert torch.allclose(L.psnr(recon, truth), torch.tensor([20.0, 40.0]))
-    r = L.AttackResult("idlg", recon, torch.tensor([1, 2]), torch.zeros(2, 1), torch.ones(2), torch.ones(2).bool(),
-                       torch.zeros(2).bool())
-    s = L.summarise(r, truth, torch.tensor([1, 0]), success_mse=1e-3)
-    assert s == pytest.approx({"label_acc": 0.5, "success_rate": 0.5, "mse_median": 5.05e-3, "psnr_median": 30.0})
     with pytest.raises(ValueError, match="shapes differ"):
         L.mse(recon, truth[:1])
-    with pytest.raises(ValueError, match="success_mse"):
-        L.summarise(r, truth, torch.tensor([1, 0]), success_mse=0)
+    img = torch.rand((3, 3, 16, 16), generator=_gen(24))
+    s = L.ssim(img, img)
+    assert s.shape == (3,) and torch.allclose(s, torch.ones(3))
+    assert (L.ssim(torch.rand((3, 3, 16, 16), generator=_gen(25)), img) < 0.5).all()
+    assert (L.ssim(img + 5, img) < 1).all()                      # clamped to [0, 1] first
+    with pytest.raises(ValueError, match="one shape"):
+        L.ssim(img, img[:2])
+    lo, hi = L.wilson(8, 10)                                     # the textbook value: 0.490 to 0.943
+    assert lo == pytest.approx(0.4902, abs=1e-3) and hi == pytest.approx(0.9433, abs=1e-3)
+    assert L.wilson(0, 33)[0] == 0 and L.wilson(33, 33)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="successes"):
+        L.wilson(4, 3)
 
 
 def test_defend_noise_and_prune(tiny):

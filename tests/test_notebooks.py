@@ -104,17 +104,32 @@ def bounds_03(m, r):
 
 @bounds("07")
 def bounds_07(m, r):
+    assert m["n_seeds"] >= 3 and r["params"]["target"] == "score", "3+ seeds, every method explaining the logit"
     for method in ("normgrad", "meta_normgrad", "gradient", "gradcam", "random"):
-        assert f"deletion_auc_{method}" in m and f"insertion_auc_{method}" in m, f"AUCs of {method} not recorded"
-    assert m["deletion_auc_normgrad"] < m["deletion_auc_random"], "NormGrad deletes the label faster than random"
-    assert m["insertion_auc_normgrad"] > m["insertion_auc_random"], "NormGrad restores the label faster than random"
+        for mode in ("deletion", "insertion"):
+            assert f"{mode}_auc_{method}" in m and f"{mode}_auc_{method}_std" in m, f"{mode} AUC of {method} missing"
+    for method in ("normgrad", "meta_normgrad", "gradient", "gradcam", "center"):
+        assert 0.0 <= m[f"pointing_{method}"] <= 1.0, f"pointing accuracy of {method} (a fraction) missing"
+    # the key comparison (issue 28), on the means over the seeds (network, masking order)
+    assert m["deletion_auc_normgrad"] < m["deletion_auc_random"], "NormGrad deletes the class faster than random"
+    assert m["insertion_auc_normgrad"] > m["insertion_auc_random"], "NormGrad restores the class faster than random"
+    # a check of the pointing protocol, not a claim of the paper: COCO photos are centred, random maps are not
+    assert m["pointing_center"] > m["pointing_random"], "the centre baseline beats random points on COCO"
 
 
 @bounds("02")
 def bounds_02(m, r):
-    assert m["idlg_label_acc"] == 1.0, "iDLG's label rule is exact for single-sample gradients"
-    assert m["idlg_success_rate"] >= 0.6
-    assert m["idlg_success_rate"] >= m["dlg_success_rate"], "iDLG succeeds at least as often as DLG"
+    assert m["n_seeds"] >= 3 and r["params"]["seeds"] * r["params"]["n_recon"] >= 32, \
+        "means over at least 3 seeds and at least 32 reconstructions per dataset and method"
+    assert m["idlg_label_acc"] == 1.0, "iDLG's label rule is exact for single-sample gradients (mean over seeds)"
+    assert m["idlg_success_rate"] >= m["dlg_success_rate"], "iDLG succeeds at least as often as DLG (means)"
+    assert m["idlg_success_rate"] >= 0.6, "iDLG's success rate, mean over datasets and seeds"
+    for d in r["params"]["datasets"]:
+        assert m[f"idlg_label_acc_{d}"] == 1.0 and f"dlg_label_acc_{d}" in m and f"idlg_success_rate_{d}" in m
+        assert f"dlg_success_rate_{d}_ci_low" in m, f"Wilson interval of {d} not logged"
+    assert m["batch_label_acc_b32"] >= 0.9, "the bias counting rule recovers the labels of a batch of 32"
+    assert m["batch_label_acc_b32"] > m["batch_label_acc_sign_b32"] + 0.3, "counting beats one-label-per-negative-row"
+    assert m["ig_psnr"] > m["idlg_relu_psnr"] + 2.0, "on a ReLU victim, Inverting Gradients beats iDLG (same budget)"
 
 
 @bounds("04")
@@ -125,9 +140,15 @@ def bounds_04(m, r):
 
 @bounds("01")
 def bounds_01(m, r):
-    assert r["params"]["eval_nets"] >= 5, "accuracies are means over at least 5 evaluation networks"
+    # issue 19: means over seeds of the whole pipeline (condensation + evaluation), every arm evaluated with the
+    # paper's MNIST augmentation
+    assert m["n_seeds"] >= 3 and r["params"]["eval_augment"] == "paper", "3 seeds, the paper's augmentation"
     assert m["acc_dc"] >= m["acc_random"] + 0.10, "DC beats random real images by at least 10 points"
-    assert m["acc_dc"] >= 0.70, "DC with one image per class on the shipped MNIST subset"
+    assert m["acc_dc"] >= 0.80, "DC with one image per class on the shipped MNIST subset"
+    # the issue's ordering holds in the stored run by a margin far inside DC's seed spread (0.866 vs 0.862, DC std
+    # 0.034 with one evaluation network per seed): it may fail on another machine; the notebook says so
+    assert m["acc_dc"] >= max(m["acc_herding"], m["acc_kcenter"]), "DC beats the herding and k-center coresets"
+    assert m["acc_dm"] > 0.5 and m["time_dm_s"] > 0 and m["time_dc_s"] > 0, "DM learns; both times are logged"
 
 
 @bounds("06")
@@ -169,8 +190,15 @@ def bounds_09(m, r):
 
 @bounds("10")
 def bounds_10(m, r):
-    for name in ("spearman_generic", "spearman_adapter_k10", "spearman_adapter_k100", "spearman_finetune_k100",
-                 "user_params"):
-        assert name in m, f"{name} was not recorded"
+    for arm in ("generic", "head_k10", "head_k100", "bn_head_k100", "adapter_k10", "adapter_k100", "adapter_all_k100",
+                "finetune_k100", "content_generic", "content_head_k100", "content_adapter_k100"):
+        assert f"spearman_{arm}" in m and f"spearman_{arm}_std" in m, f"spearman_{arm} (mean, std over seeds) missing"
+    assert m["n_seeds"] >= 3, "the key comparison runs over at least 3 seeds"
+    assert m["user_params"] < m["model_params"] / 5, "a user owns a small part of the network"
+    # the key comparison (issue 24), on the means over the seeds
     assert m["spearman_adapter_k100"] >= m["spearman_generic"] + 0.05, \
         "residual adapters from 100 ratings must beat the generic model's mean Spearman by 0.05"
+    # measured with margin in the quick profile (not bounds of the issue): at k = 100 the adapters beat the
+    # authors' last-layer baseline, with global-statistics raters and with content-loving raters
+    assert m["spearman_adapter_k100"] > m["spearman_head_k100"], "k = 100: adapters beat the last layer"
+    assert m["spearman_content_adapter_k100"] > m["spearman_content_head_k100"], "content raters: adapters beat the head"

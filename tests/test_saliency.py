@@ -188,18 +188,29 @@ def test_meta_and_sgd_step_errors(toy):
 
 
 # ----------------------------------------------------------------------------------------------- combine, baselines
-def test_combine_maps_normalises_upsamples_and_multiplies():
+def test_combine_maps_upsamples_then_min_max_normalises_and_multiplies():
     a = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]])
-    b = torch.full((1, 4, 4), 5.0)
+    b = torch.tensor([[[0.0, 1.0, 2.0, 3.0]] * 4])
     out = saliency.combine_maps({"a": a, "b": b}, (4, 4))
-    ref = F.interpolate((a / 4)[:, None], size=(4, 4), mode="bilinear", align_corners=False)[:, 0]
+    up = F.interpolate(a[:, None], size=(4, 4), mode="bilinear", align_corners=False)[:, 0]
+    ref = (up - up.min()) / (up.max() - up.min()) * b / 3      # normalised after upsampling, then multiplied
     assert out.shape == (1, 4, 4) and torch.allclose(out, ref)
-    assert torch.allclose(saliency.combine_maps([a], (2, 2)), a / 4)
-    assert torch.equal(saliency.combine_maps([torch.zeros(1, 2, 2)], (2, 2)), torch.zeros(1, 2, 2))
+    assert out.min() == 0 and out.max() == 1
+    assert torch.allclose(saliency.combine_maps([a + 7], (2, 2)), (a - 1) / 3)   # the minimum is subtracted
+    assert torch.equal(saliency.combine_maps([torch.full((1, 2, 2), 3.0)], (2, 2)), torch.zeros(1, 2, 2))
     with pytest.raises(ValueError, match="at least one map"):
         saliency.combine_maps({}, (4, 4))
     with pytest.raises(ValueError, match="one N"):
         saliency.combine_maps([a, torch.zeros(2, 2, 2)], (4, 4))
+
+
+def test_worked_solution_of_the_exercise_matches_combine_maps(toy):
+    from vklib import course
+    sol = course.solution("07_normgrad_saliency")
+    net, x, y = toy
+    maps = saliency.normgrad_layers(net, x, y, LAYERS, target="score")
+    assert torch.allclose(sol.combine(list(maps.values()), (32, 32)), saliency.combine_maps(maps, (32, 32)),
+                          atol=1e-6)
 
 
 def test_gradient_and_gradcam_match_hand_computed_maps(toy):
@@ -234,20 +245,14 @@ def test_random_saliency_is_seeded(toy):
         saliency.random_saliency(x[0], torch.Generator())
 
 
-def test_method_suite_and_compute_maps(toy):
+def test_compute_maps_batches_any_method(toy):
     net, x, y = toy
-    suite = saliency.method_suite(net, LAYERS, "features.10", generator=torch.Generator().manual_seed(0),
-                                  adversarial=True)
-    assert list(suite) == list(saliency.METHODS) + ["adversarial_normgrad"]
-    for name, fn in suite.items():
-        whole = fn(x, y)
-        assert whole.shape == (3, 32, 32) and bool((whole >= 0).all()), name
-    ng = saliency.compute_maps(suite["normgrad"], list(x), y, batch_size=2)  # a list of images, two batches
-    assert torch.allclose(ng, suite["normgrad"](x, y), rtol=1e-4, atol=1e-6)
+    normgrad = lambda xb, yb: saliency.combine_maps(saliency.normgrad_layers(net, xb, yb, LAYERS, target="score"),
+                                                    xb.shape[-2:])
+    ng = saliency.compute_maps(normgrad, list(x), y, batch_size=2)  # a list of images, two batches
+    assert ng.shape == (3, 32, 32) and torch.allclose(ng, normgrad(x, y), rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        saliency.compute_maps(suite["normgrad"], x, y, batch_size=0)
-    with pytest.raises(ValueError, match="unknown layer"):
-        saliency.method_suite(net, LAYERS, "features.42")
+        saliency.compute_maps(normgrad, x, y, batch_size=0)
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -332,75 +337,91 @@ def test_blur_keeps_constants_and_checks_the_kernel():
         saliency.blur(x, kernel_size=4)
 
 
-def test_pointing_hits_with_tolerance():
+def test_pointing_hits_with_tolerance_in_the_original_frame():
     sal = torch.zeros(3, 20, 20)
     sal[0, 2, 3] = 1.0   # (x 3, y 2): inside the box
     sal[1, 9, 9] = 1.0   # (x 9, y 9): 3 px right of and 3 px below the box corner (6, 6), 4.24 px away
-    sal[2, 0, 19] = 1.0  # (x 19, y 0): far from both boxes of the third image
-    box = torch.tensor([[1.0, 1.0, 6.0, 6.0]])
-    boxes = [box, box, torch.cat([box, torch.tensor([[0.0, 9.0, 1.0, 9.0]])])]
-    assert saliency.pointing_hits(sal, boxes, tolerance=0).tolist() == [True, False, False]
-    assert saliency.pointing_hits(sal, boxes, tolerance=4.0).tolist() == [True, False, False]
-    assert saliency.pointing_hits(sal, boxes, tolerance=4.5).tolist() == [True, True, False]
-    boxes[2] = torch.tensor([[19.0, 0.0, 19.0, 0.0]])  # a 1-pixel box at (x 19, y 0)
-    assert saliency.pointing_hits(sal, boxes, tolerance=0).tolist() == [True, False, True]
-    with pytest.raises(ValueError, match="one box tensor per map"):
-        saliency.pointing_hits(sal, boxes[:2])
-    with pytest.raises(ValueError, match="non-empty"):
-        saliency.pointing_hits(sal, [box, box, torch.zeros(0, 4)])
+    sal[2, 0, 19] = 1.0  # (x 19, y 0): far from the object of the third image
+    box = torch.zeros(20, 20, dtype=torch.bool)
+    box[1:7, 1:7] = True
+    far = torch.zeros(20, 20, dtype=torch.bool)
+    far[9, 0:2] = True
+    masks = [box, box, box | far]
+    assert saliency.pointing_hits(sal, masks, tolerance=0).tolist() == [True, False, False]
+    assert saliency.pointing_hits(sal, masks, tolerance=4.0).tolist() == [True, False, False]
+    assert saliency.pointing_hits(sal, masks, tolerance=4.5).tolist() == [True, True, False]
+    corner = torch.zeros(20, 20, dtype=torch.bool)
+    corner[0, 19] = True
+    assert saliency.pointing_hits(sal, [box, box, corner], tolerance=0).tolist() == [True, False, True]
+    # several methods at once: (N, M, h, w) -> (N, M)
+    both = saliency.pointing_hits(torch.stack([sal, sal.flip(0)], 1), masks, tolerance=4.5)
+    assert both[:, 0].tolist() == [True, True, False] and both.shape == (3, 2)
+    with pytest.raises(ValueError, match="one mask per trial"):
+        saliency.pointing_hits(sal, masks[:2])
+    with pytest.raises(ValueError, match="bool tensor"):
+        saliency.pointing_hits(sal, [box, box, torch.zeros(4)])
 
 
-def test_pointing_game_counts_image_class_pairs():
-    x = torch.zeros(2, 3, 8, 8)
-    boxes = [torch.tensor([[0.0, 0.0, 1.0, 1.0], [6.0, 6.0, 7.0, 7.0]]), torch.tensor([[6.0, 6.0, 7.0, 7.0]])]
-    ds = data.ImageSet("toy", "test", x, None, ["a", "b"],
-                       {"boxes": boxes, "box_labels": [torch.tensor([0, 1]), torch.tensor([1])]})
-
-    def top_left(images, labels):  # points at (0, 0) for class 0 and at (7, 7) for class 1
-        out = torch.zeros(len(labels), 8, 8)
-        out[labels == 0, 0, 0] = 1
-        out[labels == 1, 7, 7] = 1
-        return out
-
-    def always_corner(images, labels):
-        out = torch.zeros(len(labels), 8, 8)
-        out[:, 0, 0] = 1
-        return out
-
-    methods = {"good": top_left, "corner": always_corner}
-    # "corner" hits the one pair of class a and neither of the two pairs of class b
-    acc = saliency.pointing_game(ds, methods, tolerance=0, batch_size=2, device="cpu")
-    assert acc == {"good": 1.0, "corner": pytest.approx(0.5)}  # mean of the class accuracies (TorchRay's)
-    pooled = saliency.pointing_game(ds, methods, tolerance=0, batch_size=2, average="pairs", device="cpu")
-    assert pooled == {"good": 1.0, "corner": pytest.approx(1 / 3)}
-    assert saliency.pointing_game(ds, {"good": top_left}, tolerance=0, limit=1, device="cpu") == {"good": 1.0}
-    with pytest.raises(ValueError, match="needs meta\\['boxes'\\]"):
-        saliency.pointing_game(data.ImageSet("t", "s", x), {"good": top_left}, device="cpu")
-    with pytest.raises(ValueError, match="average must be one of class, pairs"):
-        saliency.pointing_game(ds, methods, average="images", device="cpu")
+def test_pointing_hits_upsamples_the_map_to_the_original_image():
+    """A 4x4 map explaining a 40x80 (H0 x W0) photo: the peak cell (row 1, col 3) lands near (y 15, x 70) once
+    upsampled, and the 15-px tolerance is measured there, not on the map's grid."""
+    sal = torch.zeros(1, 4, 4)
+    sal[0, 1, 3] = 1.0
+    mask = torch.zeros(40, 80, dtype=torch.bool)
+    mask[:, :50] = True                        # the object ends 20 px left of the peak (x 70 -> x 49)
+    assert saliency.pointing_hits(sal, [mask], tolerance=15).tolist() == [False]
+    assert saliency.pointing_hits(sal, [mask], tolerance=25).tolist() == [True]
+    up = F.interpolate(sal[None], size=(40, 80), mode="bilinear", align_corners=False)[0, 0]
+    py, px = divmod(int(up.flatten().argmax()), 80)
+    assert 10 <= py <= 19 and 60 <= px <= 79
 
 
-def test_pointing_game_skips_pairs_whose_boxes_are_all_pascal_difficult():
-    x = torch.zeros(2, 3, 8, 8)
-    boxes = [torch.tensor([[0.0, 0.0, 1.0, 1.0], [6.0, 6.0, 7.0, 7.0]]), torch.tensor([[6.0, 6.0, 7.0, 7.0]])]
-    labels = [torch.tensor([0, 0]), torch.tensor([1])]
+def test_segmentation_and_class_masks():
+    poly = saliency.segmentation_mask([[2, 2, 8, 2, 8, 6, 2, 6]], 10, 12)   # a 7 x 5 rectangle as a polygon
+    assert poly.shape == (10, 12) and poly.sum() == 35 and poly[2:7, 2:9].all()
+    rle = saliency.segmentation_mask({"counts": [3, 2, 13, 2], "size": [5, 4]}, 5, 4)   # column-major runs
+    expected = torch.zeros(5, 4, dtype=torch.bool)
+    expected[3:5, 0] = True
+    expected[3:5, 3] = True
+    assert torch.equal(rle, expected)
+    with pytest.raises(ValueError, match="uncompressed RLE"):
+        saliency.segmentation_mask({"counts": "abc", "size": [5, 4]}, 5, 4)
+    meta = {"orig_size": [(6, 8)], "box_labels": [torch.tensor([0, 1, 0])],
+            "boxes": [torch.tensor([[0.0, 0.0, 1.0, 1.0], [3.0, 3.0, 4.0, 4.0], [6.0, 4.0, 7.0, 5.0]])]}
+    m = saliency.class_mask(meta, 0, 0)   # the union of the class's two boxes, inclusive
+    assert m.shape == (6, 8) and m.sum() == 8 and m[0:2, 0:2].all() and m[4:6, 6:8].all()
 
-    def corner(images, labels):  # always points at (0, 0)
-        out = torch.zeros(len(labels), 8, 8)
-        out[:, 0, 0] = 1
-        return out
 
-    def meta(difficult):
-        return {"boxes": boxes, "box_labels": labels, "difficult": [torch.tensor(d) for d in difficult]}
-    # image 0: its difficult class-a box at (0, 0) still counts as a hit, since the pair has a non-difficult box
-    ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, False], [False]]))
-    assert saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu") == {"corner": 0.5}
-    # image 1: its only class-b box is difficult, so the pair is skipped and class b drops out of the mean
-    ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, False], [True]]))
-    assert saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu") == {"corner": 1.0}
-    ds = data.ImageSet("toy", "test", x, None, ["a", "b"], meta([[True, True], [True]]))
+def test_pointing_pairs_class_average_and_centre():
+    ds = data.ImageSet("toy", "test", torch.zeros(2, 3, 8, 8), None, ["a", "b"],
+                       {"box_labels": [torch.tensor([0, 1, 0]), torch.tensor([1])], "orig_size": [(8, 8)] * 2,
+                        "difficult": [torch.tensor([True, False, True]), torch.tensor([True])]})
+    # image 0: class a's boxes are all difficult (skipped), class b's is not; image 1: its only box is difficult
+    assert saliency.pointing_pairs(ds) == [(0, 1)]
+    ds.meta.pop("difficult")
+    assert saliency.pointing_pairs(ds) == [(0, 0), (0, 1), (1, 1)]
+    assert saliency.pointing_pairs(ds, limit=1) == [(0, 0), (0, 1)]
+    ds.meta["box_labels"] = [torch.tensor([], dtype=torch.long)] * 2
     with pytest.raises(ValueError, match="no \\(image, class\\) pairs"):
-        saliency.pointing_game(ds, {"corner": corner}, tolerance=0, device="cpu")
+        saliency.pointing_pairs(ds)
+    with pytest.raises(ValueError, match="orig_size"):
+        saliency.pointing_pairs(data.ImageSet("t", "s", torch.zeros(1, 3, 8, 8)))
+    # class a: 1 of 1 trials hit; class b: 0 of 2 -> the class average is 0.5, the pooled rate 1/3
+    assert saliency.class_averaged(torch.tensor([True, False, False]), torch.tensor([0, 1, 1])) == 0.5
+    centre = saliency.centre_saliency(torch.zeros(2, 3, 9, 7))
+    assert centre.shape == (2, 9, 7) and divmod(int(centre[0].flatten().argmax()), 7) == (4, 3)
+
+
+def test_coco_mini_instances_reads_the_shipped_photos_with_masks():
+    val = saliency.coco_mini_instances("val", size=32)
+    assert len(val) == 79 and val.images.shape == (79, 3, 32, 32) and len(val.classes) == 80
+    h, w = val.meta["orig_size"][0]
+    pairs = saliency.pointing_pairs(val)
+    i, c = pairs[0]
+    mask = saliency.class_mask(val.meta, i, c)
+    assert mask.shape == val.meta["orig_size"][i] and 0 < int(mask.sum()) < mask.numel()
+    with pytest.raises(ValueError, match="split must be one of train, val"):
+        saliency.coco_mini_instances("test", size=32)
 
 
 # ----------------------------------------------------------------------------------------------- models, training
@@ -434,7 +455,7 @@ def test_build_model_loads_a_torchvision_checkpoint(tmp_path):
     vgg_layers, vgg_cam = saliency.ARCH_LAYERS["vgg16"]
     with torch.device("meta"):  # structure only, no 138M weights to initialise
         vgg = dict(saliency.build_model("vgg16", 20, weights=None).named_modules())
-    assert all(isinstance(vgg[n], nn.ReLU) for n in vgg_layers) and vgg_cam in vgg
+    assert all(isinstance(vgg[n], nn.MaxPool2d) for n in vgg_layers) and isinstance(vgg[vgg_cam], nn.ReLU)
 
 
 def test_finetune_multilabel_lowers_the_loss_and_checks_inputs():
@@ -455,37 +476,14 @@ def test_finetune_multilabel_lowers_the_loss_and_checks_inputs():
 
 
 # ----------------------------------------------------------------------------------------------- profiles, loaders
-def test_profiles_and_paper_numbers():
-    assert set(saliency.PROFILES) == {"quick", "paper", "smoke"}
-    assert set(saliency.PROFILES["quick"]) == set(saliency.PROFILES["paper"]) == set(saliency.PROFILES["smoke"])
-    cfg = utils.resolve_profile(saliency.PROFILES, "quick", meta_lr=0.5)
-    assert cfg["meta_lr"] == 0.5 and cfg["dataset"] == "cifar10" and not cfg["pointing"]
-    for spec in saliency.PROFILES["paper"]["pointing"]:
-        name, arch = spec.split("/")
-        assert name in data.names() and arch in saliency.ARCHS
-    # every paper number of notebook 07 is a metric the paper profile records (pointing_<dataset>_<arch>_<method>)
-    recorded = {f"pointing_{spec.replace('/', '_')}_{m}" for spec in saliency.PROFILES["paper"]["pointing"]
-                for m in saliency.METHODS}
+def test_paper_numbers_name_pointing_metrics_of_the_paper_profile():
+    """Every paper number of notebook 07 is a pointing accuracy (a fraction) the paper profile records as
+    pointing_<dataset>_<arch>_<method>."""
+    recorded = {f"pointing_{name}_{arch}_{m}" for name in ("voc07", "coco_instances") for arch in ("vgg16", "resnet50")
+                for m in (*saliency.METHODS, "center")}
     rows = [r for r in results.paper_table() if r["notebook"] == "07_normgrad_saliency"]
     assert rows and {r["metric"] for r in rows} <= recorded and all(r["unit"] == "fraction" for r in rows)
-    with pytest.raises(ValueError, match="allowed"):
-        utils.resolve_profile(saliency.PROFILES, "quick", meta_learning_rate=0.5)
-
-
-def test_smoke_profile_is_the_paper_path_cut_down():
-    """smoke keeps the paper's data, networks, layers, objectives and protocol; it cuts only counts and sizes, starts
-    from random weights, and still runs a pointing game on each dataset and network, the paper's numbers' included."""
-    paper, smoke = saliency.PROFILES["paper"], saliency.PROFILES["smoke"]
-    cut = {"weights", "correct_only", "image_size", "eval_per_class", "steps", "chunk_size", "map_batch", "eval_batch",
-           "pointing", "pointing_epochs", "pointing_limit", "batch_size", "workers"}
-    assert {k for k in paper if smoke[k] != paper[k]} == cut
-    assert smoke["weights"] is None and paper["weights"] == "IMAGENET1K_V1"
-    assert all(smoke[k] <= paper[k] for k in cut - {"weights", "correct_only", "pointing", "pointing_limit"})
-    assert set(smoke["pointing"]) < set(paper["pointing"])
-    assert {s.split("/")[0] for s in smoke["pointing"]} == {s.split("/")[0] for s in paper["pointing"]}
-    assert {s.split("/")[1] for s in smoke["pointing"]} == {s.split("/")[1] for s in paper["pointing"]}
-    logged = {f"pointing_{spec.replace('/', '_')}_{m}" for spec in smoke["pointing"] for m in saliency.METHODS}
-    assert {r["metric"] for r in results.paper_table() if r["notebook"] == "07_normgrad_saliency"} <= logged
+    assert saliency.ARCH_LAYERS["vgg16"][0] == tuple(f"net.features.{i}" for i in (9, 16, 23, 30))  # pool outputs
 
 
 @pytest.mark.parametrize("arch", ["resnet50", "vgg16"])
@@ -496,7 +494,7 @@ def test_paper_profile_without_the_imagenet_checkpoint_is_a_hard_error(arch, tmp
     folder = tmp_path / "hub" / "checkpoints"
     file = {"resnet50": "resnet50-0676ba61.pth", "vgg16": "vgg16-397923af.pth"}[arch]
     with torch.device("meta"), pytest.raises(models.WeightsNotFoundError) as err:  # meta: no weights to initialise
-        saliency.build_model(arch, 20, weights=saliency.PROFILES["paper"]["weights"])
+        saliency.build_model(arch, 20, weights="IMAGENET1K_V1")
     assert f"not found at {folder / file}" in str(err.value) and f"checkpoint {file}" in str(err.value)
     assert f"in {folder}" in str(err.value)
 
@@ -520,9 +518,9 @@ def test_voc07_reader_on_the_official_layout(mini):
     # 000001 (353 x 500): a dog and a person; the person's head and hand <part>s are not objects
     dog, person = saliency.VOC_CLASSES.index("dog"), saliency.VOC_CLASSES.index("person")
     assert test.images[0].shape == (3, 100, 100) and test.meta["box_labels"][0].tolist() == [dog, person]
-    x0, y0, x1, y1 = m.VOC_TEST["000001"][2][0][1]   # 1-based inclusive pixels -> 0-based, scaled to 100 x 100
-    expected = torch.tensor([(x0 - 1) * 100 / 353, (y0 - 1) * 100 / 500, (x1 - 1) * 100 / 353, (y1 - 1) * 100 / 500])
-    assert torch.allclose(test.meta["boxes"][0][0], expected)
+    x0, y0, x1, y1 = m.VOC_TEST["000001"][2][0][1]   # 1-based inclusive pixels -> 0-based, in the original frame
+    assert torch.allclose(test.meta["boxes"][0][0], torch.tensor([x0 - 1, y0 - 1, x1 - 1, y1 - 1], dtype=torch.float))
+    assert test.meta["orig_size"][0] == (500, 353)
     assert trainval.images[0].shape == (3, 375, 500)
     assert torch.equal(trainval.meta["boxes"][0][0], torch.tensor([262.0, 210.0, 323.0, 338.0]))  # unscaled
     for ds, table in ((trainval, m.VOC_TRAINVAL), (test, m.VOC_TEST)):
@@ -552,9 +550,13 @@ def test_coco_instances_reader_on_the_official_layout(mini):
     train = data.load("coco_instances", "train", full=True, data_dir=root, size=32)
     assert len(train) == 8 and train.images[0].shape == (3, 32, 32) and train.meta["targets"].shape == (8, 80)
     w, h, objects = m.COCO_IMAGES["train"][train.meta["image_id"][0]]
-    x, y, bw, bh = objects[0][1]
-    assert torch.allclose(train.meta["boxes"][0][0], torch.tensor([x * 32 / w, y * 32 / h, (x + bw - 1) * 32 / w,
-                                                                   (y + bh - 1) * 32 / h]))
+    x, y, bw, bh = objects[0][1]   # boxes and masks stay in the original frame
+    assert torch.allclose(train.meta["boxes"][0][0], torch.tensor([x, y, x + bw - 1, y + bh - 1]))
+    assert train.meta["orig_size"][0] == (h, w)
+    for k in range(len(val)):
+        for c in val.meta["box_labels"][k].unique().tolist():
+            mask = saliency.class_mask(val.meta, k, c)   # polygons (octagons) and crowd RLEs
+            assert mask.any() and mask.shape == val.meta["orig_size"][k]
     with pytest.raises(data.DataNotFoundError, match="coco_instances.*instances_"):
         data.load("coco_instances", "val", full=True, data_dir=root / "nowhere")
 

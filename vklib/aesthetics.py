@@ -1,61 +1,46 @@
-"""Personalised image aesthetics with residual adapters (Rodriguez-Pardo and Bilen; arXiv 1907.03802).
+"""Personalised image aesthetics with residual adapters (Rodriguez-Pardo and Bilen; arXiv 1907.03802): the kernels.
 
-A *generic* aesthetics regressor (a CNN backbone and an MLP head) is trained on the mean score of many raters. It is
-then personalised to one user from ``k`` of that user's ratings by training only a small set of user-specific
-parameters, everything else frozen:
+A *generic* aesthetics regressor (a CNN and an MLP head) is trained on the mean score of many raters, then
+personalised to one user from ``k`` ratings by training only user-specific parameters, the rest frozen: **residual
+adapters** (a parallel 1x1 convolution ``A_u`` beside each frozen 3x3 convolution ``W``, ``y = W * x + A_u * x``,
+``A_u = 0`` at the start), the **normalisation** affines (optionally with re-estimated statistics) and the **head**.
+Notebook 10 owns the loops (generic training, personalisation, fine-tuning, enhancement); this module holds:
 
-* **residual adapters** (Rebuffi et al. 2017/2018): a parallel 1x1 convolution ``A_u`` beside each frozen 3x3
-  convolution ``W`` of the last stage, ``y = W * x + A_u * x``, with ``A_u = 0`` at the start (the generic model);
-* the **normalisation layers** of that stage (their scale and shift; running statistics stay frozen);
-* the **MLP head**.
+* image properties and simulated raters: :func:`image_properties`, :func:`colourfulness`,
+  :func:`laplacian_variance`, :func:`draw_users`, :func:`rate`;
+* the protocol: :func:`spearman`, :func:`spearman_rows`, :func:`kshot_draws`, :func:`user_draws`;
+* the model: :class:`AestheticsNet`, :func:`build_model`;
+* the personal models, ``M`` at once: :func:`init_user_params` (adapters in the last stage or in every stage),
+  :func:`init_bn_stats`, :func:`param_part`, :func:`user_parameter_count`, :func:`adapter_conv`,
+  :func:`adapted_forward`, :func:`head_forward`, :func:`personal_loss`; :func:`adjust` (picture adjustments);
+* data: :func:`square_crops`, :func:`simulated_photos` + :func:`simulated_benchmark` (real photos, simulated
+  raters) and :func:`flickr_benchmark` (FLICKR-AES, registered in :mod:`vklib.data` as ``"flickr_aes"``).
 
-The user's offset is kept small by an L2 penalty towards the generic model (``offset_decay``).
-
-Kernels (tensors in, tensors out): :func:`image_properties` (brightness, contrast, colourfulness, sharpness,
-saturation, warmth), :func:`colourfulness`, :func:`laplacian_variance`, :func:`draw_users`, :func:`rate`,
-:func:`adapter_conv`, :func:`adapted_forward`, :func:`personal_loss`, :func:`spearman`, :func:`mean_spearman`,
-:func:`kshot_draws`, :func:`adjust`.
-Model and training: :class:`AestheticsNet`, :func:`build_model`, :func:`init_user_params`,
-:func:`user_parameter_count`, :func:`fit_generic`, :func:`personalise`, :func:`finetune_all`, :func:`enhance`.
-Scores and trunk features of many images come from :func:`vklib.train.infer` (``infer(model, images)`` gives the
-scores ``(N,)``, ``infer(model, images, fn=lambda m, x: m.features(x))`` the trunk features).
-Data: :func:`square_crops`, :func:`simulated_benchmark` (the quick profile: real photos, simulated raters) and
-:func:`flickr_benchmark` (the paper profile); the full FLICKR-AES loader is registered in :mod:`vklib.data` as
-``"flickr_aes"``.
-
-Batched personalisation: the user-specific parameters of ``M`` models (users x k-shot draws) carry a leading
-dimension ``M`` and are trained together. The frozen 3x3 convolutions are shared, so they run as one ordinary
-convolution over the ``M * B`` images; only the 1x1 adapters (an ``einsum``), the normalisation affines and the head
-(batched matrix products) differ per model. The frozen trunk's output is computed once and cached.
-
-The paper's numbers would be rows of ``vklib/paper_numbers.csv``; notebook 10 says why it has none yet.
+Batched personal models: user-specific tensors carry a leading dimension ``M`` (users x draws). The frozen 3x3
+convolutions are shared and run as one convolution over the ``M * B`` images; only the 1x1 adapters (an ``einsum``),
+the normalisation and the head (batched matrix products) differ per model.
 """
 from __future__ import annotations
 
-import copy
 import csv
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from . import data as _data
 from .models import ImageNetNormalize, torchvision_net
-from .train import fit_epochs, gather, random_flip
-from .utils import resolve_device
 
 __all__ = [
-    "PROFILES", "PROPERTIES", "POPULATION", "AestheticsNet", "Benchmark", "adapted_forward", "adapter_conv",
-    "PARTS", "adjust", "build_model", "colourfulness", "draw_users", "enhance", "fit_generic", "finetune_all",
-    "flickr_benchmark", "image_properties", "init_user_params", "kshot_draws", "laplacian_variance", "mean_spearman",
-    "param_part", "personal_loss", "personalise", "rate", "simulated_benchmark", "spearman", "square_crops",
-    "user_draws", "user_parameter_count",
+    "PARTS", "PROPERTIES", "POPULATION", "STAGES", "AestheticsNet", "Benchmark", "adapted_forward", "adapter_conv", "adjust",
+    "build_model", "colourfulness", "draw_users", "flickr_benchmark", "head_forward", "image_properties", "init_bn_stats",
+    "init_user_params", "kshot_draws", "laplacian_variance", "param_part", "personal_loss", "rate",
+    "simulated_benchmark", "simulated_photos", "spearman", "spearman_rows", "square_crops", "user_draws",
+    "user_parameter_count",
 ]
 
 #: The user-specific parts: residual adapters, normalisation affines, MLP head.
@@ -64,11 +49,10 @@ PARTS = ("adapters", "norm", "head")
 #: The measurable image properties the simulated raters look at (columns of :func:`image_properties`).
 PROPERTIES = ("brightness", "contrast", "colourfulness", "sharpness", "saturation", "warmth")
 
-#: The population's taste (simulated raters, quick profile). Properties are standardised (z-scores over the generic
-#: training photos). A rater's latent score is ``w . z - curvature / 2 * sum_{j in peaked} (z_j - ideal_j)^2``: linear
-#: in contrast, colourfulness, sharpness and warmth, peaked in brightness and saturation (too dark and too bright are
-#: both disliked; each rater has an ideal level). Rater ``u`` draws ``w_u = weights + spread * N(0, I)`` and
-#: ``ideal_u = ideal + ideal_spread * N(0, I)``; each rating adds ``N(0, noise^2)`` and is rounded to 1..5 stars.
+#: The population's taste (simulated raters). Properties are standardised (z-scores over the generic photos). A
+#: rater's latent score is ``w . z - curvature / 2 * sum_{j in peaked} (z_j - ideal_j)^2 + c[class]``: linear in
+#: contrast, colourfulness, sharpness and warmth, peaked in brightness and saturation (each rater has an ideal
+#: level), plus an optional liking ``c`` for the photo's content class (zero unless ``content_spread > 0``).
 POPULATION = {
     "weights": (0.0, 0.5, 0.5, 0.6, 0.0, 0.2),
     "peaked": ("brightness", "saturation"),
@@ -76,37 +60,6 @@ POPULATION = {
     "curvature": 0.5,
 }
 
-PROFILES = {
-    # 2 CPU cores, a few minutes: real photos (COCO for the generic model, PACS photos rated by the test users),
-    # simulated raters, a small CNN trained here from scratch.
-    "quick": {
-        "benchmark": "simulated", "image_size": 64, "crops_per_image": 11, "crop_scale": (0.45, 0.9),
-        "train_raters": 200, "ratings_per_image": 5, "test_users": 10, "val_users": 8, "spread": 0.5,
-        "ideal_spread": 0.8, "noise": 0.5, "backbone": "small", "widths": (16, 32, 48, 64), "weights": None,
-        "head_hidden": 32, "generic_epochs": 12, "generic_lr": 2e-3, "generic_batch": 64,
-        "ks": (10, 100), "draws": 2, "test_size": 100, "adapt_steps": 150, "adapt_lr": 3e-3, "adapt_batch": 20,
-        "offset_decay": 1e-2, "eval_every": 25, "finetune_lr": 1e-3, "finetune_steps": 60, "finetune_chunk": 0,
-        "enhance_steps": 60, "enhance_lr": 0.1,
-    },
-    # A GPU and FLICKR-AES (40k Flickr photos, 210 workers, 37 test workers), ResNet-18 (ImageNet weights from a
-    # local file, see models.torchvision_net), adapters in the last stage only (the authors' public notebooks put
-    # one beside every 3x3 convolution of all four stages), k = 10 and k = 100 with 10 draws per worker (their
-    # k = 100 adapter notebook uses 3).
-    "paper": {
-        "benchmark": "flickr_aes", "image_size": 224, "crops_per_image": 0, "crop_scale": (1.0, 1.0),
-        "train_raters": 0, "ratings_per_image": 0, "test_users": 37, "val_users": 0, "spread": 0.0,
-        "ideal_spread": 0.0, "noise": 0.0, "backbone": "resnet18", "widths": None, "weights": "IMAGENET1K_V1",
-        "head_hidden": 256, "generic_epochs": 10, "generic_lr": 1e-4, "generic_batch": 64,
-        "ks": (10, 100), "draws": 10, "test_size": 0, "adapt_steps": 300, "adapt_lr": 1e-3, "adapt_batch": 10,
-        "offset_decay": 1e-2, "eval_every": 30, "finetune_lr": 1e-4, "finetune_steps": 300, "finetune_chunk": 8,
-        "enhance_steps": 100, "enhance_lr": 0.05,
-    },
-}
-# The paper path (FLICKR-AES reader, ResNet-18, generic model, adapters at k = 10 and k = 100, fine-tune baseline,
-# enhancement) on miniature data in about a minute: its numbers mean nothing and are compared with none. Only counts
-# and sizes shrink, and ResNet-18 starts from random weights.
-PROFILES["smoke"] = {**PROFILES["paper"], "image_size": 64, "test_users": 2, "generic_epochs": 1, "draws": 1,
-                     "adapt_steps": 2, "eval_every": 1, "finetune_steps": 2, "enhance_steps": 2, "weights": None}
 
 # ============================================================================================ image properties
 def _check_images(images: torch.Tensor, name: str = "images") -> None:
@@ -176,40 +129,45 @@ def image_properties(images: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Users:
     """Simulated raters: linear weights ``(U, P)`` on standardised properties, ideal levels ``(U, Q)`` of the peaked
-    properties (columns ``peaked`` of the property table) and the curvature of the peak."""
+    properties (columns ``peaked``), the curvature of the peak and a liking ``content`` ``(U, K)`` for each of ``K``
+    content classes (``K = 0``: no content term)."""
 
     weights: torch.Tensor
     ideal: torch.Tensor
     peaked: tuple[int, ...]
     curvature: float
+    content: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.weights)
 
     def __getitem__(self, i) -> "Users":
-        i = [i] if isinstance(i, int) else i
-        return Users(self.weights[i], self.ideal[i], self.peaked, self.curvature)
+        i = [i] if isinstance(i, int) else list(i)
+        return Users(self.weights[i], self.ideal[i], self.peaked, self.curvature, self.content[i])
 
-    def latent(self, z: torch.Tensor) -> torch.Tensor:
-        """Noise-free latent scores ``(U, N)`` of standardised properties ``z`` ``(N, P)``."""
-        lin = self.weights @ z.T
-        zq = z[:, list(self.peaked)]                                           # (N, Q)
-        quad = ((zq[None] - self.ideal[:, None]) ** 2).sum(-1)                 # (U, N)
-        return lin - 0.5 * self.curvature * quad
+    def latent(self, z: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Noise-free latent scores ``(U, N)`` of standardised properties ``z`` ``(N, P)`` (and content classes
+        ``(N,)``, needed when the raters have a content term)."""
+        quad = ((z[:, list(self.peaked)][None] - self.ideal[:, None]) ** 2).sum(-1)        # (U, N)
+        s = self.weights @ z.T - 0.5 * self.curvature * quad
+        if self.content.shape[1]:
+            if classes is None:
+                raise ValueError("latent: these raters like content classes; pass classes (N,)")
+            s = s + self.content[:, classes]
+        return s
 
 
-def draw_users(n: int, *, spread: float, ideal_spread: float, population: dict | None = None,
-               generator: torch.Generator | None = None) -> Users:
-    """``n`` simulated raters around the population's taste (:data:`POPULATION` by default).
-
-    ``w_u = weights + spread * N(0, I)``, ``ideal_u = ideal + ideal_spread * N(0, I)``. ``spread = 0`` gives ``n``
-    copies of the population's taste.
-    """
+def draw_users(n: int, *, spread: float, ideal_spread: float, content_spread: float = 0.0, n_classes: int = 0,
+               population: dict | None = None, generator: torch.Generator | None = None) -> Users:
+    """``n`` simulated raters around the population's taste (:data:`POPULATION` by default):
+    ``w_u = weights + spread * N(0, I)``, ``ideal_u = ideal + ideal_spread * N(0, I)`` and, with ``n_classes > 0``,
+    a content liking ``c_u = content_spread * N(0, I_K)`` (zero mean: the crowd has no favourite class)."""
     pop = POPULATION if population is None else population
     if n < 1:
         raise ValueError(f"draw_users: n must be >= 1, got {n}")
-    if spread < 0 or ideal_spread < 0:
-        raise ValueError(f"spread and ideal_spread must be >= 0, got {spread} and {ideal_spread}")
+    if min(spread, ideal_spread, content_spread) < 0 or n_classes < 0:
+        raise ValueError(f"spread, ideal_spread, content_spread and n_classes must be >= 0, got {spread}, "
+                         f"{ideal_spread}, {content_spread}, {n_classes}")
     w = torch.as_tensor(pop["weights"], dtype=torch.float32)
     ideal = torch.as_tensor(pop["ideal"], dtype=torch.float32)
     peaked = tuple(PROPERTIES.index(p) for p in pop["peaked"])
@@ -217,21 +175,18 @@ def draw_users(n: int, *, spread: float, ideal_spread: float, population: dict |
         raise ValueError(f"population: need {len(PROPERTIES)} weights and one ideal per peaked property")
     ws = w + spread * torch.randn(n, len(w), generator=generator)
     ids = ideal + ideal_spread * torch.randn(n, len(ideal), generator=generator)
-    return Users(ws, ids, peaked, float(pop["curvature"]))
+    content = content_spread * torch.randn(n, n_classes, generator=generator)
+    return Users(ws, ids, peaked, float(pop["curvature"]), content)
 
 
-def rate(users: Users, z: torch.Tensor, *, noise: float, stars: bool = True,
+def rate(users: Users, z: torch.Tensor, *, noise: float, classes: torch.Tensor | None = None, stars: bool = True,
          generator: torch.Generator | None = None) -> torch.Tensor:
-    """Ratings ``(U, N)`` of ``users`` for images with standardised properties ``z`` ``(N, P)``.
-
-    ``latent + N(0, noise^2)``, shifted to a 1..5 scale (``3 + score``) and, if ``stars``, rounded and clipped to
-    the integers 1..5 (FLICKR-AES's scale, ties included).
-    """
+    """Ratings ``(U, N)``: ``3 + latent + N(0, noise^2)``, rounded and clipped to 1..5 stars if ``stars``."""
     if z.ndim != 2 or z.shape[1] != users.weights.shape[1]:
         raise ValueError(f"rate: z must be (N, {users.weights.shape[1]}), got {tuple(z.shape)}")
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
-    s = 3.0 + users.latent(z) + noise * torch.randn(len(users), len(z), generator=generator)
+    s = 3.0 + users.latent(z, classes) + noise * torch.randn(len(users), len(z), generator=generator)
     return s.round().clamp(1, 5) if stars else s
 
 
@@ -252,13 +207,12 @@ def spearman(pred, target) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def mean_spearman(preds: Sequence, targets: Sequence) -> tuple[float, list[float]]:
-    """The mean of :func:`spearman` over pairs (one per user and draw) and the list of per-pair values."""
-    if len(preds) != len(targets) or not len(preds):
-        raise ValueError(f"mean_spearman: need equally many (>0) predictions and targets, got {len(preds)} "
-                         f"and {len(targets)}")
-    rhos = [spearman(p, t) for p, t in zip(preds, targets)]
-    return float(np.mean(rhos)), rhos
+
+def spearman_rows(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`spearman` of every row: ``pred``, ``target`` ``(M, T)``, ``valid`` ``(M, T)`` bool (entries to use;
+    all if ``None``) -> ``(M,)``."""
+    valid = torch.ones_like(pred, dtype=torch.bool) if valid is None else valid
+    return torch.tensor([spearman(p[v], t[v]) for p, t, v in zip(pred.cpu(), target.cpu(), valid.cpu())])
 
 
 def kshot_draws(n_items: int, k: int, *, draws: int, test_size: int = 0,
@@ -277,14 +231,16 @@ def kshot_draws(n_items: int, k: int, *, draws: int, test_size: int = 0,
     return perms[:, :k], perms[:, n_items - t:]
 
 
+
+
 def user_draws(ratings: torch.Tensor, k: int, *, draws: int, test_size: int = 0,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """k-shot draws for every user of a ``(U, R)`` rating table (``NaN``: not rated), as image indices.
 
-    Each user gets ``draws`` splits of the images they rated (:func:`kshot_draws`). With ``test_size = 0`` a user's
-    test set is every rated image not drawn for training, so test sets differ in size: they are padded with ``-1``
-    to the longest (the evaluation skips the padding). Returns ``train (U * draws, k)``, ``test (U * draws, T)`` and
-    ``rows (U * draws,)``, the user of each model (models ordered user by user).
+    Each user gets ``draws`` splits of the images they rated (:func:`kshot_draws`); test sets shorter than the
+    longest are padded with ``-1``. Returns ``train (U * draws, k)``, ``test (U * draws, T)`` and ``rows
+    (U * draws,)``, the user of each model (user by user). Checks that every model's training and test images are
+    disjoint and rated by its user.
     """
     if ratings.ndim != 2:
         raise ValueError(f"user_draws: ratings must be (U, R), got {tuple(ratings.shape)}")
@@ -295,9 +251,15 @@ def user_draws(ratings: torch.Tensor, k: int, *, draws: int, test_size: int = 0,
         trains.append(r[tr])
         tests += list(r[te])
     width = max(len(t) for t in tests)
-    test = torch.stack([F.pad(t, (0, width - len(t)), value=-1) for t in tests])
+    train, test = torch.cat(trains), torch.stack([F.pad(t, (0, width - len(t)), value=-1) for t in tests])
     rows = torch.arange(len(ratings)).repeat_interleave(draws)
-    return torch.cat(trains), test, rows
+    overlap = (train[:, :, None] == test[:, None, :]).any(2).any(1)
+    unrated = torch.isnan(ratings[rows[:, None], train]).any(1) | \
+        (torch.isnan(ratings[rows[:, None], test.clamp_min(0)]) & (test >= 0)).any(1)
+    if overlap.any() or unrated.any():
+        raise RuntimeError(f"user_draws: {int(overlap.sum())} models share training and test images, "
+                           f"{int(unrated.sum())} use unrated images")
+    return train, test, rows
 
 
 # ============================================================================================ the model
@@ -325,10 +287,14 @@ class AestheticsNet(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk(x)
 
-    def forward_tail(self, f: torch.Tensor) -> torch.Tensor:
+    def tail_pooled(self, f: torch.Tensor) -> torch.Tensor:
+        """Trunk features ``(N, C, H', W')`` -> the tail's globally pooled output ``(N, feat)``."""
         for block in self.tail:
             f = block(f)
-        return self.head(f.mean(dim=(2, 3)))[:, 0]
+        return f.mean(dim=(2, 3))
+
+    def forward_tail(self, f: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tail_pooled(f))[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_tail(self.features(x))
@@ -367,27 +333,52 @@ def build_model(backbone: str = "small", *, widths: Sequence[int] | None = (16, 
     raise ValueError(f"backbone must be 'small' or 'resnet18', got {backbone!r}")
 
 
-# ============================================================================================ user parameters
-def init_user_params(model: AestheticsNet, n: int) -> dict[str, torch.Tensor]:
-    """The user-specific parameters of ``n`` models, each starting at the generic model.
+# ============================================================================================ personal models
+#: Where the adapters go: the last stage only (the network's ``tail``) or every stage (trunk and tail, the authors'
+#: setting; ResNet-18's 7x7 stem convolution gets none, as in their code).
+STAGES = ("last", "all")
 
-    Per tail block ``b``: ``tail.b.a1`` ``(n, C_out, C_in)`` and ``tail.b.a2`` ``(n, C_out, C_out)`` (the 1x1
-    residual adapters, zeros), ``tail.b.bn1.weight/bias`` and ``tail.b.bn2.weight/bias`` ``(n, C_out)`` (copies of
-    the generic affine); the head's ``head.0.weight`` ``(n, hidden, feat)``, ``head.0.bias``, ``head.2.weight``
-    ``(n, 1, hidden)``, ``head.2.bias`` (copies). All are fresh leaf tensors (``requires_grad=False``).
+
+def _roots(model: "AestheticsNet", stages: str) -> list[tuple[str, nn.Module]]:
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {', '.join(STAGES)}, got {stages!r}")
+    return ([("trunk", model.trunk)] if stages == "all" else []) + [("tail", model.tail)]
+
+
+def init_user_params(model: "AestheticsNet", n: int, *, stages: str = "last") -> dict[str, torch.Tensor]:
+    """The user-specific parameters of ``n`` models, each starting at the generic model (fresh leaf tensors):
+
+    * ``<conv path>.adapter`` ``(n, C_out, C_in)``: zeros, one per 3x3 convolution of the adapted stages;
+    * ``<bn path>.weight`` / ``.bias`` ``(n, C)``: copies of every normalisation affine there;
+    * ``head.0.weight`` ``(n, hidden, feat)``, ``head.0.bias``, ``head.2.weight`` ``(n, 1, hidden)``,
+      ``head.2.bias``: copies of the head.
+
+    ``stages``: ``"last"`` (the ``tail``) or ``"all"`` (``trunk`` and ``tail``), see :data:`STAGES`.
     """
     if n < 1:
         raise ValueError(f"init_user_params: n must be >= 1, got {n}")
+    rep = lambda t: t.detach().clone()[None].repeat(n, *([1] * t.ndim))  # noqa: E731
     out = {}
-    rep = lambda t: t.detach().clone()[None].repeat(n, *([1] * t.ndim))
-    for b, block in enumerate(model.tail):
-        for i, conv in ((1, block.conv1), (2, block.conv2)):
-            out[f"tail.{b}.a{i}"] = torch.zeros(n, conv.out_channels, conv.in_channels, device=conv.weight.device)
-            bn = getattr(block, f"bn{i}")
-            out[f"tail.{b}.bn{i}.weight"] = rep(bn.weight)
-            out[f"tail.{b}.bn{i}.bias"] = rep(bn.bias)
+    for root, module in _roots(model, stages):
+        for path, mod in module.named_modules(prefix=root):
+            if isinstance(mod, nn.Conv2d) and mod.kernel_size == (3, 3):
+                out[f"{path}.adapter"] = torch.zeros(n, mod.out_channels, mod.in_channels, device=mod.weight.device)
+            elif isinstance(mod, nn.BatchNorm2d):
+                out[f"{path}.weight"], out[f"{path}.bias"] = rep(mod.weight), rep(mod.bias)
     for name in ("0.weight", "0.bias", "2.weight", "2.bias"):
         out[f"head.{name}"] = rep(model.head.get_parameter(name))
+    return out
+
+
+def init_bn_stats(model: "AestheticsNet", params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-model copies ``(M, C)`` of the running statistics (``<bn path>.running_mean`` / ``.running_var``) of
+    every normalisation layer that has user-specific affines in ``params``, to be re-estimated per user."""
+    out = {}
+    for name, t in params.items():
+        if param_part(name) == "norm" and name.endswith(".weight"):
+            bn = model.get_submodule(name[:-len(".weight")])
+            for s in ("running_mean", "running_var"):
+                out[f"{name[:-len('.weight')]}.{s}"] = getattr(bn, s).detach().clone()[None].repeat(len(t), 1)
     return out
 
 
@@ -395,12 +386,12 @@ def param_part(name: str) -> str:
     """The part of :data:`PARTS` a user-specific tensor (a key of :func:`init_user_params`) belongs to."""
     if name.startswith("head."):
         return "head"
-    return "norm" if ".bn" in name else "adapters"
+    return "adapters" if name.endswith(".adapter") else "norm"
 
 
-def user_parameter_count(model: AestheticsNet) -> int:
-    """How many scalars one user owns: adapters, normalisation affines and head (see :func:`init_user_params`)."""
-    return sum(t[0].numel() for t in init_user_params(model, 1).values())
+def user_parameter_count(model: "AestheticsNet", *, stages: str = "last", parts: Sequence[str] = PARTS) -> int:
+    """How many scalars one user owns (the ``parts`` of :func:`init_user_params` with these ``stages``)."""
+    return sum(t[0].numel() for n, t in init_user_params(model, 1, stages=stages).items() if param_part(n) in parts)
 
 
 def adapter_conv(x: torch.Tensor, weight: torch.Tensor, adapter: torch.Tensor, *, stride: int = 1,
@@ -427,48 +418,77 @@ def adapter_conv(x: torch.Tensor, weight: torch.Tensor, adapter: torch.Tensor, *
     return y + torch.einsum("moc,mbchw->mbohw", adapter, xs[..., :y.shape[-2], :y.shape[-1]])
 
 
-def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Eval-mode batch norm with frozen running statistics and per-model affine ``(M, C)``; ``x`` ``(M, B, C, H, W)``."""
-    inv = torch.rsqrt(bn.running_var + bn.eps)
-    xh = (x - bn.running_mean[:, None, None]) * inv[:, None, None]
-    return xh * weight[:, None, :, None, None] + bias[:, None, :, None, None]
 
 
-def adapted_forward(model: AestheticsNet, params: dict[str, torch.Tensor], feats: torch.Tensor) -> torch.Tensor:
-    """Scores of ``M`` personalised models: ``feats`` ``(M, B, C, H, W)`` (each model's trunk features) and
-    ``params`` from :func:`init_user_params` (leading dimension ``M``) -> ``(M, B)``.
+def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, path: str, params: dict, stats: dict | None,
+        train_bn: bool) -> torch.Tensor:
+    """Batch norm of ``x`` ``(M, B, C, H, W)`` with per-model affines ``(M, C)``. Statistics: ``train_bn`` -> each
+    model's batch (over ``B, H, W``; its running copy in ``stats`` is updated with the layer's momentum, as
+    ``nn.BatchNorm2d`` does in training mode); else the per-model ``stats`` if given, else the frozen generic ones."""
+    if train_bn:
+        mean, var = x.mean(dim=(1, 3, 4)), x.var(dim=(1, 3, 4), unbiased=False)
+        if stats is not None:
+            n = x.numel() / (x.shape[0] * x.shape[2])
+            with torch.no_grad():
+                stats[f"{path}.running_mean"].lerp_(mean.detach(), bn.momentum)
+                stats[f"{path}.running_var"].lerp_(var.detach() * n / max(n - 1, 1), bn.momentum)
+    elif stats is not None:
+        mean, var = stats[f"{path}.running_mean"], stats[f"{path}.running_var"]
+    else:
+        mean, var = bn.running_mean[None], bn.running_var[None]
+    xh = (x - mean[:, None, :, None, None]) * torch.rsqrt(var + bn.eps)[:, None, :, None, None]
+    return xh * params[f"{path}.weight"][:, None, :, None, None] + params[f"{path}.bias"][:, None, :, None, None]
 
-    The frozen parts (3x3 convolutions, running statistics, shortcut projections) are shared; with zero adapters
-    and the generic affines and head this equals ``model.forward_tail`` in eval mode.
-    """
-    x = feats
-    m, b = x.shape[:2]
-    for i, block in enumerate(model.tail):
-        p = f"tail.{i}."
-        out = adapter_conv(x, block.conv1.weight, params[p + "a1"], stride=block.conv1.stride[0])
-        out = F.relu(_bn(out, block.bn1, params[p + "bn1.weight"], params[p + "bn1.bias"]))
-        out = adapter_conv(out, block.conv2.weight, params[p + "a2"], stride=1)
-        out = _bn(out, block.bn2, params[p + "bn2.weight"], params[p + "bn2.bias"])
-        if block.downsample is not None:
-            sc = block.downsample(x.flatten(0, 1))
-            sc = sc.view(m, b, *sc.shape[1:])
-        else:
-            sc = x
-        x = F.relu(out + sc)
-    f = x.mean(dim=(3, 4))                                                     # (M, B, C)
+
+def _run(mod: nn.Module, path: str, x: torch.Tensor, params: dict, stats: dict | None, train_bn: bool):
+    """``x`` ``(M, B, ...)`` through ``mod`` (at ``path`` in the model), user-specific where ``params`` say so."""
+    from torchvision.models.resnet import BasicBlock
+    run = lambda m, p, t: _run(m, f"{path}.{p}", t, params, stats, train_bn)  # noqa: E731
+    if isinstance(mod, BasicBlock):
+        out = run(mod.bn2, "bn2", run(mod.conv2, "conv2", F.relu(run(mod.bn1, "bn1", run(mod.conv1, "conv1", x)))))
+        return F.relu(out + (x if mod.downsample is None else run(mod.downsample, "downsample", x)))
+    if isinstance(mod, (nn.Sequential, nn.ModuleList)):
+        for name, child in mod.named_children():
+            x = run(child, name, x)
+        return x
+    if f"{path}.adapter" in params:
+        return adapter_conv(x, mod.weight, params[f"{path}.adapter"], stride=mod.stride[0], padding=mod.padding[0])
+    if f"{path}.weight" in params:
+        return _bn(x, mod, path, params, stats, train_bn)
+    if isinstance(mod, nn.ReLU):
+        return F.relu(x)
+    y = mod(x.flatten(0, 1))                                                   # frozen and shared
+    return y.view(*x.shape[:2], *y.shape[1:])
+
+
+def head_forward(params: dict[str, torch.Tensor], f: torch.Tensor) -> torch.Tensor:
+    """The per-model MLP heads on pooled features ``f`` ``(M, B, feat)`` -> scores ``(M, B)``."""
     h = F.relu(torch.baddbmm(params["head.0.bias"][:, None], f, params["head.0.weight"].transpose(1, 2)))
     return torch.baddbmm(params["head.2.bias"][:, None], h, params["head.2.weight"].transpose(1, 2))[..., 0]
 
 
+def adapted_forward(model: "AestheticsNet", params: dict[str, torch.Tensor], x: torch.Tensor, *,
+                    stats: dict[str, torch.Tensor] | None = None, train_bn: bool = False) -> torch.Tensor:
+    """Scores ``(M, B)`` of ``M`` personal models with ``params`` from :func:`init_user_params`.
+
+    ``x``: with adapters in every stage (``trunk.*`` keys), the images ``(M, B, 3, H, W)``; else each model's trunk
+    features ``(M, B, C, H, W)``. ``stats`` / ``train_bn``: the normalisation statistics (:func:`init_bn_stats`;
+    ``train_bn=True`` uses each model's batch statistics and updates ``stats``). The frozen parts are shared; with the
+    generic values of ``params`` and no ``stats`` this equals ``model`` in eval mode.
+    """
+    if x.ndim != 5:
+        raise ValueError(f"adapted_forward: x must be (M, B, C, H, W), got {tuple(x.shape)}")
+    if any(k.startswith("trunk.") for k in params):
+        x = _run(model.trunk, "trunk", x, params, stats, train_bn)
+    x = _run(model.tail, "tail", x, params, stats, train_bn)
+    return head_forward(params, x.mean(dim=(3, 4)))
+
+
 def personal_loss(pred: torch.Tensor, ratings: torch.Tensor, params: dict[str, torch.Tensor],
                   init: dict[str, torch.Tensor], offset_decay: float) -> torch.Tensor:
-    """The personalisation objective, summed over the ``M`` models (so each model's gradient is its own):
-
-    ``sum_m [ mean_b (pred_mb - r_mb)^2 + offset_decay * sum_theta ||theta_m - theta_m^generic||^2 ]``
-
-    with ``pred``, ``ratings`` ``(M, B)`` and the penalty over every user-specific tensor (the adapters start at 0,
-    so theirs is ``||A_m||^2``): the personal model is the generic one plus a small residual offset.
-    """
+    """``sum_m [ mean_b (pred_mb - r_mb)^2 + offset_decay * sum_theta ||theta_m - theta_m^generic||^2 ]`` with
+    ``pred``, ``ratings`` ``(M, B)``; the penalty runs over the tensors of ``params`` (summed over models, so each
+    model's gradient is its own)."""
     if pred.shape != ratings.shape or pred.ndim != 2:
         raise ValueError(f"personal_loss: pred and ratings must both be (M, B), got {tuple(pred.shape)} and "
                          f"{tuple(ratings.shape)}")
@@ -478,213 +498,6 @@ def personal_loss(pred: torch.Tensor, ratings: torch.Tensor, params: dict[str, t
     if offset_decay > 0:
         loss = loss + offset_decay * sum(((params[k] - init[k]) ** 2).sum() for k in params)
     return loss
-
-
-# ============================================================================================ training
-def fit_generic(model: AestheticsNet, images, targets: torch.Tensor, *, epochs: int, lr: float,
-                batch_size: int = 64, weight_decay: float = 1e-4, flip: bool = True, seed: int = 0,
-                device: str | torch.device = "auto", progress: bool = True) -> list[float]:
-    """Train the whole generic regressor on mean scores with Adam and the squared error (cosine learning rate).
-
-    Args:
-        images: ``(N, 3, H, W)`` tensor or a sequence of ``(3, H, W)`` tensors (e.g. lazily decoded files).
-        targets: ``(N,)`` mean scores.
-        flip: random horizontal flips (a flip changes none of the rated properties).
-        seed: fixes the batch order and the flips.
-
-    Returns:
-        The mean training loss of every epoch.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if len(images) != len(targets):
-        raise ValueError(f"images and targets differ in length: {len(images)} vs {len(targets)}")
-    dev = resolve_device(device)
-    model.to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(targets) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-
-    def batch_loss(idx, g):
-        x = gather(images, idx).to(dev)
-        if flip:
-            x = random_flip(x, g)[0]
-        return F.mse_loss(model(x), targets[idx].to(dev))
-
-    losses = fit_epochs(batch_loss, len(targets), epochs=epochs, batch_size=batch_size, optimizer=opt,
-                        scheduler=sched, seed=seed, progress=progress, desc="generic model")
-    model.eval()
-    return losses
-
-
-@dataclass
-class PersonalResult:
-    """Output of :func:`personalise` / :func:`finetune_all`.
-
-    ``steps``: the checkpoints (0 = the generic model); ``rho`` ``(len(steps), M)``: the test Spearman of every model
-    at every checkpoint; ``val_rho``: the same on the selection users, if any; ``best_step``: the checkpoint chosen
-    on the selection users (or the last one); ``params``: the user-specific parameters at ``best_step`` (on the CPU).
-    """
-
-    steps: list[int]
-    rho: torch.Tensor
-    best_step: int
-    params: dict[str, torch.Tensor] = field(default_factory=dict)
-    val_rho: torch.Tensor | None = None
-    losses: list[float] = field(default_factory=list)
-
-    @property
-    def final(self) -> torch.Tensor:
-        """The test Spearman ``(M,)`` of every model at ``best_step``."""
-        return self.rho[self.steps.index(self.best_step)]
-
-
-def _rho_rows(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    return torch.tensor([spearman(p[v], t[v]) for p, t, v in zip(pred, target, valid)])
-
-
-def personalise(model: AestheticsNet, feats: torch.Tensor, ratings: torch.Tensor, train_idx: torch.Tensor,
-                test_idx: torch.Tensor, *, steps: int, lr: float, batch_size: int, offset_decay: float,
-                eval_every: int, n_select: int = 0, parts: Sequence[str] = PARTS, seed: int = 0,
-                device: str | torch.device = "auto", progress: bool = True, desc: str = "adapters") -> PersonalResult:
-    """Train the user-specific parameters of ``M`` models at once (adapters, normalisation affines, head).
-
-    Args:
-        model: the generic regressor (frozen; only read).
-        feats: ``(N, C, H, W)`` cached trunk features of the rated images.
-        ratings: ``(M, N)`` ratings, one row per model (a user's ratings, repeated for each of its draws); only the
-            entries at ``train_idx`` are used for training.
-        train_idx: ``(M, k)`` each model's ``k`` training images; test_idx: ``(M, T)`` its disjoint test images
-            (``-1`` entries are padding, skipped by the evaluation; see :func:`user_draws`).
-        steps, lr, batch_size: Adam steps on minibatches of ``batch_size`` of the ``k`` ratings (all if ``k`` is
-            smaller).
-        offset_decay: the weight of the L2 penalty towards the generic model (:func:`personal_loss`).
-        eval_every: test Spearman checkpoints.
-        n_select: the first ``n_select`` models are *selection* users: the checkpoint with their best mean
-            Spearman is ``best_step``; the others' test ratings never choose anything. ``0``: the last step.
-        parts: which user-specific parts train (a subset of :data:`PARTS`); the others stay at the generic values.
-
-    Returns:
-        A :class:`PersonalResult` for the models after the first ``n_select`` (``val_rho`` holds the selection
-        users' curves).
-    """
-    m, k = train_idx.shape
-    if ratings.shape[0] != m or test_idx.shape[0] != m:
-        raise ValueError(f"personalise: ratings, train_idx and test_idx need the same number of models, got "
-                         f"{ratings.shape[0]}, {m}, {test_idx.shape[0]}")
-    if steps < 1 or eval_every < 1 or not 0 <= n_select < m:
-        raise ValueError(f"personalise: steps >= 1, eval_every >= 1 and 0 <= n_select < M required, got steps={steps}, "
-                         f"eval_every={eval_every}, n_select={n_select}, M={m}")
-    dev = resolve_device(device)
-    model.eval().to(dev)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    feats, ratings = feats.to(dev), ratings.to(dev)
-    bad = sorted(set(parts) - set(PARTS))
-    if bad or not parts:
-        raise ValueError(f"personalise: parts must be a non-empty subset of {', '.join(PARTS)}, got {list(parts)}")
-    init = {n: t.to(dev) for n, t in init_user_params(model, m).items()}
-    params = {n: t.clone().requires_grad_(param_part(n) in parts) for n, t in init.items()}
-    opt = torch.optim.Adam([t for t in params.values() if t.requires_grad], lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.arange(m)[:, None]
-    bsz = min(batch_size, k)
-
-    valid = test_idx >= 0                                                       # test sets may be padded with -1
-    test_at = test_idx.clamp_min(0).to(dev)
-
-    @torch.no_grad()
-    def evaluate(p):
-        pred = torch.cat([adapted_forward(model, {n: t[i:i + 1] for n, t in p.items()}, feats[test_at[i]][None])
-                          for i in range(m)]) if m * test_idx.shape[1] > 4096 else \
-            adapted_forward(model, p, feats[test_at])
-        return _rho_rows(pred.cpu(), ratings[rows.to(dev), test_at].cpu(), valid)
-
-    ckpts, curve, losses, best, snapshots = [0], [evaluate(params)], [], None, {}
-    snapshots[0] = {n: t.detach().cpu().clone() for n, t in params.items()}
-    for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False):
-        pick = torch.argsort(torch.rand(m, k, generator=g), dim=1)[:, :bsz]
-        idx = train_idx.gather(1, pick)                                        # (M, bsz)
-        pred = adapted_forward(model, params, feats[idx.to(dev)])
-        loss = personal_loss(pred, ratings[rows.to(dev), idx.to(dev)], params, init, offset_decay)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item() / m)
-        if step % eval_every == 0 or step == steps:
-            ckpts.append(step)
-            curve.append(evaluate(params))
-            snapshots[step] = {n: t.detach().cpu().clone() for n, t in params.items()}
-    rho = torch.stack(curve)                                                    # (checkpoints, M)
-    if n_select:
-        best = ckpts[int(rho[:, :n_select].mean(1).argmax())]
-    else:
-        best = ckpts[-1]
-    chosen = {n: t[n_select:] for n, t in snapshots[best].items()}
-    return PersonalResult(ckpts, rho[:, n_select:], best, chosen, rho[:, :n_select] if n_select else None, losses)
-
-
-def finetune_all(model: AestheticsNet, images, ratings: torch.Tensor, train_idx: torch.Tensor,
-                 test_idx: torch.Tensor, *, steps: int, lr: float, batch_size: int, eval_every: int,
-                 n_select: int = 0, chunk: int = 0, seed: int = 0, device: str | torch.device = "auto",
-                 progress: bool = True, desc: str = "fine-tune all") -> PersonalResult:
-    """The baseline: fine-tune **every** parameter of a copy of the generic model per model (``M`` of them), with
-    Adam and the squared error. The copies train together through ``torch.func.vmap`` over ``functional_call``
-    (batch norm in eval mode: running statistics frozen, affines trained), ``chunk`` models at a time (``0``: all).
-
-    ``images`` ``(N, 3, H, W)`` (or a sequence of ``(3, H, W)``); the other arguments as in :func:`personalise`.
-    ``params`` of the result hold nothing (a whole network per user is what this baseline costs).
-    """
-    from torch.func import functional_call, vmap
-    m, k = train_idx.shape
-    if ratings.shape[0] != m or test_idx.shape[0] != m:
-        raise ValueError(f"finetune_all: ratings, train_idx and test_idx need the same number of models, got "
-                         f"{ratings.shape[0]}, {m}, {test_idx.shape[0]}")
-    if steps < 1 or eval_every < 1 or not 0 <= n_select < m or chunk < 0:
-        raise ValueError(f"finetune_all: steps >= 1, eval_every >= 1, 0 <= n_select < M and chunk >= 0 required, "
-                         f"got steps={steps}, eval_every={eval_every}, n_select={n_select}, M={m}, chunk={chunk}")
-    dev = resolve_device(device)
-    net = copy.deepcopy(model).to(dev).eval()
-    base = {n: p.detach().requires_grad_(False) for n, p in net.named_parameters()}
-    buffers = dict(net.named_buffers())
-    fwd = vmap(lambda p, x: functional_call(net, (p, buffers), (x,)))
-    if not torch.is_tensor(images):
-        images = torch.stack(list(images))
-    images, ratings = images.to(dev), ratings.to(dev)
-    g = torch.Generator().manual_seed(seed)
-    bsz = min(batch_size, k)
-    ckpts = [0] + [s for s in range(1, steps + 1) if s % eval_every == 0 or s == steps]
-    curves, losses = [], []
-    for part in torch.arange(m).split(chunk or m):
-        mc = len(part)
-        rows = torch.arange(mc, device=dev)[:, None]
-        r, tr = ratings[part.to(dev)], train_idx[part]
-        valid, te = test_idx[part] >= 0, test_idx[part].clamp_min(0)
-        params = {n: p[None].repeat(mc, *([1] * p.ndim)).clone().requires_grad_(True) for n, p in base.items()}
-        opt = torch.optim.Adam(params.values(), lr=lr)
-
-        @torch.no_grad()
-        def evaluate():
-            pred = torch.cat([fwd({n: t[c] for n, t in params.items()}, images[te[c].to(dev)])
-                              for c in torch.arange(mc).split(8)])
-            return _rho_rows(pred.cpu(), r[rows, te.to(dev)].cpu(), valid)
-
-        curve = [evaluate()]
-        for step in tqdm(range(1, steps + 1), desc=desc, disable=not progress, leave=False):
-            pick = torch.argsort(torch.rand(mc, k, generator=g), dim=1)[:, :bsz]
-            idx = tr.gather(1, pick).to(dev)
-            loss = ((fwd(params, images[idx]) - r[rows, idx]) ** 2).mean(1).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item() / mc)
-            if step in ckpts:
-                curve.append(evaluate())
-        curves.append(torch.stack(curve))
-        del params, opt
-    rho = torch.cat(curves, 1)
-    best = ckpts[int(rho[:, :n_select].mean(1).argmax())] if n_select else ckpts[-1]
-    return PersonalResult(ckpts, rho[:, n_select:], best, {}, rho[:, :n_select] if n_select else None, losses)
 
 
 # ============================================================================================ enhancement
@@ -704,35 +517,6 @@ def adjust(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tenso
     x = KE.adjust_contrast(x, as_n(contrast), clip_output=False)
     x = KE.adjust_brightness(x, as_n(brightness), clip_output=False)
     return x.clamp(0, 1)
-
-
-def enhance(images: torch.Tensor, score_fn: Callable[[torch.Tensor], torch.Tensor], *, steps: int, lr: float,
-            max_offset: float = 0.25, max_log_factor: float = 0.5) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Gradient ascent of ``score_fn`` (images -> ``(N,)`` scores, e.g. one user's personal model) over three
-    adjustment parameters per image (:func:`adjust`), kept in a plausible range by ``tanh``: brightness offset in
-    ``(-max_offset, max_offset)``, contrast and saturation factors in ``exp(+-max_log_factor)``.
-
-    Returns the enhanced images ``(N, 3, H, W)`` and the chosen adjustments (each ``(N,)``).
-    """
-    if steps < 1 or lr <= 0:
-        raise ValueError(f"enhance: steps >= 1 and lr > 0 required, got steps={steps}, lr={lr}")
-    _check_images(images)
-    u = torch.zeros(3, len(images), requires_grad=True)
-    opt = torch.optim.Adam([u], lr=lr)
-
-    def settings(u):
-        t = torch.tanh(u)
-        return {"brightness": max_offset * t[0], "contrast": torch.exp(max_log_factor * t[1]),
-                "saturation": torch.exp(max_log_factor * t[2])}
-
-    for _ in range(steps):
-        loss = -score_fn(adjust(images, **settings(u))).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        s = settings(u)
-        return adjust(images, **s), {n: v.detach() for n, v in s.items()}
 
 
 # ============================================================================================ data
@@ -771,8 +555,8 @@ class Benchmark:
     ``generic_images`` ``(N, 3, H, W)`` (or a lazy sequence) and ``generic_targets`` ``(N,)``: mean scores for the
     generic model. ``user_images`` ``(R, 3, H, W)``: the images the test (and selection) users rated;
     ``user_ratings`` ``(U, R)`` with ``NaN`` where a user did not rate an image; ``user_ids`` names; ``n_select``:
-    the first rows are selection users (never tested); ``simulated``: the raters are simulated (``users`` holds
-    them, ``z_mean``/``z_std`` the property standardisation).
+    the first rows are selection users (never tested). Simulated raters only: ``users``, the property
+    standardisation ``z_mean``/``z_std`` and the content class ``(R,)`` of each user photo in ``meta["classes"]``.
     """
 
     generic_images: torch.Tensor | Sequence[torch.Tensor]
@@ -781,63 +565,77 @@ class Benchmark:
     user_ratings: torch.Tensor
     user_ids: list[str]
     n_select: int = 0
-    simulated: bool = False
-    users: Users | None = None
+    users: "Users | None" = None
     z_mean: torch.Tensor | None = None
     z_std: torch.Tensor | None = None
-    generic_source: torch.Tensor | None = None
     meta: dict = field(default_factory=dict)
 
-    def standardise(self, props: torch.Tensor) -> torch.Tensor:
-        return (props - self.z_mean) / self.z_std
+    @property
+    def simulated(self) -> bool:
+        return self.users is not None
 
-    def true_scores(self, images: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        """Noise-free latent scores ``(len(rows), N)`` of simulated users ``rows`` (only for simulated raters)."""
+    def true_scores(self, images: torch.Tensor, rows: Sequence[int], classes: torch.Tensor) -> torch.Tensor:
+        """Noise-free latent scores ``(len(rows), N)`` of simulated users ``rows`` for ``images`` of content
+        ``classes`` ``(N,)``."""
         if self.users is None:
             raise ValueError("true_scores needs simulated raters (the quick profile)")
-        return self.users[list(rows)].latent(self.standardise(image_properties(images)))
+        z = (image_properties(images) - self.z_mean) / self.z_std
+        return self.users[list(rows)].latent(z, classes)
 
 
-def simulated_benchmark(cfg: dict, *, data_dir=None, seed: int = 0) -> Benchmark:
-    """The quick profile's benchmark: real photos rated by simulated raters.
+def simulated_photos(cfg: dict, *, data_dir=None, seed: int = 0) -> dict:
+    """The quick profile's real photos, rated later by simulated raters (:func:`simulated_benchmark`):
 
-    * generic photos: the 239 shipped COCO images, each as its central square plus ``crops_per_image`` random
-      square crops (each crop is a photo of its own to a rater), ``image_size`` px; each is rated by
-      ``ratings_per_image`` of ``train_raters`` simulated raters (FLICKR-AES has 5 ratings per image) and the generic
-      target is the mean of those ratings;
-    * user photos: the 280 shipped PACS photos (domain ``photo``), rated by every one of ``val_users`` selection
-      users and ``test_users`` test users, all drawn around the same population taste (:data:`POPULATION`).
+    * ``generic``: the 239 shipped COCO photos, each as its central square plus ``crops_per_image`` random square
+      crops (a crop is a photo of its own to a rater), ``image_size`` px;
+    * ``user``: the 280 shipped PACS photos (domain ``photo``, never seen by the generic model), with their content
+      class ``user_classes`` ``(R,)`` (7 classes, names in ``class_names``);
+    * ``z_generic``, ``z_user``: their :data:`PROPERTIES`, standardised over the generic photos (``z_mean``, ``z_std``).
     """
     g = torch.Generator().manual_seed(seed)
     size = cfg["image_size"]
     coco = _data.load("coco_captions_mini", "all", data_dir=data_dir)
-    gen_x, gen_src = square_crops(coco.images, size, extra=cfg["crops_per_image"], scale=tuple(cfg["crop_scale"]),
-                                  generator=g)
+    gen_x, _ = square_crops(coco.images, size, extra=cfg["crops_per_image"], scale=tuple(cfg["crop_scale"]),
+                            generator=g)
     pacs = _data.load("pacs", "all", data_dir=data_dir, size=size)
-    photo = pacs.meta["_domains"].index("photo")
-    keep = torch.nonzero(pacs.meta["domain"] == photo).flatten()
+    keep = torch.nonzero(pacs.meta["domain"] == pacs.meta["_domains"].index("photo")).flatten()
     user_x = pacs.images[keep]
     props = image_properties(gen_x)
     z_mean, z_std = props.mean(0), props.std(0)
-    z_gen = (props - z_mean) / z_std
-    z_user = (image_properties(user_x) - z_mean) / z_std
-    crowd = draw_users(cfg["train_raters"], spread=cfg["spread"], ideal_spread=cfg["ideal_spread"], generator=g)
+    return {"generic": gen_x, "user": user_x, "user_classes": pacs.labels[keep], "class_names": list(pacs.classes),
+            "z_mean": z_mean, "z_std": z_std, "z_generic": (props - z_mean) / z_std,
+            "z_user": (image_properties(user_x) - z_mean) / z_std}
+
+
+def simulated_benchmark(cfg: dict, photos: dict, *, seed: int = 0, content_spread: float = 0.0) -> Benchmark:
+    """Simulated raters for :func:`simulated_photos`, all drawn around :data:`POPULATION` (``spread``,
+    ``ideal_spread``, rating ``noise`` from ``cfg``):
+
+    * each generic photo is rated by ``ratings_per_image`` of ``train_raters`` crowd raters (FLICKR-AES has 5
+      ratings per photo); the generic target is their mean. The crowd has no content term (the generic photos are
+      COCO scenes, not PACS classes, and a zero-mean liking averages out in a crowd);
+    * every one of ``val_users`` selection and ``test_users`` test users rates every user photo; with
+      ``content_spread > 0`` their scores add a personal liking for the photo's PACS class.
+    """
+    g = torch.Generator().manual_seed(seed)
     r = cfg["ratings_per_image"]
     if not 1 <= r <= cfg["train_raters"]:
         raise ValueError(f"ratings_per_image must be in 1..train_raters, got {r}")
-    who = torch.argsort(torch.rand(len(gen_x), cfg["train_raters"], generator=g), dim=1)[:, :r]   # (N, r)
-    all_r = rate(crowd, z_gen, noise=cfg["noise"], generator=g)                                    # (raters, N)
-    targets = all_r.T.gather(1, who).mean(1)
+    crowd = draw_users(cfg["train_raters"], spread=cfg["spread"], ideal_spread=cfg["ideal_spread"], generator=g)
+    z_gen = photos["z_generic"]
+    who = torch.argsort(torch.rand(len(z_gen), cfg["train_raters"], generator=g), dim=1)[:, :r]   # (N, r)
+    targets = rate(crowd, z_gen, noise=cfg["noise"], generator=g).T.gather(1, who).mean(1)
     n_u = cfg["val_users"] + cfg["test_users"]
-    users = draw_users(n_u, spread=cfg["spread"], ideal_spread=cfg["ideal_spread"], generator=g)
-    ratings = rate(users, z_user, noise=cfg["noise"], generator=g)
+    classes = photos["user_classes"]
+    users = draw_users(n_u, spread=cfg["spread"], ideal_spread=cfg["ideal_spread"], content_spread=content_spread,
+                       n_classes=len(photos["class_names"]) if content_spread > 0 else 0, generator=g)
+    ratings = rate(users, photos["z_user"], noise=cfg["noise"], classes=classes, generator=g)
     ids = [f"select{i}" for i in range(cfg["val_users"])] + [f"user{i}" for i in range(cfg["test_users"])]
-    return Benchmark(gen_x, targets, user_x, ratings, ids, cfg["val_users"], True, users, z_mean, z_std, gen_src,
-                     {"pacs_class": pacs.labels[keep], "pacs_classes": pacs.classes,
-                      "population_mean_score": all_r.mean(0)})
+    return Benchmark(photos["generic"], targets, photos["user"], ratings, ids, cfg["val_users"], users,
+                     photos["z_mean"], photos["z_std"], {"classes": classes, "class_names": photos["class_names"]})
 
 
-def flickr_benchmark(cfg: dict, *, data_dir=None, seed: int = 0) -> Benchmark:
+def flickr_benchmark(cfg: dict, *, data_dir=None) -> Benchmark:
     """The paper profile's benchmark: FLICKR-AES (:func:`vklib.data.load` ``("flickr_aes", ...)``, full=True).
 
     Generic model: the images rated by the training workers and by no test worker, with the training workers' mean
@@ -853,7 +651,7 @@ def flickr_benchmark(cfg: dict, *, data_dir=None, seed: int = 0) -> Benchmark:
     for u, w in enumerate(workers):
         idx, sc = test.meta["_ratings"][w]
         ratings[u, idx] = sc
-    return Benchmark(train.images, train.meta["mean_score"], test.images, ratings, list(workers), 0, False)
+    return Benchmark(train.images, train.meta["mean_score"], test.images, ratings, list(workers), 0)
 
 
 # ---------------------------------------------------------------------------------------------- FLICKR-AES loader

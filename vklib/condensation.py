@@ -1,21 +1,23 @@
-"""Dataset Condensation with gradient matching (Zhao, Mopuri and Bilen, ICLR 2021, arXiv:2006.05929).
+"""Dataset Condensation with gradient matching (Zhao, Mopuri and Bilen, ICLR 2021, arXiv:2006.05929) and with
+distribution matching (Zhao and Bilen, WACV 2023, arXiv:2110.04181): the kernels; notebook 01 writes the loops.
 
 DC learns a few synthetic images per class so that a network trained on them behaves like one trained on the
 whole training set. It matches, class by class, the gradient a randomly initialised network receives from a batch
 of real images with the gradient it receives from the synthetic images, and moves the synthetic pixels to make the
-two agree.
+two agree. DM matches the mean embeddings of real and synthetic images under random networks instead.
 
 Kernels
     * :func:`layer_distance`, :func:`match_distance`: the paper's gradient distance (``"dc"``) and the ``"mse"`` and
       flat ``"cos"`` variants, over gradients with a leading class dimension;
     * :func:`class_gradients`: the gradients of every class at once (``torch.func`` ``vmap(grad(...))``) or with a
-      plain loop over classes; :func:`matching_loss` puts the two sides together;
-    * :func:`condense`: the whole DC loop (fresh random network per iteration, outer/inner loops, SGD on pixels);
+      plain loop over classes (the default on CPUs); :func:`matching_loss` puts the two sides together;
+    * :func:`dm_loss`: DM's objective (squared distance of per-class mean embeddings);
+    * :func:`sample_per_class`, :func:`by_class`, :func:`loops_for_ipc`: real batches and the paper's loop counts;
     * :func:`select_coreset` with :func:`herding` and :func:`k_center`: the coreset baselines of the paper's table;
-    * :func:`evaluate_synset`: train fresh networks on a small set and test them on real data (all seeds in one
-      pass, as a :class:`vklib.train.Ensemble`, where the network has no BatchNorm);
+    * :func:`evaluate_sets`: train fresh networks on small sets and test them on real data (all members in one
+      pass, as a :class:`vklib.train.Ensemble`, member ``s`` on set ``s``, where the network has no BatchNorm);
     * :func:`dc_augment` (DC's evaluation augmentation) and :func:`sample_dsa` / :func:`apply_dsa` (differentiable
-      siamese augmentation, DSA, Zhao and Bilen ICML 2021) as an optional extension;
+      siamese augmentation, DSA, Zhao and Bilen ICML 2021, which DM uses while it learns);
     * :func:`load_real`, :func:`normalize`, :func:`denormalize`, :func:`make_network`, :class:`MLP`, :class:`LeNet`.
 
 Images are handled in the normalised space of DC (per-channel mean and std of :data:`BENCHMARKS`).
@@ -23,7 +25,7 @@ Images are handled in the normalised space of DC (per-channel mean and std of :d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -35,10 +37,10 @@ from . import data, models, train
 from .utils import resolve_device
 
 __all__ = [
-    "BENCHMARKS", "CORESETS", "DISTANCES", "DSA_OPS", "INITS", "LOOPS", "NETWORKS", "PROFILES", "CondenseResult",
-    "EvalResult", "LeNet", "MLP", "apply_dsa", "class_gradients", "condense", "dc_augment", "denormalize", "embed",
-    "evaluate_synset", "herding", "k_center", "layer_distance", "load_real", "loops_for_ipc", "make_network",
-    "match_distance", "matching_loss", "normalize", "sample_dsa", "select_coreset",
+    "BENCHMARKS", "CORESETS", "DISTANCES", "DSA_OPS", "INITS", "LOOPS", "NETWORKS", "LeNet", "MLP", "apply_dsa",
+    "by_class", "class_gradients", "dc_augment", "denormalize", "dm_loss", "embed", "evaluate_sets", "herding",
+    "k_center", "layer_distance", "load_real", "loops_for_ipc", "make_network", "match_distance", "matching_loss",
+    "normalize", "sample_dsa", "sample_per_class", "select_coreset",
 ]
 
 
@@ -150,8 +152,15 @@ NETWORKS = ("convnet", "mlp", "lenet", "resnet")
 def make_network(name: str, in_channels: int, num_classes: int, image_size: int, *, width: int = 128,
                  depth: int = 3) -> nn.Module:
     """A fresh network by name: ``"convnet"`` (:class:`vklib.models.ConvNet`, instance norm), ``"mlp"``,
-    ``"lenet"`` or ``"resnet"`` (:class:`vklib.models.SmallResNet`, batch norm)."""
+    ``"lenet"`` or ``"resnet"`` (:class:`vklib.models.SmallResNet`, batch norm).
+
+    As the official ``networks.py``, the ConvNet pads the first convolution of one-channel 28 px images by 3, so
+    that MNIST and Fashion-MNIST run at 32 px like the colour benchmarks (width 128, depth 3: 2,048 features)."""
     if name == "convnet":
+        if in_channels == 1 and image_size == 28:
+            net = models.ConvNet(in_channels, num_classes, 32, width=width, depth=depth)
+            net.features[0].padding = (3, 3)
+            return net
         return models.ConvNet(in_channels, num_classes, image_size, width=width, depth=depth)
     if name == "mlp":
         return MLP(in_channels, num_classes, image_size)
@@ -243,7 +252,7 @@ def _check_no_batchnorm(net: nn.Module) -> None:
 
 
 def class_gradients(net: nn.Module, images: torch.Tensor, *, create_graph: bool = False,
-                    vectorised: bool = True) -> dict[str, torch.Tensor]:
+                    vectorised: bool | None = None) -> dict[str, torch.Tensor]:
     """The cross-entropy gradient of every parameter for every class, class ``c`` being the label of ``images[c]``.
 
     Args:
@@ -252,7 +261,10 @@ def class_gradients(net: nn.Module, images: torch.Tensor, *, create_graph: bool 
         create_graph: keep the graph to the images (the synthetic side: the result is differentiable in
             ``images``); otherwise the gradients are detached (the real side).
         vectorised: one batched pass for all classes (``torch.func.vmap`` over ``grad`` with
-            ``functional_call``) instead of a Python loop over classes.
+            ``functional_call``) instead of a Python loop over classes; ``None`` (the default) takes the batched
+            pass on a GPU and the loop on a CPU, where ``tests/benchmarks/bench_condensation.py`` measures the
+            loop at least as fast and ``vmap`` holds every class's activations at once (about 17 GB at the paper's
+            sizes).
 
     Returns:
         ``{name: (K, *param.shape)}`` in ``net.named_parameters()`` order; each class's gradient is that of the
@@ -264,6 +276,8 @@ def class_gradients(net: nn.Module, images: torch.Tensor, *, create_graph: bool 
     K, n = images.shape[:2]
     labels = torch.arange(K, device=images.device)[:, None].expand(K, n)
     names = [k for k, _ in net.named_parameters()]
+    if vectorised is None:
+        vectorised = images.device.type != "cpu"
     if vectorised:
         from torch.func import functional_call, grad, vmap
         params = {k: p.detach() for k, p in net.named_parameters()}
@@ -285,7 +299,7 @@ def class_gradients(net: nn.Module, images: torch.Tensor, *, create_graph: bool 
 
 
 def matching_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, metric: str = "dc", *,
-                  vectorised: bool = True) -> torch.Tensor:
+                  vectorised: bool | None = None) -> torch.Tensor:
     """DC's objective for one network: ``sum over classes of D(grad on syn[c], grad on real[c])``.
 
     Args:
@@ -438,14 +452,14 @@ def loops_for_ipc(ipc: int, loops: Mapping[int, tuple[int, int]] = LOOPS) -> tup
     """The (outer, inner) loop counts for ``ipc`` images per class from the table ``loops`` (ipc -> (outer, inner));
     by default the paper's, :data:`LOOPS` (1: (1, 1), 10: (10, 50), 50: (50, 10))."""
     if ipc not in loops:
-        raise ValueError(f"no loop counts for ipc {ipc}: defined for ipc in {sorted(loops)}; "
-                         f"pass outer_loop and inner_loop explicitly")
+        raise ValueError(f"no loop counts for ipc {ipc}: defined for ipc in {sorted(loops)}")
     return tuple(loops[ipc])
 
 
-def _by_class(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def by_class(labels: torch.Tensor, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded index matrix ``(K, n_max)`` of each class's samples (padding -1) and the counts ``(K,)``."""
-    counts = torch.bincount(labels, minlength=num_classes)[:num_classes]
+    K = int(num_classes or int(labels.max()) + 1)
+    counts = torch.bincount(labels, minlength=K)[:K]
     order = torch.argsort(labels, stable=True)
     n_max = int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
@@ -455,135 +469,39 @@ def _by_class(labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, tor
     return idx, counts
 
 
-def _sample_per_class(index: torch.Tensor, counts: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
-    """``n`` distinct random indices of every class ``(K, n)`` (one batched draw, no loop over classes)."""
+def sample_per_class(index: torch.Tensor, counts: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` distinct random indices of every class ``(K, n)`` from :func:`by_class`'s ``index`` and ``counts``
+    (one batched draw, no loop over classes)."""
+    if int(counts.min()) < n:
+        c = int(counts.argmin())
+        raise ValueError(f"class {c} has only {int(counts[c])} samples, fewer than the {n} asked for")
     keys = torch.rand(index.shape, generator=g)
     keys[index < 0] = 2.0  # padding sorts last
     pick = keys.argsort(dim=1)[:, :n]
     return index.gather(1, pick)
 
 
-@dataclass
-class CondenseResult:
-    """Output of :func:`condense`.
-
-    Attributes:
-        images: ``(K * ipc, C, H, W)`` synthetic images (normalised space), class-major.
-        labels: ``(K * ipc,)`` their fixed labels ``[0]*ipc + [1]*ipc + ...``.
-        losses: the matching loss of every iteration, averaged over classes and outer loops.
-        snapshots: ``{iteration: images}`` copies taken at the requested iterations (0 = the initialisation).
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    losses: list[float]
-    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)
-
-
-def condense(images: torch.Tensor, labels: torch.Tensor, *, ipc: int, iterations: int, batch_real: int = 256,
-             num_classes: int | None = None, init: str = "noise", metric: str = "dc", lr_img: float = 0.1,
-             lr_net: float = 0.01, outer_loop: int | None = None, inner_loop: int | None = None,
-             batch_train: int = 256, net_fn: Callable[[], nn.Module] | None = None, dsa_strategy: str | None = None,
-             vectorised: bool = True, snapshot_at: Sequence[int] = (), seed: int = 0,
-             device: str | torch.device = "auto", progress: bool = False,
-             callback: Callable[[int, list[float], torch.Tensor], None] | None = None) -> CondenseResult:
-    """Learn ``ipc`` synthetic images per class by gradient matching (Algorithm 1 of the paper).
-
-    Every iteration draws a fresh randomly initialised network. In each of ``outer_loop`` steps it samples
-    ``batch_real`` real images per class, computes all classes' real gradients and the synthetic gradients
-    (kept differentiable), and takes one SGD step (momentum 0.5) on the synthetic pixels against the summed
-    distance; between outer steps the network is trained for ``inner_loop`` epochs on the current synthetic set
-    (SGD, momentum 0.5, ``lr_net``, by :func:`vklib.train.fit_epochs`).
+def dm_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
+    """DM's objective for one random network: ``sum over classes c of |mean embed(real[c]) - mean embed(syn[c])|^2``
+    with ``net.embed`` (e.g. :meth:`vklib.models.ConvNet.embed`, the features before the classifier).
 
     Args:
-        images, labels: the real training set, ``(N, C, H, W)`` normalised and ``(N,)`` in ``0..K-1``.
-        ipc: images per class (>= 1). ``outer_loop``/``inner_loop`` default to the paper's (:data:`LOOPS`).
-        init: ``"noise"`` (standard normal pixels) or ``"real"`` (random real images of each class).
-        metric: gradient distance (:data:`DISTANCES`). ``net_fn``: makes a fresh network (default: DC's ConvNet).
-        dsa_strategy: optional differentiable siamese augmentation (e.g. ``"color_crop_cutout_scale_rotate"``)
-            applied with the same parameters to each class's real and synthetic batch.
-        vectorised: compute all classes' gradients in one batched pass (:func:`class_gradients`).
-        snapshot_at: iterations after which to keep a copy of the images (0 = before the first update).
-        seed: fixes the initialisation, the real batches and every network's initial weights.
-        callback: called as ``callback(iteration, losses, images)`` after every iteration (e.g. a live plot).
+        real: ``(K, n_real, C, H, W)`` real images, class ``c`` in row ``c`` (no gradient is kept for them).
+        syn: ``(K, ipc, C, H, W)`` synthetic images, same classes.
 
     Returns:
-        A :class:`CondenseResult`.
+        A scalar, differentiable in ``syn``.
     """
-    if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
-        raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
-    if metric not in DISTANCES:
-        raise ValueError(f"unknown distance {metric!r}; allowed: {', '.join(DISTANCES)}")
-    if iterations < 0 or batch_real < 1:
-        raise ValueError(f"iterations must be >= 0 and batch_real >= 1, got {iterations} and {batch_real}")
-    if images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(f"images must be (N, C, H, W) with one label each, got {tuple(images.shape)} and "
-                         f"{tuple(labels.shape)}")
-    if dsa_strategy:
-        sample_dsa(dsa_strategy, 1)  # validates the strategy
-    if outer_loop is None or inner_loop is None:
-        o, i = loops_for_ipc(ipc)
-        outer_loop, inner_loop = outer_loop or o, inner_loop if inner_loop is not None else i
-    K = int(num_classes or int(labels.max()) + 1)
-    index, counts = _by_class(labels, K)
-    if int(counts.min()) < batch_real:
-        c = int(counts.argmin())
-        raise ValueError(f"class {c} has only {int(counts[c])} real images, fewer than batch_real={batch_real}; "
-                         f"lower batch_real or use more data")
-    if init == "real" and int(counts.min()) < ipc:
-        raise ValueError(f"init='real' needs {ipc} images of every class; class {int(counts.argmin())} has "
-                         f"{int(counts.min())}")
-    dev = resolve_device(device)
-    C, H, W = images.shape[1:]
-    if net_fn is None:
-        net_fn = lambda: models.ConvNet(C, K, H)  # noqa: E731
-    g = torch.Generator().manual_seed(seed)
-    if init == "real":
-        syn = images[_sample_per_class(index, counts, ipc, g).flatten()].clone()
-    else:
-        syn = torch.randn(K * ipc, C, H, W, generator=g)
-    syn = syn.to(dev).requires_grad_(True)
-    syn_labels = torch.arange(K).repeat_interleave(ipc)
-    real_all = images.to(dev)
-    opt_img = torch.optim.SGD([syn], lr=lr_img, momentum=0.5)
-    snapshots = {0: syn.detach().cpu().clone()} if 0 in snapshot_at else {}
-    losses: list[float] = []
-    for it in tqdm(range(iterations), desc="condense", disable=not progress, leave=False):
-        net = _seeded(net_fn, seed * 1_000_003 + it).to(dev).train()
-        _check_no_batchnorm(net)
-        opt_net = torch.optim.SGD(net.parameters(), lr=lr_net, momentum=0.5)
-        total = 0.0
-        for ol in range(outer_loop):
-            real = real_all[_sample_per_class(index, counts, batch_real, g).to(dev)]
-            s = syn.view(K, ipc, C, H, W)
-            if dsa_strategy:
-                p = sample_dsa(dsa_strategy, K, g)
-                real, s = apply_dsa(real, p), apply_dsa(s, p)
-            loss = matching_loss(net, real, s, metric, vectorised=vectorised)
-            opt_img.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_img.step()
-            total += loss.item()
-            if ol == outer_loop - 1 or inner_loop == 0:
-                continue
-            syn_train = syn.detach().clone()
-
-            def net_loss(idx, gen):
-                x = syn_train[idx.to(dev)]
-                if dsa_strategy:
-                    x = apply_dsa(x[None], sample_dsa(dsa_strategy, 1, gen))[0]
-                return F.cross_entropy(net(x), syn_labels[idx].to(dev))
-
-            train.fit_epochs(net_loss, len(syn_train), epochs=inner_loop, batch_size=batch_train, optimizer=opt_net,
-                             seed=int(torch.randint(2 ** 62, (), generator=g)))
-        losses.append(total / (K * outer_loop))
-        if it + 1 in snapshot_at:
-            snapshots[it + 1] = syn.detach().cpu().clone()
-        if callback is not None:
-            callback(it, losses, syn.detach())
-    return CondenseResult(syn.detach().cpu(), syn_labels, losses, snapshots)
+    if real.ndim != 5 or real.shape[0] != syn.shape[0] or real.shape[2:] != syn.shape[2:]:
+        raise ValueError(f"real {tuple(real.shape)} and synthetic {tuple(syn.shape)} must be (K, n, C, H, W) with "
+                         f"the same K, C, H, W")
+    if not hasattr(net, "embed"):
+        raise ValueError(f"{type(net).__name__} has no embed() method to give features")
+    K = real.shape[0]
+    with torch.no_grad():
+        mu_real = net.embed(real.flatten(0, 1)).view(K, real.shape[1], -1).mean(1)
+    mu_syn = net.embed(syn.flatten(0, 1)).view(K, syn.shape[1], -1).mean(1)
+    return ((mu_real - mu_syn) ** 2).sum()
 
 
 # ----------------------------------------------------------------------------------------------- coresets
@@ -645,11 +563,11 @@ def select_coreset(labels: torch.Tensor, ipc: int, method: str = "random", *, fe
     if not isinstance(ipc, int) or ipc < 1:
         raise ValueError(f"ipc must be an int >= 1, got {ipc!r}")
     K = int(num_classes or int(labels.max()) + 1)
-    index, counts = _by_class(labels, K)
+    index, counts = by_class(labels, K)
     if int(counts.min()) < ipc:
         raise ValueError(f"class {int(counts.argmin())} has {int(counts.min())} samples, fewer than ipc={ipc}")
     if method == "random":
-        return _sample_per_class(index, counts, ipc, torch.Generator().manual_seed(seed)).flatten()
+        return sample_per_class(index, counts, ipc, torch.Generator().manual_seed(seed)).flatten()
     if features is None or len(features) != len(labels):
         raise ValueError(f"{method} needs features (N, D) for the N={len(labels)} samples")
     pick = herding if method == "herding" else k_center
@@ -661,89 +579,58 @@ def select_coreset(labels: torch.Tensor, ipc: int, method: str = "random", *, fe
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
-@dataclass
-class EvalResult:
-    """Test accuracies (fractions) of the networks trained by :func:`evaluate_synset`, with mean and (population)
-    standard deviation."""
+def evaluate_sets(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
+                  *, net_fn: Callable[[], nn.Module], seeds: Sequence[int], epochs: int = 300, lr: float = 0.01,
+                  batch_size: int = 256, augment: str = "none", device: str | torch.device = "auto",
+                  progress: bool = False) -> list[float]:
+    """Train one fresh network per small set and test it on real data (the paper's protocol).
 
-    accs: list[float]
+    Network ``s`` (``net_fn()`` initialised under ``seeds[s]``) is trained on set ``s``, ``images[s]`` ``(M, C, H,
+    W)`` / ``labels[s]`` ``(M,)``, with SGD (momentum 0.9, weight decay 5e-4, ``lr`` decayed x0.1 at half of
+    ``epochs``), its batch order and the :func:`dc_augment` ``augment`` of every batch drawn from ``seeds[s]``, and
+    tested on ``test_images`` ``(N, C, H, W)`` / ``test_labels`` ``(N,)``.
 
-    @property
-    def mean(self) -> float:
-        return float(torch.tensor(self.accs).mean())
+    All networks are trained in one pass as one :class:`vklib.train.Ensemble` (equal to separate runs from the same
+    seeds, to float tolerance). Networks with BatchNorm (e.g. ``"resnet"`` of :func:`make_network`) cannot be
+    stacked: they are trained one after the other, each by the same recipe.
 
-    @property
-    def std(self) -> float:
-        return float(torch.tensor(self.accs).std(unbiased=False)) if len(self.accs) > 1 else 0.0
+    Args:
+        images: ``(S, M, C, H, W)``: one set of ``M`` images per network; labels: ``(S, M)``.
 
-
-def evaluate_synset(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, test_labels: torch.Tensor,
-                    *, net_fn: Callable[[], nn.Module], n_nets: int = 5, epochs: int = 300, lr: float = 0.01,
-                    batch_size: int = 256, augment: str = "none", seed: int = 0,
-                    device: str | torch.device = "auto", progress: bool = False) -> EvalResult:
-    """Train ``n_nets`` fresh networks on a small set and test them on real data (the paper's protocol).
-
-    Network ``i`` (``net_fn()``, initialised under seed ``s = seed * 1000 + i``) is trained with SGD (momentum 0.9,
-    weight decay 5e-4, ``lr`` decayed x0.1 at half of ``epochs``) on ``images`` ``(M, C, H, W)`` / ``labels``
-    ``(M,)``, its batch order and the :func:`dc_augment` ``augment`` of every batch drawn from seed ``s``
-    (:func:`vklib.train.train_classifier`), and tested on ``test_images`` ``(N, C, H, W)`` / ``test_labels``
-    ``(N,)``.
-
-    The ``n_nets`` networks are trained in one pass as one :class:`vklib.train.Ensemble` (equal to separate runs
-    from the same seeds, to float tolerance). Networks with BatchNorm (e.g. ``"resnet"`` of :func:`make_network`)
-    cannot be stacked: they are trained one after the other, each by the same recipe.
+    Returns:
+        The ``S`` test accuracies (fractions).
     """
-    if n_nets < 1 or epochs < 1:
-        raise ValueError(f"n_nets and epochs must be >= 1, got {n_nets} and {epochs}")
-    if len(images) == 0 or len(images) != len(labels):
-        raise ValueError(f"need a non-empty training set with one label per image, got {len(images)} images and "
-                         f"{len(labels)} labels")
+    if images.ndim != 5 or images.shape[:2] != labels.shape or images.shape[1] == 0:
+        raise ValueError(f"images must be (S, M, C, H, W) with labels (S, M), M >= 1; got {tuple(images.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if len(seeds) != len(images) or epochs < 1:
+        raise ValueError(f"need one seed per set ({len(images)}) and epochs >= 1, got {len(seeds)} seeds and "
+                         f"epochs={epochs}")
     ops = _dc_augment_ops(augment)
-    seeds = [seed * 1000 + i for i in range(n_nets)]
-    kw = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=0.9, weight_decay=5e-4, lr_decay_at=(0.5,),
-              augment=(lambda x, g: dc_augment(x, augment, generator=g)) if ops else None,
-              device=device)
-    if not _has_batchnorm(_seeded(net_fn, seeds[0])):
-        with torch.random.fork_rng(devices=[]):  # Ensemble seeds torch's global RNG; leave the caller's alone
-            nets = train.Ensemble(net_fn, seeds)
-        train.train_classifier(nets, images, labels, progress=progress, **kw)
-        return EvalResult(train.evaluate(nets, test_images, test_labels, device=device))
-    accs = []
-    for s in tqdm(seeds, desc="evaluate", disable=not progress, leave=False):
-        net = _seeded(net_fn, s)
-        train.train_classifier(net, images, labels, seed=s, **kw)
-        accs.append(train.evaluate(net, test_images, test_labels, device=device))
-    return EvalResult(accs)
+    aug = (lambda x, g: dc_augment(x, augment, generator=g)) if ops else None
+    dev = resolve_device(device)
+    if _has_batchnorm(_seeded(net_fn, seeds[0])):
+        accs = []
+        for s in tqdm(range(len(seeds)), desc="evaluate", disable=not progress, leave=False):
+            net = _seeded(net_fn, seeds[s])
+            train.train_classifier(net, images[s], labels[s], epochs=epochs, batch_size=batch_size, lr=lr,
+                                   augment=aug, seed=seeds[s], device=dev)
+            accs.append(train.evaluate(net, test_images, test_labels, batch_size=256, device=dev))
+        return accs
+    with torch.random.fork_rng(devices=[]):  # Ensemble seeds torch's global RNG; leave the caller's alone
+        nets = train.Ensemble(net_fn, list(seeds)).to(dev)
+    x_all, y_all = images.to(dev), labels.to(dev)
+    rows = torch.arange(len(seeds), device=dev)[:, None]
+    opt = torch.optim.SGD(nets.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, train.milestones((0.5,), epochs), gamma=0.1)
 
+    def batch_loss(idx, gens):  # idx (S, B): member s's batch of its own set
+        idx = idx.to(dev)
+        x, y = x_all[rows, idx], y_all[rows, idx]
+        if aug is not None:
+            x = torch.stack([aug(xs, g) for xs, g in zip(x, gens)])
+        return F.cross_entropy(nets(x).flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
 
-# ----------------------------------------------------------------------------------------------- settings
-#: Profile defaults. ``quick``: the shipped MNIST subset on 2 CPU cores, minutes; ``paper``: the paper's settings on
-#: the full datasets (a GPU, hours). ``grid`` lists further (dataset, ipc) settings run after the headline one.
-PROFILES = {
-    "quick": dict(
-        dataset="mnist", ipc=1, full=False, download=False, grid=(),
-        iterations=150, batch_real=32, init="noise", metric="dc", lr_img=1.0, lr_net=0.01, batch_train=256,
-        width=32, depth=3, dsa=False, vectorised=True,
-        eval_nets=5, eval_epochs=300, eval_epochs_augmented=300, eval_augment="none", eval_batch=256,
-        cross_archs=("mlp", "lenet"), feature_epochs=2, snapshot_every=25, loops=LOOPS,
-    ),
-    "paper": dict(
-        dataset="mnist", ipc=1, full=True, download=True,
-        grid=tuple((d, n) for d in ("mnist", "fashion_mnist", "svhn", "cifar10") for n in (1, 10, 50)),
-        iterations=1000, batch_real=256, init="noise", metric="dc", lr_img=0.1, lr_net=0.01, batch_train=256,
-        width=128, depth=3, dsa=False, vectorised=True,
-        eval_nets=20, eval_epochs=300, eval_epochs_augmented=1000, eval_augment="paper", eval_batch=256,
-        cross_archs=("mlp", "lenet", "resnet"), feature_epochs=10, snapshot_every=100, loops=LOOPS,
-    ),
-}
-#: ``smoke``: the paper profile's code path on the miniature datasets of ``tests/miniatures`` (10 training and 5 test
-#: images per class) in about a minute on 2 CPU cores; its numbers mean nothing and are compared with none. It
-#: shrinks only counts: every benchmark once, one of them at 10 images per class (the loop that also trains the
-#: network between matching steps), 1 iteration of at most (2, 1) loops, 8 real images per class, 2 evaluation
-#: networks of 2 epochs, 1 epoch of the coreset features; the miniatures are on disk, so nothing is downloaded.
-PROFILES["smoke"] = {
-    **PROFILES["paper"], "download": False,
-    "grid": (("mnist", 1), ("fashion_mnist", 10), ("svhn", 1), ("cifar10", 1)),
-    "iterations": 1, "batch_real": 8, "loops": {n: (min(o, 2), min(i, 1)) for n, (o, i) in LOOPS.items()},
-    "eval_nets": 2, "eval_epochs": 2, "eval_epochs_augmented": 2, "feature_epochs": 1, "snapshot_every": 1,
-}
+    train.fit_epochs(batch_loss, images.shape[1], epochs=epochs, batch_size=batch_size, optimizer=opt,
+                     scheduler=sched, schedule_every="epoch", seed=list(seeds), progress=progress, desc="evaluate")
+    return train.evaluate(nets, test_images, test_labels, batch_size=256, device=dev)

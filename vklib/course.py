@@ -60,10 +60,10 @@ CATALOGUE: tuple[Notebook, ...] = (
     Notebook("00", "00_course_tour", "Course tour: data, models, results", "", "all shipped subsets", "no",
              ("tour_convnet_acc",), 0.5),
     Notebook("01", "01_dataset_condensation", "Dataset Condensation with gradient matching", "2006.05929",
-             "MNIST", "paper profile", ("acc_dc", "acc_random", "acc_herding", "acc_kcenter"), 2.2),
+             "MNIST", "paper profile", ("acc_dc", "acc_random", "acc_herding", "acc_kcenter", "acc_dm"), 2.2),
     Notebook("02", "02_gradient_leakage", "iDLG: improved deep leakage from gradients", "2001.02610",
              "MNIST, CIFAR-10, LFW", "paper profile", ("idlg_label_acc", "dlg_label_acc", "idlg_success_rate",
-                                                       "dlg_success_rate"), 2.0),
+                                                       "dlg_success_rate", "ig_psnr"), 2.0),
     Notebook("03", "03_deep_image_kernel_priors", "Blind deconvolution with deep image and kernel priors",
              "1910.08386", "Set12, Levin kernels", "paper profile", ("psnr_blurred", "psnr_dikp_blind",
                                                                       "psnr_dip_nonblind"), 1.7),
@@ -74,13 +74,13 @@ CATALOGUE: tuple[Notebook, ...] = (
     Notebook("06", "06_latent_domain_adapters", "Latent domain learning with dynamic residual adapters",
              "2006.00996", "PACS", "paper profile", ("acc_head_only", "acc_dynamic_adapters", "gate_nmi"), 3.2),
     Notebook("07", "07_normgrad_saliency", "NormGrad: training-specific saliency and meta-saliency",
-             "1910.08823", "CIFAR-10", "paper profile", ("deletion_auc_normgrad", "insertion_auc_normgrad"), 1.5),
+             "1910.08823", "CIFAR-10", "paper profile", ("deletion_auc_normgrad", "insertion_auc_normgrad", "pointing_normgrad"), 1.5),
     Notebook("08", "08_continual_representation", "Continual representation learning for identification",
              "2006.04455", "LFW people, ORL", "paper profile", ("rank1_finetune", "rank1_lwf", "rank1_crl"), 1.1),
     Notebook("09", "09_topic_attention_captioning", "Captioning with latent-topic attention and a sentence auto-encoder",
              "1911.10082", "generated scenes, COCO sample", "paper profile", ("bleu4_baseline", "bleu4_clta_sae"), 2.9),
     Notebook("10", "10_personalised_aesthetics", "Personalised aesthetics with residual adapters", "1907.03802",
-             "COCO + PACS photos, simulated users", "paper profile", ("spearman_generic", "spearman_adapter_k100"), 2.1),
+             "COCO + PACS photos, simulated users", "paper profile", ("spearman_generic", "spearman_head_k100", "spearman_adapter_k100"), 2.1),
 )
 
 

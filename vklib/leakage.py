@@ -1,29 +1,21 @@
-"""Deep leakage from gradients: DLG (Zhu et al., NeurIPS 2019) and iDLG (Zhao, Mopuri, Bilen, arXiv 2001.02610).
+"""Deep leakage from gradients: the kernels of notebook 02 (DLG, Zhu et al., NeurIPS 2019; iDLG, Zhao, Mopuri,
+Bilen, arXiv 2001.02610; and what came next: batch label counting and Inverting Gradients, Geiping et al. 2020).
 
 Threat model
-    A client of federated / collaborative learning computes the gradient of its training loss on one private
-    sample ``(x, y)`` and shares it. The attacker (e.g. the server) knows the model's weights and the shared
-    gradient ``G = dL(f_theta(x), y)/dtheta``, and wants ``x`` and ``y``.
-Label extraction (iDLG)
-    With cross-entropy on a one-hot label, the last layer ``o = W a + b`` gets the weight gradient
-    ``dL/dW_i = (p_i - y_i) a``. With non-negative inputs ``a`` (sigmoid or ReLU features) the row of the true class
-    is the only one whose entries are <= 0, so ``y = argmin_i sum_j dL/dW_ij`` (:func:`extract_label`).
-Data reconstruction
-    Optimise a dummy image ``x'`` (and, for DLG, dummy label logits ``l'``) so that its gradient matches the shared
-    one: ``min ||dL(f(x'), softmax(l'))/dtheta - G||^2`` summed over layers (:func:`gradient_distance`), with L-BFGS
-    (lr 1, 300 iterations). DLG optimises ``x'`` and ``l'`` together (:func:`dlg_attack`); iDLG first extracts the
-    label, then optimises ``x'`` alone (:func:`idlg_attack`).
-
-Many attacks at once
-    Every trial of the papers attacks a freshly initialised victim (LeNet, sigmoid, weights U(-0.5, 0.5)) with one
-    image. Here ``A`` trials run together: the victims' parameters are stacked along a leading attack axis
-    (:func:`sample_victims`), :func:`batched_forward` evaluates all ``A`` LeNets with batched matrix products
-    (unfold + ``bmm``), and :func:`lbfgs` is an L-BFGS that keeps one independent state per attack, a faithful
-    batched copy of ``torch.optim.LBFGS`` (no line search), so each attack follows the trajectory it would follow
-    alone. Finished attacks leave the batch, so converged attacks cost nothing.
-
-Defences
-    :func:`defend` adds Gaussian noise to the shared gradient or prunes its smallest entries (DLG's section 5).
+    A client of federated / collaborative learning computes the gradient of its training loss on private samples
+    and shares it. The attacker (e.g. the server) knows the model's weights and the shared gradient
+    ``G = dL(f_theta(x), y)/dtheta`` and wants ``x`` and ``y``.
+What lives here (the notebook writes the attacks themselves on these kernels)
+    * victims and gradients for ``A`` attacks at once: the victims' parameters are stacked along a leading attack
+      axis (:func:`sample_victims`), :func:`batched_forward` runs all ``A`` LeNets with batched matrix products
+      (unfold + ``bmm``), :func:`victim_gradients` / :func:`dummy_gradients` give their per-attack gradients;
+    * the objectives: DLG's :func:`gradient_distance`, Inverting Gradients' :func:`cosine_distance` and
+      :func:`total_variation`;
+    * the label rules: iDLG's :func:`extract_label` (batch size 1) and the counting rule :func:`count_labels`
+      (batch size > 1);
+    * :func:`lbfgs`, ``A`` independent copies of ``torch.optim.LBFGS`` (no line search) stepped together, each
+      following the trajectory it would follow alone; finished problems leave the batch;
+    * metrics (:func:`mse`, :func:`psnr`, :func:`ssim`, :func:`wilson`) and the defences of DLG (:func:`defend`).
 
 Datasets
     :func:`attack_set` loads the images an attack targets (:data:`ATTACK_SETS`). The paper profile reads the full
@@ -34,7 +26,6 @@ Datasets
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -47,9 +38,9 @@ from . import data as _data
 from .models import LeNetSigmoid
 
 __all__ = [
-    "ATTACK_SETS", "AttackResult", "DEFENCES", "PROFILES", "attack_set", "batched_forward", "defend", "dlg_and_idlg",
-    "dlg_attack", "extract_label", "gradient_distance", "idlg_attack", "invert_gradients", "lbfgs", "mse", "psnr",
-    "sample_victims", "summarise", "victim_gradients",
+    "ACTIVATIONS", "ATTACK_SETS", "DEFENCES", "attack_set", "batched_forward", "cosine_distance", "count_labels",
+    "defend", "dummy_gradients", "extract_label", "gradient_distance", "lbfgs", "mse", "psnr", "sample_victims",
+    "ssim", "total_variation", "victim_gradients", "wilson",
 ]
 
 # ----------------------------------------------------------------------------------------------- settings
@@ -63,53 +54,8 @@ ATTACK_SETS = {
     "lfw": {"size": 32, "split": "all"},
 }
 DEFENCES = ("noise", "prune")
-
-PROFILES = {
-    "quick": {
-        "datasets": ["mnist", "cifar10", "lfw_people"],  # shipped subsets (CIFAR-10 and LFW people stand in)
-        "full_data": False,
-        "n_label": 200,          # label-extraction trials per dataset (one fresh victim each)
-        "n_recon": 8,            # reconstruction trials per dataset and method
-        "iterations": 100,       # L-BFGS steps (the paper: 300), each up to max_iter inner iterations
-        "lr": 1.0,
-        "max_iter": 20,
-        "history_size": 100,
-        "stop_loss": 1e-6,       # an attack stops once the gradient distance is below this (the authors' code)
-        "success_mse": 1e-3,     # a reconstruction succeeds when its MSE to the private image is below this
-        "snapshot_every": 5,     # keep the reconstructions every this many iterations (for the figures)
-        "defence_dataset": "mnist",
-        "defence_n": 4,          # images per defence setting (the first trials of defence_dataset)
-        "defence_iterations": 50,  # L-BFGS steps of the defence attacks
-        "noise_std": [1e-4, 1e-3, 1e-2, 1e-1],
-        "prune_ratio": [0.1, 0.2, 0.4, 0.7],
-        "chunk": 64,             # trials whose victims and gradients are held in memory at once
-    },
-    "paper": {
-        "datasets": ["mnist", "cifar100", "lfw"],
-        "full_data": True,
-        "n_label": 1000,
-        "n_recon": 1000,
-        "iterations": 300,
-        "lr": 1.0,
-        "max_iter": 20,
-        "history_size": 100,
-        "stop_loss": 1e-6,
-        "success_mse": 1e-3,
-        "snapshot_every": 10,
-        "defence_dataset": "cifar100",
-        "defence_n": 50,
-        "defence_iterations": 300,
-        "noise_std": [1e-4, 1e-3, 1e-2, 1e-1],
-        "prune_ratio": [0.1, 0.2, 0.4, 0.7],
-        "chunk": 50,
-    },
-}
-#: ``smoke``: the paper profile's code path on the miniature datasets of ``tests/miniatures`` (the full readers of
-#: MNIST, CIFAR-100 and LFW in their release layouts) in about a minute on 2 CPU cores; its numbers mean nothing and
-#: are compared with none. It shrinks only counts: 8 label trials and 6 reconstructions per dataset in chunks of 4
-#: (so that trials span two chunks), 6 L-BFGS iterations, 2 images and 2 iterations per defence setting.
-PROFILES["smoke"] = {**PROFILES["paper"], "n_label": 8, "n_recon": 6, "iterations": 6, "snapshot_every": 2,
-                     "defence_n": 2, "defence_iterations": 2, "chunk": 4}
+#: The victim's activation: DLG/iDLG's sigmoid LeNet, or the same LeNet with ReLUs (Inverting Gradients' setting).
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -147,17 +93,28 @@ def attack_set(name: str, n: int, *, generator: torch.Generator, data_dir=None, 
 
 
 # ----------------------------------------------------------------------------------------------- victims
-def sample_victims(model: nn.Module, n: int, *, generator: torch.Generator, low: float = -0.5,
-                   high: float = 0.5) -> dict[str, torch.Tensor]:
-    """``n`` independent victims with ``model``'s architecture, every parameter drawn from U(low, high) (both papers).
+def sample_victims(model: nn.Module, n: int, *, generator: torch.Generator, init: str = "uniform",
+                   low: float = -0.5, high: float = 0.5) -> dict[str, torch.Tensor]:
+    """``n`` independent victims with ``model``'s architecture.
+
+    ``init="uniform"``: every parameter drawn from U(low, high) (DLG and iDLG). ``init="default"``: PyTorch's
+    default for convolutions and linear layers, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the scale a ReLU network needs
+    to keep its activations finite).
 
     Returns:
         ``{name: (n, *shape)}`` in ``model.named_parameters()`` order.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    return {k: torch.rand((n, *p.shape), generator=generator).mul_(high - low).add_(low)
-            for k, p in model.named_parameters()}
+    if init not in ("uniform", "default"):
+        raise ValueError(f"init must be 'uniform' or 'default', got {init!r}")
+    out, fan_in = {}, 1
+    for k, p in model.named_parameters():
+        if init == "default":
+            fan_in = math.prod(p.shape[1:]) if p.ndim > 1 else fan_in   # a bias follows its weight
+            low, high = -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in)
+        out[k] = torch.rand((n, *p.shape), generator=generator).mul_(high - low).add_(low)
+    return out
 
 
 def _lenet_conv(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int) -> torch.Tensor:
@@ -168,59 +125,79 @@ def _lenet_conv(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int) 
     return out.view(a, w.shape[1], side, side)
 
 
-def batched_forward(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def batched_forward(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor,
+                    activation: str = "sigmoid") -> torch.Tensor:
     """Logits of ``A`` victims, victim ``i`` (parameters ``params[k][i]``) on image ``x[i]``.
 
     Args:
         model: the architecture (its own parameters are not used).
         params: ``{name: (A, *shape)}`` as :func:`sample_victims` returns.
         x: ``(A, C, H, W)``.
+        activation: a key of :data:`ACTIVATIONS`, for a :class:`~vklib.models.LeNetSigmoid` ("relu": the same LeNet
+            with ReLUs).
 
     Returns:
         ``(A, K)`` logits. A :class:`~vklib.models.LeNetSigmoid` runs as unfold + batched matrix products (fast on
         CPUs); any other model through ``torch.func.vmap(functional_call)``.
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if isinstance(model, LeNetSigmoid) and list(params) == [k for k, _ in model.named_parameters()]:
         p = list(params.values())
         strides = [m.stride[0] for m in model.body if isinstance(m, nn.Conv2d)]
         h = x
         for i, stride in enumerate(strides):
-            h = torch.sigmoid(_lenet_conv(h, p[2 * i], p[2 * i + 1], stride))
+            h = ACTIVATIONS[activation](_lenet_conv(h, p[2 * i], p[2 * i + 1], stride))
         return torch.baddbmm(p[-1].unsqueeze(-1), p[-2], h.flatten(1).unsqueeze(-1)).squeeze(-1)
+    if activation != "sigmoid":
+        raise ValueError("activation applies to a LeNetSigmoid only; other models bring their own")
     from torch.func import functional_call, vmap
     return vmap(lambda p, xi: functional_call(model, p, (xi[None],))[0])(dict(params), x)
 
 
-def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of ``A`` independent one-sample losses; ``target`` holds probabilities ``(A, K)``."""
-    return -(target * logits.log_softmax(-1)).sum()
+def dummy_gradients(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor, soft: torch.Tensor,
+                    *, create_graph: bool = True, activation: str = "sigmoid") -> list[torch.Tensor]:
+    """Per-attack gradients of ``CE(f_i(x[i]), soft[i])`` with respect to victim ``i``'s parameters, cross-entropy
+    against the probabilities ``soft`` (a one-hot label, or DLG's ``softmax`` of dummy label logits).
 
+    Args:
+        params: ``{name: (A, *shape)}``; x: ``(A, C, H, W)``; soft: ``(A, K)`` rows summing to one.
+        create_graph: keep the graph, so that a distance to the shared gradient can be differentiated with respect
+            to ``x`` and ``soft`` (the attacks); ``False`` for the shared gradient itself.
 
-def _grads(model, params, x, target, create_graph):
-    ps = list(params.values())
+    Returns:
+        ``[(A, *shape)]`` in ``params`` order.
+    """
+    ps = [v.detach().requires_grad_(True) for v in params.values()]
     with torch.enable_grad():
-        loss = _soft_ce(batched_forward(model, params, x), target)
-        return torch.autograd.grad(loss, ps, create_graph=create_graph)
+        logits = batched_forward(model, dict(zip(params, ps)), x, activation)
+        loss = -(soft * logits.log_softmax(-1)).sum()        # A independent one-sample losses, summed
+        return list(torch.autograd.grad(loss, ps, create_graph=create_graph))
 
 
 def victim_gradients(model: nn.Module, params: Mapping[str, torch.Tensor], images: torch.Tensor,
-                     labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The gradients the clients share: victim ``i`` trained one step on ``(images[i], labels[i])`` with
-    cross-entropy on the one-hot label (batch 1 each).
+                     labels: torch.Tensor, *, batch: int = 1, activation: str = "sigmoid") -> dict[str, torch.Tensor]:
+    """The gradients the clients share: each victim trained one step with cross-entropy (mean over its batch) on
+    ``batch`` consecutive samples of ``(images, labels)``.
 
     Args:
-        params: ``{name: (A, *shape)}``; images: ``(A, C, H, W)`` in [0, 1]; labels: ``(A,)`` int64.
+        params: ``{name: (A, *shape)}``; images: ``(A * batch, C, H, W)`` in [0, 1]; labels: ``(A * batch,)``.
+        batch: samples per client (1: DLG/iDLG's setting).
 
     Returns:
         ``{name: (A, *shape)}``, detached.
     """
-    if len(images) != len(labels) or any(len(p) != len(images) for p in params.values()):
-        raise ValueError(f"params, images and labels need one entry per attack; got {len(images)} images, "
-                         f"{len(labels)} labels and parameters with {[len(p) for p in params.values()][:1]} rows")
-    ps = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-    k = ps[_last_weight_name(ps)].shape[1]
-    g = _grads(model, ps, images, F.one_hot(labels, k).to(images.dtype), False)
-    return {name: t.detach() for name, t in zip(ps, g)}
+    n_att = len(next(iter(params.values())))
+    if batch < 1 or len(images) != len(labels) or len(images) != n_att * batch or any(
+            len(p) != n_att for p in params.values()):
+        raise ValueError(f"params, images and labels need one entry per attack (batch={batch} images each); got "
+                         f"{len(images)} images, {len(labels)} labels and parameters with "
+                         f"{[len(p) for p in params.values()][:1]} rows")
+    k = params[_last_weight_name(params)].shape[1]
+    rep = {name: v.repeat_interleave(batch, 0) for name, v in params.items()}
+    g = dummy_gradients(model, rep, images, F.one_hot(labels, k).to(images.dtype), create_graph=False,
+                        activation=activation)
+    return {name: t.detach().view(n_att, batch, *t.shape[1:]).mean(1) for name, t in zip(params, g)}
 
 
 def _last_weight_name(grads: Mapping[str, torch.Tensor]) -> str:
@@ -254,6 +231,33 @@ def gradient_distance(dummy: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
     return sum((u - v).pow(2).flatten(1).sum(1) for u, v in zip(a, b))
 
 
+def cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Inverting Gradients' objective: one minus the cosine similarity of two gradients, all layers flattened into
+    one vector per attack (Geiping et al. 2020, eq. 4; their code's ``cost_fn="sim"``).
+
+    Args:
+        dummy, target: per-layer gradients ``(A, *shape)`` each, in the same order.
+
+    Returns:
+        ``(A,)`` in [0, 2].
+    """
+    if len(dummy) != len(target) or not dummy:
+        raise ValueError(f"need the same non-zero number of layers, got {len(dummy)} and {len(target)}")
+    dot = sum((u * v).flatten(1).sum(1) for u, v in zip(dummy, target))
+    nu = sum(u.pow(2).flatten(1).sum(1) for u in dummy)
+    nv = sum(v.pow(2).flatten(1).sum(1) for v in target)
+    return 1 - dot / (nu.sqrt() * nv.sqrt()).clamp_min(1e-12)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation ``(A,)`` of images ``(A, C, H, W)``: the mean absolute difference of horizontal
+    neighbours plus that of vertical neighbours (the image prior of Inverting Gradients)."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be (A, C, H, W), got shape {tuple(x.shape)}")
+    return ((x[..., :, 1:] - x[..., :, :-1]).abs().flatten(1).mean(1)
+            + (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).mean(1))
+
+
 # ----------------------------------------------------------------------------------------------- iDLG's label rule
 def extract_label(fc_weight_grad: torch.Tensor, *, strict: bool = True, rtol: float = 1e-3) -> torch.Tensor:
     """iDLG's label rule: the true class is the row of the last layer's weight gradient whose entries sum negative.
@@ -262,7 +266,7 @@ def extract_label(fc_weight_grad: torch.Tensor, *, strict: bool = True, rtol: fl
     cross-entropy on a one-hot label, through a last layer ``o = W a + b`` whose inputs ``a`` are non-negative
     (sigmoid, ReLU). Then ``dL/dW = (p - y) a^T`` is rank one, its rows share the sign pattern of ``a``, and only
     the true class has ``p_i - y_i < 0``. A gradient averaged over a batch of several samples is a sum of such
-    matrices (rank > 1, several negative rows): the rule is then no longer exact (an exercise of the notebook).
+    matrices (rank > 1, several negative rows): the rule is then no longer exact (:func:`count_labels` counts them).
 
     Args:
         fc_weight_grad: ``(K, F)`` for one shared gradient or ``(A, K, F)`` for ``A`` independent ones.
@@ -306,6 +310,36 @@ def extract_label(fc_weight_grad: torch.Tensor, *, strict: bool = True, rtol: fl
                              "come from a single sample with a one-hot label (a soft or smoothed label?)")
     labels = sums.argmin(1)
     return labels[0] if single else labels
+
+
+def count_labels(fc_bias_grad: torch.Tensor, mean_probs: torch.Tensor, batch: int) -> torch.Tensor:
+    """A counting rule for the labels of a batch of ``batch`` samples, from the last layer's bias gradient.
+
+    With cross-entropy averaged over the batch, ``dL/db_i = mean_n p_ni - c_i / B``, ``c_i`` the number of samples
+    of class ``i``. So ``c_i = B (pbar_i - dL/db_i)`` given the batch's mean prediction ``pbar``, which the attacker
+    estimates (``mean_probs``, e.g. the victim's mean softmax on public images: it knows the weights). The labels are
+    then taken one at a time, each time the class with the largest remaining count, whose count drops by one: the
+    greedy step of Wainakh et al. 2022's LLG, here on the bias gradient.
+
+    Args:
+        fc_bias_grad: ``(A, K)`` for ``A`` shared gradients; mean_probs: ``(A, K)`` estimates of ``pbar``.
+
+    Returns:
+        ``(A, K)`` int64 counts, each row summing to ``batch``.
+    """
+    if fc_bias_grad.ndim != 2 or mean_probs.shape != fc_bias_grad.shape:
+        raise ValueError(f"fc_bias_grad and mean_probs must both be (A, K), got {tuple(fc_bias_grad.shape)} and "
+                         f"{tuple(mean_probs.shape)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    left = batch * (mean_probs.double() - fc_bias_grad.double())      # (A, K) estimated counts
+    counts = torch.zeros(left.shape, dtype=torch.long, device=left.device)
+    rows = torch.arange(len(left), device=left.device)
+    for _ in range(batch):
+        top = left.argmax(1)
+        counts[rows, top] += 1
+        left[rows, top] -= 1
+    return counts
 
 
 # ----------------------------------------------------------------------------------------------- batched L-BFGS
@@ -507,220 +541,6 @@ def _lbfgs_direction(S, Y, SY, YY, head, count, gamma, v):
             - gamma[:, None] * _combine(Y, u))
 
 
-# ----------------------------------------------------------------------------------------------- the attacks
-@dataclass
-class AttackResult:
-    """What an attack returns.
-
-    Attributes:
-        method: ``"dlg"`` or ``"idlg"``.
-        images: ``(A, C, H, W)`` reconstructions (the raw optimised dummies, not clamped).
-        labels: ``(A,)`` inferred labels (DLG: argmax of the dummy logits; iDLG: :func:`extract_label`).
-        losses: ``(A, iterations + 1)`` gradient distance before the first and after every iteration.
-        evals: ``(A,)`` evaluations of the gradient distance; converged, diverged: ``(A,)`` bool.
-        snapshots: ``(T, n, C, H, W)`` reconstructions of the first ``n`` attacks at iterations ``snapshot_at``.
-        mse_history: ``(A, iterations + 1)`` MSE to the private images after every iteration (when ``truth`` was
-            given; only for the figures: the attacker never sees ``truth``).
-    """
-
-    method: str
-    images: torch.Tensor
-    labels: torch.Tensor
-    losses: torch.Tensor
-    evals: torch.Tensor
-    converged: torch.Tensor
-    diverged: torch.Tensor
-    snapshots: torch.Tensor | None = None
-    snapshot_at: list[int] = field(default_factory=list)
-    mse_history: torch.Tensor | None = None
-
-    @staticmethod
-    def cat(parts: Sequence["AttackResult"]) -> "AttackResult":
-        """One result from the results of consecutive groups of attacks of one method (e.g. chunks of trials);
-        the snapshots are those of the parts that kept any, side by side."""
-        if not parts or len({p.method for p in parts}) != 1:
-            raise ValueError("AttackResult.cat needs at least one result, all of one method")
-        join = lambda key: None if getattr(parts[0], key) is None else torch.cat([getattr(p, key).cpu() for p in parts])
-        snaps = [p.snapshots for p in parts if p.snapshots is not None and p.snapshots.shape[1]]
-        return AttackResult(parts[0].method, *(join(k) for k in ("images", "labels", "losses", "evals", "converged",
-                                                                  "diverged")),
-                            torch.cat(snaps, 1) if snaps else None, parts[0].snapshot_at, join("mse_history"))
-
-
-def _check_attack_inputs(params, target, image_shape, iterations):
-    names = list(params)
-    if list(target) != names:
-        raise ValueError(f"target gradients must name the victim's parameters {names}, got {list(target)}")
-    n_att = len(next(iter(params.values())))
-    if any(len(v) != n_att for v in list(params.values()) + list(target.values())):
-        raise ValueError("every parameter and target gradient needs the same number of attacks A")
-    if len(image_shape) != 3:
-        raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    return n_att, params[_last_weight_name(params)].shape[1]
-
-
-def _invert(model, params, target, image_shape, labels, x0, *, iterations, lr, max_iter, history_size, stop_loss,
-            snapshot_every, snap_rows, chunk, progress, truth=None):
-    """Gradient matching for ``B`` attacks; ``labels[i] < 0`` marks an attack that optimises its label logits
-    (the columns ``x0[:, n_pix:]``), the others use the one-hot ``labels[i]``."""
-    dev = next(iter(params.values())).device
-    n_all, k = len(labels), params[_last_weight_name(params)].shape[1]
-    n_pix = math.prod(image_shape)
-    x0 = x0.to(dev)
-    labels = labels.to(dev)
-    unknown = labels < 0
-    onehot = F.one_hot(labels.clamp(min=0), k).to(x0.dtype)
-    snap_at = list(range(0, iterations + 1, snapshot_every)) if snapshot_every else []
-    snap_rows = torch.as_tensor(snap_rows if snap_at else [], dtype=torch.long)
-    snaps = torch.zeros(len(snap_at), len(snap_rows), *image_shape)
-    if truth is not None and truth.shape != (n_all, *image_shape):
-        raise ValueError(f"truth must be (A, C, H, W) = {(n_all, *image_shape)}, got {tuple(truth.shape)}")
-    mse_hist = torch.zeros(n_all, iterations + 1) if truth is not None else None
-    chunk = chunk or n_all
-    outs = []
-    for c0 in range(0, n_all, chunk):
-        sl = slice(c0, min(c0 + chunk, n_all))
-        p_c = {kk: v[sl].detach() for kk, v in params.items()}
-        t_c = [v[sl].detach() for v in target.values()]
-        oh_c, unk_c = onehot[sl], unknown[sl]
-        cache = {}
-
-        def fun(xr: torch.Tensor, idx: torch.Tensor):
-            if "idx" not in cache or not torch.equal(cache["idx"], idx):   # the running attacks changed
-                pick = (lambda v: v) if len(idx) == len(oh_c) else (lambda v: v[idx])   # all of them: no copy
-                cache.update(idx=idx.clone(), p={kk: pick(v) for kk, v in p_c.items()}, t=[pick(v) for v in t_c],
-                             oh=pick(oh_c), unk=pick(unk_c)[:, None] if unk_c.any() else None)
-            xr = xr.detach().requires_grad_(True)
-            with torch.enable_grad():
-                img = xr[:, :n_pix].view(-1, *image_shape)
-                soft = cache["oh"] if cache["unk"] is None else torch.where(
-                    cache["unk"], xr[:, n_pix:].softmax(-1), cache["oh"])
-                ps = {kk: v.requires_grad_(True) for kk, v in cache["p"].items()}
-                dist = gradient_distance(_grads(model, ps, img, soft, True), cache["t"])
-                gx, = torch.autograd.grad(dist.sum(), xr)
-            return dist.detach(), gx
-
-        here = ((snap_rows >= sl.start) & (snap_rows < sl.stop)).nonzero().squeeze(1)
-
-        truth_c = None if truth is None else truth[sl].flatten(1).to(dev)
-
-        def callback(step: int, xs: torch.Tensor):
-            if truth_c is not None:
-                mse_hist[sl, step] = (xs[:, :n_pix] - truth_c).pow(2).mean(1).cpu()
-            if step in snap_at and len(here):
-                rows = snap_rows[here] - sl.start
-                snaps[snap_at.index(step), here] = xs[rows.to(xs.device), :n_pix].reshape(-1, *image_shape).cpu()
-
-        bar = progress if isinstance(progress, str) else "attacks"
-        if n_all > chunk:
-            bar = f"{bar} {c0 // chunk + 1}/{math.ceil(n_all / chunk)}"
-        outs.append(lbfgs(fun, x0[sl], steps=iterations, lr=lr, max_iter=max_iter, history_size=history_size,
-                          stop_loss=stop_loss, callback=callback if len(here) or truth is not None else None,
-                          progress=bar if progress else False))
-    out = {key: torch.cat([o[key] for o in outs]) for key in outs[0]}
-    x = out.pop("x")
-    out["images"] = x[:, :n_pix].reshape(n_all, *image_shape)
-    out["labels"] = torch.where(unknown, x[:, n_pix:].argmax(1) if unknown.any() else labels, labels)
-    out["snapshots"], out["snapshot_at"] = (snaps if snap_at else None), snap_at
-    out["mse_history"] = mse_hist
-    return out
-
-
-def _result(method: str, out: dict, rows: slice, snap: slice) -> AttackResult:
-    return AttackResult(method, out["images"][rows], out["labels"][rows], out["losses"][rows], out["evals"][rows],
-                        out["converged"][rows], out["diverged"][rows],
-                        None if out["snapshots"] is None else out["snapshots"][:, snap], out["snapshot_at"],
-                        None if out["mse_history"] is None else out["mse_history"][rows])
-
-
-def invert_gradients(model: nn.Module, params: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                     image_shape: Sequence[int], *, labels: torch.Tensor | None = None,
-                     generator: torch.Generator, iterations: int = 300, lr: float = 1.0, max_iter: int = 20,
-                     history_size: int = 100, stop_loss: float | None = 1e-6, snapshot_every: int = 0,
-                     snapshot_n: int = 8, chunk: int | None = None, truth: torch.Tensor | None = None,
-                     progress: bool | str = False) -> AttackResult:
-    """Reconstruct ``A`` private images from ``A`` shared gradients by gradient matching with L-BFGS.
-
-    Each attack ``i`` optimises a dummy image ``x'_i`` (``randn`` start) and, when ``labels`` is ``None`` (DLG),
-    dummy label logits ``l'_i`` (``randn``) so that the gradient of ``CE(f(x'_i), softmax(l'_i))`` under victim ``i``
-    matches ``target``; with known ``labels`` (iDLG) the one-hot label replaces ``softmax(l'_i)`` and only
-    ``x'_i`` is optimised.
-
-    Args:
-        model: the victim architecture; params: ``{name: (A, *shape)}``; target: shared gradients, same shapes.
-        image_shape: ``(C, H, W)``.
-        labels: ``(A,)`` known labels, or ``None`` to optimise the labels too.
-        generator: draws the dummy starts on the CPU (images ``(A, C*H*W)`` first, then label logits ``(A, K)``),
-            so one seed gives one run on any device.
-        iterations, lr, max_iter, history_size: the L-BFGS settings (the papers: 300, 1, torch's 20 and 100).
-        stop_loss: stop an attack once its gradient distance is below this (the authors' code: 1e-6).
-        snapshot_every: keep the dummies of the first ``snapshot_n`` attacks every this many iterations (0: none).
-        chunk: at most this many attacks are optimised together (memory); ``None``: all.
-        truth: ``(A, C, H, W)`` private images, only to record ``mse_history`` (never used by the attack).
-        progress: a tqdm bar (``True`` or its label).
-
-    Returns:
-        An :class:`AttackResult`.
-    """
-    n_att, k = _check_attack_inputs(params, target, image_shape, iterations)
-    if labels is not None and (labels.shape != (n_att,) or bool((labels < 0).any() | (labels >= k).any())):
-        raise ValueError(f"labels must be (A,) = ({n_att},) class indices in [0, {k}), got {labels!r}")
-    x_img = torch.randn((n_att, math.prod(image_shape)), generator=generator)
-    x_lab = torch.randn((n_att, k), generator=generator) if labels is None else torch.zeros(n_att, 0)
-    known = torch.full((n_att,), -1, dtype=torch.long) if labels is None else labels
-    out = _invert(model, params, target, image_shape, known, torch.cat([x_img, x_lab], 1), iterations=iterations,
-                  lr=lr, max_iter=max_iter, history_size=history_size, stop_loss=stop_loss,
-                  snapshot_every=snapshot_every, snap_rows=range(min(snapshot_n, n_att)), chunk=chunk, truth=truth,
-                  progress=progress and (progress if isinstance(progress, str) else "DLG" if labels is None else "iDLG"))
-    return _result("dlg" if labels is None else "idlg", out, slice(None), slice(None))
-
-
-def dlg_attack(model: nn.Module, params: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-               image_shape: Sequence[int], **kw) -> AttackResult:
-    """DLG (Zhu et al. 2019): optimise dummy images and dummy label logits together (see :func:`invert_gradients`;
-    shapes there). The inferred label is the argmax of the optimised logits."""
-    return invert_gradients(model, params, target, image_shape, labels=None, **kw)
-
-
-def idlg_attack(model: nn.Module, params: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                image_shape: Sequence[int], *, strict: bool = True, **kw) -> AttackResult:
-    """iDLG (Zhao et al. 2020): extract each label from the last layer's weight gradient (:func:`extract_label`,
-    ``strict`` as there), then optimise the dummy images alone (see :func:`invert_gradients`; shapes there)."""
-    labels = extract_label(target[_last_weight_name(target)], strict=strict)
-    return invert_gradients(model, params, target, image_shape, labels=labels, **kw)
-
-
-def dlg_and_idlg(model: nn.Module, params: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                 image_shape: Sequence[int], *, generator: torch.Generator, strict: bool = True,
-                 snapshot_every: int = 0, snapshot_n: int = 8, truth: torch.Tensor | None = None,
-                 progress: bool | str = False, **kw) -> tuple[AttackResult, AttackResult]:
-    """DLG and iDLG on the same ``A`` shared gradients, from the same dummy starts, optimised together in one batch
-    of ``2A`` independent L-BFGS runs (one pass instead of two: the slowest attacks of both methods share the
-    batch). Gives what :func:`dlg_attack` and :func:`idlg_attack` give when both are called with generators in the
-    same state; arguments as :func:`invert_gradients`.
-
-    Returns:
-        ``(dlg, idlg)``, two :class:`AttackResult`.
-    """
-    n_att, k = _check_attack_inputs(params, target, image_shape, kw.get("iterations", 300))
-    labels = extract_label(target[_last_weight_name(target)], strict=strict)
-    x_img = torch.randn((n_att, math.prod(image_shape)), generator=generator)
-    x_lab = torch.randn((n_att, k), generator=generator)
-    x0 = torch.cat([torch.cat([x_img, x_lab], 1), torch.cat([x_img, torch.zeros_like(x_lab)], 1)])
-    known = torch.cat([torch.full((n_att,), -1, dtype=torch.long), labels.cpu()])
-    both = lambda d: {kk: torch.cat([v, v]) for kk, v in d.items()}
-    n_snap = min(snapshot_n, n_att)
-    opts = dict(iterations=300, lr=1.0, max_iter=20, history_size=100, stop_loss=1e-6, chunk=None) | kw
-    out = _invert(model, both(params), both(target), image_shape, known, x0, snapshot_every=snapshot_every,
-                  snap_rows=list(range(n_snap)) + list(range(n_att, n_att + n_snap)),
-                  truth=None if truth is None else torch.cat([truth, truth]),
-                  progress=progress and (progress if isinstance(progress, str) else "DLG + iDLG"), **opts)
-    return (_result("dlg", out, slice(0, n_att), slice(0, n_snap)),
-            _result("idlg", out, slice(n_att, 2 * n_att), slice(n_snap, 2 * n_snap)))
-
-
 # ----------------------------------------------------------------------------------------------- metrics, defences
 def mse(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """Per-image mean squared error ``(A,)`` between ``(A, C, H, W)`` reconstructions and the private images."""
@@ -734,17 +554,26 @@ def psnr(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return -10.0 * torch.log10(mse(recon, truth))
 
 
-def summarise(result: AttackResult, truth: torch.Tensor, true_labels: torch.Tensor,
-              success_mse: float) -> dict[str, float]:
-    """Label accuracy, success rate (MSE < ``success_mse``), median MSE and median PSNR (midpoint medians) of an
-    attack on the private images ``truth`` ``(A, C, H, W)`` with labels ``true_labels`` ``(A,)``."""
-    if success_mse <= 0:
-        raise ValueError(f"success_mse must be > 0, got {success_mse}")
-    e = mse(result.images.cpu(), truth.cpu()).double()
-    return {"label_acc": (result.labels.cpu() == true_labels.cpu()).double().mean().item(),
-            "success_rate": (e < success_mse).double().mean().item(),
-            "mse_median": e.quantile(0.5).item(),
-            "psnr_median": (-10.0 * torch.log10(e)).quantile(0.5).item()}
+def ssim(recon: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-image structural similarity ``(A,)`` (scikit-image's ``structural_similarity``: 7x7 windows, data range
+    1, channels averaged) between ``(A, C, H, W)`` reconstructions clamped to [0, 1] and the private images."""
+    from skimage.metrics import structural_similarity
+    if recon.shape != truth.shape or recon.ndim != 4:
+        raise ValueError(f"need two (A, C, H, W) tensors of one shape, got {tuple(recon.shape)} and "
+                         f"{tuple(truth.shape)}")
+    a = recon.detach().float().clamp(0, 1).cpu().numpy()
+    b = truth.detach().float().cpu().numpy()
+    return torch.tensor([structural_similarity(u, v, data_range=1.0, channel_axis=0) for u, v in zip(a, b)])
+
+
+def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval ``(low, high)`` of a rate of ``successes`` in ``trials`` independent trials
+    (``scipy.stats.binomtest(...).proportion_ci(method="wilson")``)."""
+    from scipy.stats import binomtest
+    if trials < 1 or not 0 <= successes <= trials:
+        raise ValueError(f"need 0 <= successes <= trials and trials >= 1, got {successes} of {trials}")
+    ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def defend(grads: Mapping[str, torch.Tensor], kind: str, level: float, *,

@@ -9,32 +9,32 @@ NormGrad
     ``"scaling"`` (a virtual per-channel scale: ``||g_u * x_u||``) and ``"conv"`` (the real weights of an
     ``nn.Conv2d``, e.g. 3x3: ``||g_u|| * ||patch_u(x)||`` with ``x`` the conv's input and ``g`` the gradient at its
     output). :func:`normgrad_layers` computes the maps at any named layers through forward hooks; :func:`combine_maps`
-    upsamples them to the image size and multiplies them.
+    upsamples them to the image size, min-max normalises them and multiplies them (as the official code).
 Meta-saliency
     One SGD step on the image's training loss, NormGrad with the updated weights, then the weights are restored
     exactly (:func:`meta_normgrad_layers`, batched with ``torch.func.vmap``: each image gets its own step, the model's
     parameters are never written to). A step on the negated loss (``adversarial=True``) gives the adversarial
     locations. :func:`sgd_step` does the same in place, one batch at a time, and restores the weights bit for bit.
 Baselines
-    :func:`gradient_saliency` (Simonyan et al.) and :func:`gradcam_saliency` (Selvaraju et al.) through captum, and
-    :func:`random_saliency`.
+    :func:`gradient_saliency` (Simonyan et al.) and :func:`gradcam_saliency` (Selvaraju et al.) through captum,
+    :func:`random_saliency`, and the pointing game's :func:`centre_saliency`.
 Evaluation
-    :func:`perturbation_curves` (deletion: remove pixels in saliency order and track the class probability; insertion:
-    add them to a blurred image) and :func:`auc`; :func:`pointing_hits` / :func:`pointing_game` (TorchRay's protocol:
-    class-averaged, PASCAL-difficult-only pairs skipped) for the paper profile.
+    :func:`perturbation_curves` (deletion / insertion, RISE) and :func:`auc`; the pointing game with TorchRay's
+    protocol (:func:`pointing_pairs`, :func:`class_mask`, :func:`pointing_hits`, :func:`class_averaged`).
 
-The paper profile also needs full-size data and ImageNet weights: this module holds the readers of ``voc07``,
-``coco_instances`` and ``imagenet``, which :mod:`vklib.data` registers, and builds VGG16 / ResNet-50 on ImageNet
-weights with :func:`build_model` (through :func:`vklib.models.torchvision_net`).
+Readers: ``voc07``, ``coco_instances`` and ``imagenet`` (full data, registered in :mod:`vklib.data`) and
+:func:`coco_mini_instances` (the shipped COCO photos with masks); :func:`build_model` builds the networks.
 """
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,10 +46,11 @@ from .data import ImageSet, LazyImages
 from .utils import resolve_device
 
 __all__ = [
-    "ARCHS", "ARCH_LAYERS", "COCO_NAMES", "METHODS", "PROFILES", "TARGETS", "VARIANTS",
-    "VOC_CLASSES", "auc", "blur", "build_model", "combine_maps", "compute_maps", "finetune_multilabel",
-    "gradcam_saliency", "gradient_saliency", "meta_normgrad_layers", "method_suite", "normgrad_from",
-    "normgrad_layers", "perturbation_curves", "pointing_game", "pointing_hits", "random_saliency", "sgd_step",
+    "ARCHS", "ARCH_LAYERS", "COCO_NAMES", "METHODS", "TARGETS", "VARIANTS", "VOC_CLASSES", "auc", "blur",
+    "build_model", "centre_saliency", "class_averaged", "class_mask", "coco_mini_instances", "combine_maps",
+    "compute_maps", "finetune_multilabel", "gradcam_saliency", "gradient_saliency", "meta_normgrad_layers",
+    "normgrad_from", "normgrad_layers", "perturbation_curves", "pointing_hits", "pointing_pairs",
+    "random_saliency", "segmentation_mask", "sgd_step",
 ]
 
 VARIANTS = ("identity", "bias", "scaling", "conv")
@@ -57,51 +58,15 @@ TARGETS = ("loss", "score")
 METHODS = ("normgrad", "meta_normgrad", "gradient", "gradcam", "random")
 ARCHS = ("convnet", "vgg16", "resnet50")
 
-# Layers whose NormGrad maps are combined, and the Grad-CAM layer, for each architecture built by build_model
-# (VGG16: the last ReLU of each block, before its pooling; ResNet-50: the output of each stage).
+# Layers whose NormGrad maps are combined, and the Grad-CAM layer, for each architecture built by build_model.
+# VGG16: the max-pool output of blocks 2-5, as the official code hooks them (Grad-CAM at the last ReLU, TorchRay's
+# features.29); ResNet-50: the output of each stage; the small ConvNet: the ReLU of each block, before its pooling
+# (on 32x32 images its pool outputs would be 16, 8 and 4 pixels wide).
 ARCH_LAYERS = {
     "convnet": (("features.2", "features.6", "features.10"), "features.10"),
-    "vgg16": (("net.features.8", "net.features.15", "net.features.22", "net.features.29"), "net.features.29"),
+    "vgg16": (("net.features.9", "net.features.16", "net.features.23", "net.features.30"), "net.features.29"),
     "resnet50": (("net.layer1", "net.layer2", "net.layer3", "net.layer4"), "net.layer4"),
 }
-
-PROFILES = {
-    # CPU, minutes: a small batch-norm ConvNet trained from scratch on 2,500 images of the shipped CIFAR-10 subset;
-    # maps and deletion/insertion curves on the held-out images (50 per class) it classifies correctly.
-    "quick": {
-        "dataset": "cifar10", "split": "test", "full": False, "image_size": 32, "train_per_class": 250,
-        "eval_per_class": 50, "arch": "convnet", "width": 32, "weights": None, "epochs": 30, "batch_size": 64,
-        "lr": 0.05, "layers": ARCH_LAYERS["convnet"][0], "gradcam_layer": ARCH_LAYERS["convnet"][1],
-        "variant": "identity", "target": "loss", "meta_lr": 0.03, "chunk_size": None, "map_batch": 500,
-        "correct_only": True, "steps": 16, "patch": 2, "deletion_substrate": "blur", "eval_batch": 2048,
-        "pointing": (), "pointing_epochs": 0, "pointing_lr": 0.0, "pointing_tolerance": 15, "pointing_limit": None,
-        "workers": 0,
-    },
-    # GPU, full data: ImageNet-pretrained ResNet-50 on 2,000 ImageNet val images (RISE's deletion/insertion protocol:
-    # single pixels, 224 steps, black deletion), and the pointing game of VGG16 / ResNet-50 fine-tuned on VOC07
-    # trainval / COCO14 train (batches of 32). Weights: torchvision's ImageNet checkpoints in the torch hub cache
-    # (a missing file is an error that names it).
-    "paper": {
-        "dataset": "imagenet", "split": "val", "full": True, "image_size": 224, "train_per_class": 0,
-        "eval_per_class": 2, "arch": "resnet50", "width": 0, "weights": "IMAGENET1K_V1", "epochs": 0, "batch_size": 32,
-        "lr": 0.0, "layers": ARCH_LAYERS["resnet50"][0], "gradcam_layer": ARCH_LAYERS["resnet50"][1],
-        "variant": "identity", "target": "loss", "meta_lr": 0.01, "chunk_size": 4, "map_batch": 32,
-        "correct_only": True, "steps": 224, "patch": 1, "deletion_substrate": "black", "eval_batch": 512,
-        "pointing": ("voc07/vgg16", "voc07/resnet50", "coco_instances/vgg16", "coco_instances/resnet50"),
-        "pointing_epochs": 20, "pointing_lr": 0.001, "pointing_tolerance": 15, "pointing_limit": None,
-        "workers": 8,
-    },
-}
-# The paper path on the miniature datasets of the tests (tests/miniatures), about a minute on 2 CPU cores: a random
-# start instead of ImageNet weights (so it keeps every image, not only the few it happens to classify correctly),
-# small images, short curves, one epoch of fine-tuning, and two of the four pointing games (both datasets, both
-# networks) on their first images. Its numbers mean nothing and are compared with none.
-PROFILES["smoke"] = {
-    **PROFILES["paper"], "weights": None, "correct_only": False, "image_size": 48, "eval_per_class": 1, "steps": 4,
-    "chunk_size": 1, "map_batch": 8, "eval_batch": 64, "pointing": ("voc07/vgg16", "coco_instances/resnet50"),
-    "pointing_epochs": 1, "pointing_limit": 3, "batch_size": 4, "workers": 2,
-}
-
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _check_choice(name: str, value, allowed: Sequence) -> None:
@@ -335,8 +300,9 @@ def sgd_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, lr: f
 
 
 def combine_maps(maps: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], size: Sequence[int]) -> torch.Tensor:
-    """Combine maps from several layers: each ``(N, h, w)`` map is divided by its per-image maximum, upsampled
-    bilinearly to ``size = (H, W)``, and the maps are multiplied. Returns ``(N, H, W)``."""
+    """Combine maps from several layers as the official code does: each ``(N, h, w)`` map is upsampled bilinearly
+    to ``size = (H, W)``, then min-max normalised per image to [0, 1] (a constant map becomes 0), and the maps are
+    multiplied. Returns ``(N, H, W)``."""
     ms = list(maps.values()) if isinstance(maps, Mapping) else list(maps)
     if not ms:
         raise ValueError("combine_maps needs at least one map")
@@ -344,8 +310,9 @@ def combine_maps(maps: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], size
         raise ValueError(f"maps must all be (N, h, w) with one N, got {[tuple(m.shape) for m in ms]}")
     out = None
     for m in ms:
-        m = m / m.flatten(1).amax(1).clamp_min(torch.finfo(m.dtype).tiny).view(-1, 1, 1)
-        up = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        up = F.interpolate(m[:, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        lo, hi = up.flatten(1).amin(1).view(-1, 1, 1), up.flatten(1).amax(1).view(-1, 1, 1)
+        up = (up - lo) / (hi - lo).clamp_min(torch.finfo(up.dtype).tiny)
         out = up if out is None else out * up
     return out
 
@@ -380,33 +347,6 @@ def random_saliency(images: torch.Tensor, generator: torch.Generator) -> torch.T
         raise TypeError("random_saliency needs a seeded torch.Generator, e.g. torch.Generator().manual_seed(0)")
     n, _, h, w = images.shape
     return torch.rand((n, h, w), generator=generator).to(images.device)
-
-
-def method_suite(model: nn.Module, layers: Sequence[str], gradcam_layer: str, *, variant: str = "identity",
-                 target: str = "loss", meta_lr: float = 0.03, chunk_size: int | None = None,
-                 generator: torch.Generator | None = None, adversarial: bool = False) -> dict[str, Callable]:
-    """The methods compared in the notebook as ``{name: fn(images, labels) -> (N, H, W)}``, in :data:`METHODS`
-    order: combined NormGrad, combined meta-NormGrad, gradient, Grad-CAM and random (from ``generator``), plus
-    ``"adversarial_normgrad"`` (combined NormGrad after a step on the negated loss) if ``adversarial``."""
-    _modules(model, list(layers) + [gradcam_layer])
-    _check_choice("variant", variant, VARIANTS)
-    _check_choice("target", target, TARGETS)
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    size = lambda x: x.shape[-2:]
-    meta = lambda x, y, adv: combine_maps(meta_normgrad_layers(
-        model, x, y, layers, lr=meta_lr, adversarial=adv, variant=variant, target=target, chunk_size=chunk_size),
-        size(x))
-    suite = {
-        "normgrad": lambda x, y: combine_maps(normgrad_layers(model, x, y, layers, variant=variant, target=target),
-                                              size(x)),
-        "meta_normgrad": lambda x, y: meta(x, y, False),
-        "gradient": lambda x, y: gradient_saliency(model, x, y),
-        "gradcam": lambda x, y: gradcam_saliency(model, x, y, gradcam_layer),
-        "random": lambda x, y: random_saliency(x, gen),
-    }
-    if adversarial:
-        suite["adversarial_normgrad"] = lambda x, y: meta(x, y, True)
-    return suite
 
 
 def compute_maps(fn: Callable, images, labels: torch.Tensor, *, batch_size: int = 256,
@@ -509,83 +449,115 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
     return (curves[:, 1:] + curves[:, :-1]).sum(1) / (2 * (curves.shape[1] - 1))
 
 
-def pointing_hits(saliency: torch.Tensor, boxes: Sequence[torch.Tensor], tolerance: float = 15.0) -> torch.Tensor:
-    """The pointing game (Zhang et al.): a hit when the saliency maximum lies within ``tolerance`` pixels of one
-    of the object's boxes.
+def segmentation_mask(segmentation, height: int, width: int) -> torch.Tensor:
+    """One COCO instance's mask at the annotation's (original) resolution, ``(height, width)`` bool: polygons
+    (``[[x0, y0, x1, y1, ...], ...]``, filled with PIL) or an uncompressed RLE (``{"counts": [...], "size": [h, w]}``,
+    column-major runs starting with background, COCO's format of crowd regions)."""
+    if isinstance(segmentation, dict):
+        counts = segmentation.get("counts")
+        if not isinstance(counts, list) or list(segmentation.get("size", ())) != [height, width]:
+            raise ValueError(f"segmentation must be polygons or an uncompressed RLE of size {[height, width]}, got "
+                             f"size {segmentation.get('size')} with {type(counts).__name__} counts")
+        runs = torch.tensor(counts, dtype=torch.long)
+        values = torch.arange(len(runs)) % 2 == 1
+        flat = torch.repeat_interleave(values, runs)
+        if len(flat) != height * width:
+            raise ValueError(f"RLE counts sum to {len(flat)}, expected {height * width}")
+        return flat.view(width, height).t().contiguous()
+    from PIL import Image, ImageDraw
+    canvas = Image.new("1", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    for poly in segmentation:
+        if len(poly) >= 6:
+            draw.polygon([(float(poly[k]), float(poly[k + 1])) for k in range(0, len(poly) - 1, 2)], fill=1,
+                         outline=1)
+    return torch.from_numpy(np.array(canvas, dtype=bool))
+
+
+def class_mask(meta: Mapping, i: int, c: int) -> torch.Tensor:
+    """The pixels of class ``c`` in image ``i`` of a detection set, in the *original* image frame
+    ``meta["orig_size"][i] = (H0, W0)``: the union of the class's instance masks (``meta["segmentation"]``, COCO) or,
+    without masks, of its boxes (``meta["boxes"]``, ``(K, 4)`` inclusive ``(x0, y0, x1, y1)`` in that frame, VOC).
+    Returns ``(H0, W0)`` bool."""
+    h, w = meta["orig_size"][i]
+    pick = (meta["box_labels"][i] == c).nonzero().flatten().tolist()
+    if "segmentation" in meta:
+        out = torch.zeros(h, w, dtype=torch.bool)
+        for k in pick:
+            out |= segmentation_mask(meta["segmentation"][i][k], h, w)
+        return out
+    ys, xs = torch.arange(h).view(-1, 1, 1), torch.arange(w).view(1, -1, 1)
+    b = meta["boxes"][i][pick].round()
+    return ((xs >= b[:, 0]) & (xs <= b[:, 2]) & (ys >= b[:, 1]) & (ys <= b[:, 3])).any(-1)
+
+
+def pointing_hits(saliency: torch.Tensor, masks: Sequence[torch.Tensor], tolerance: float = 15.0) -> torch.Tensor:
+    """The pointing game (Zhang et al.) with TorchRay's protocol: each map is upsampled (bilinear) to its mask's
+    original image size, its maximum (the first in row-major order on ties) is the pointed pixel, and it is a hit
+    when a pixel of the class lies within ``tolerance`` pixels (Euclidean, in the original frame) of it.
 
     Args:
-        saliency: ``(N, H, W)``; its maximum (the first in row-major order on ties) is the pointed pixel.
-        boxes: N tensors ``(K_i, 4)`` of ``(x0, y0, x1, y1)`` pixel boxes (inclusive) of the class, in the map's
-            coordinates, ``K_i >= 1``.
+        saliency: ``(N, h, w)`` maps at the network's input resolution, or ``(N, M, h, w)``: the maps of ``M``
+            methods for each trial (upsampled together).
+        masks: N bool tensors ``(H0_i, W0_i)``, the pixels of the explained class in the original image
+            (:func:`class_mask`); images differ in size, hence one upsampling per trial.
 
     Returns:
-        ``(N,)`` bool.
+        ``(N,)`` or ``(N, M)`` bool.
     """
-    if saliency.ndim != 3 or len(boxes) != len(saliency):
-        raise ValueError(f"saliency must be (N, H, W) with one box tensor per map, got {tuple(saliency.shape)} and "
-                         f"{len(boxes)} box tensors")
-    if any(b.ndim != 2 or b.shape[-1] != 4 or len(b) == 0 for b in boxes):
-        raise ValueError("each boxes[i] must be a non-empty (K, 4) tensor of (x0, y0, x1, y1)")
-    n, h, w = saliency.shape
-    idx = saliency.flatten(1).argmax(1)
-    py, px = (idx // w).float(), (idx % w).float()
-    owner = torch.cat([torch.full((len(b),), i, dtype=torch.long) for i, b in enumerate(boxes)])
-    b = torch.cat([bb.float() for bb in boxes]).to(saliency.device)
-    owner = owner.to(saliency.device)
-    dx = torch.maximum(b[:, 0] - px[owner], px[owner] - b[:, 2]).clamp_min(0)
-    dy = torch.maximum(b[:, 1] - py[owner], py[owner] - b[:, 3]).clamp_min(0)
-    hit_box = torch.hypot(dx, dy) <= tolerance
-    return torch.zeros(n, dtype=torch.long, device=saliency.device).index_add_(0, owner, hit_box.long()) > 0
+    if saliency.ndim not in (3, 4) or len(masks) != len(saliency):
+        raise ValueError(f"saliency must be (N, h, w) or (N, M, h, w) with one mask per trial, got "
+                         f"{tuple(saliency.shape)} and {len(masks)} masks")
+    if any(m.ndim != 2 or m.dtype != torch.bool for m in masks):
+        raise ValueError("each masks[i] must be a (H0, W0) bool tensor")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    maps = saliency if saliency.ndim == 4 else saliency[:, None]
+    t = int(tolerance)
+    offsets = torch.arange(-t, t + 1, dtype=torch.float32)
+    disc = offsets.view(-1, 1) ** 2 + offsets.view(1, -1) ** 2 <= tolerance ** 2   # (2t+1, 2t+1)
+    hits = torch.zeros(maps.shape[:2], dtype=torch.bool)
+    for i, (m, mask) in enumerate(zip(maps, masks)):
+        h0, w0 = mask.shape
+        up = F.interpolate(m[None].float().cpu(), size=(h0, w0), mode="bilinear", align_corners=False)[0]
+        py, px = up.flatten(1).argmax(1).div(w0, rounding_mode="floor"), up.flatten(1).argmax(1) % w0   # (M,)
+        padded = F.pad(mask, (t, t, t, t))                  # (H0 + 2t, W0 + 2t): the disc may leave the image
+        for k in range(len(m)):
+            hits[i, k] = (padded[py[k]:py[k] + 2 * t + 1, px[k]:px[k] + 2 * t + 1] & disc).any()
+    return hits if saliency.ndim == 4 else hits[:, 0]
 
 
-def pointing_game(ds: ImageSet, methods: Mapping[str, Callable], *, tolerance: float = 15.0,
-                  batch_size: int = 32, limit: int | None = None, average: str = "class",
-                  device: str | torch.device = "auto", progress: bool = False) -> dict[str, float]:
-    """Pointing-game accuracy (a fraction in [0, 1]) of each method over the (image, class present) pairs of a
-    detection set.
+def centre_saliency(images: torch.Tensor) -> torch.Tensor:
+    """The centre baseline of the pointing game: a Gaussian bump at the image centre, ``(N, H, W)`` (its maximum,
+    after upsampling to any size, is the centre pixel)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
+    n, _, h, w = images.shape
+    ys = torch.arange(h, dtype=torch.float32, device=images.device) - (h - 1) / 2
+    xs = torch.arange(w, dtype=torch.float32, device=images.device) - (w - 1) / 2
+    bump = torch.exp(-(ys.view(-1, 1) / h) ** 2 - (xs.view(1, -1) / w) ** 2)
+    return bump.expand(n, h, w).clone()
 
-    As in TorchRay's benchmark (the protocol of the Grad-CAM reference in ``vklib/paper_numbers.csv``): when
-    ``meta["difficult"]`` holds PASCAL's per-box flags, a pair whose boxes of the class are all "difficult" is
-    skipped (its other boxes still count as hits), and the accuracy is the mean of the per-class accuracies.
 
-    Args:
-        ds: an :class:`ImageSet` with ``meta["boxes"]`` (``(K, 4)`` per image, in the images' pixel coordinates) and
-            ``meta["box_labels"]`` (``(K,)``), optionally ``meta["difficult"]`` (``(K,)`` bool), e.g.
-            ``load("voc07", "test", full=True, size=224)``.
-        methods: ``{name: fn(images, class_indices) -> (n, H, W)}``, e.g. :func:`method_suite` of a multi-label
-            classifier (on ``device``) with ``target="score"``; each map points at one class.
-        limit: evaluate only the first ``limit`` images (``None``: all).
-        average: ``"class"``: the mean over classes (those with at least one pair) of each class's hit rate;
-            ``"pairs"``: hits over all pairs pooled.
-
-    Returns:
-        ``{name: accuracy}``, fractions in [0, 1].
-    """
-    _check_choice("average", average, ("class", "pairs"))
-    if "boxes" not in ds.meta or "box_labels" not in ds.meta:
-        raise ValueError(f"{ds.name}: the pointing game needs meta['boxes'] and meta['box_labels']")
-    dev = resolve_device(device)
+def pointing_pairs(ds: ImageSet, limit: int | None = None) -> list[tuple[int, int]]:
+    """The trials of the pointing game: one per (image, class present) pair of a detection set, in image order; as
+    in TorchRay, a VOC pair whose boxes of the class are all "difficult" (``meta["difficult"]``) is skipped."""
+    if "box_labels" not in ds.meta or "orig_size" not in ds.meta:
+        raise ValueError(f"{ds.name}: the pointing game needs meta['box_labels'] and meta['orig_size']")
     n = len(ds) if limit is None else min(limit, len(ds))
-    difficult = ds.meta.get("difficult")
-    labels = ds.meta["box_labels"]
+    difficult, labels = ds.meta.get("difficult"), ds.meta["box_labels"]
     pairs = [(i, int(c)) for i in range(n) for c in torch.unique(labels[i]).tolist()
              if difficult is None or not bool(difficult[i][labels[i] == c].all())]
     if not pairs:
-        raise ValueError(f"{ds.name}: no (image, class) pairs with boxes among the first {n} images")
-    classes = torch.tensor([c for _, c in pairs])
-    hits = {name: torch.zeros(len(pairs), dtype=torch.bool) for name in methods}
-    for lo in tqdm(range(0, len(pairs), batch_size), desc="pointing", disable=not progress, leave=False):
-        chunk = pairs[lo:lo + batch_size]
-        x = train.gather(ds.images, torch.tensor([i for i, _ in chunk])).to(dev)
-        y = torch.tensor([c for _, c in chunk], device=dev)
-        boxes = [ds.meta["boxes"][i][labels[i] == c] for i, c in chunk]
-        for name, fn in methods.items():
-            hits[name][lo:lo + len(chunk)] = pointing_hits(fn(x, y).detach().cpu(), boxes, tolerance).cpu()
-    if average == "pairs":
-        return {name: h.float().mean().item() for name, h in hits.items()}
+        raise ValueError(f"{ds.name}: no (image, class) pairs with objects among the first {n} images")
+    return pairs
+
+
+def class_averaged(hits: torch.Tensor, classes: torch.Tensor) -> float:
+    """TorchRay's pointing accuracy: the mean over the classes present of each class's hit rate. ``hits`` ``(P,)``
+    bool, ``classes`` ``(P,)`` the class of each trial."""
     present = classes.unique()
-    return {name: torch.stack([h[classes == c].float().mean() for c in present]).mean().item()
-            for name, h in hits.items()}
+    return torch.stack([hits[classes == c].float().mean() for c in present]).mean().item()
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -678,14 +650,9 @@ VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 COCO_NAMES: list[str] = []  # filled from the annotation file's categories when COCO is loaded
 
 
-def _scaled_boxes(boxes: list[list[float]], w: float, h: float, size: int | None) -> torch.Tensor:
-    b = torch.tensor(boxes, dtype=torch.float32).view(-1, 4)
-    if size is not None:
-        b = b * torch.tensor([size / w, size / h, size / w, size / h])
-    return b
-
-
 def _detection_set(name, split, paths, boxes, box_labels, classes, size, extra) -> ImageSet:
+    """Boxes ``(K, 4)`` (inclusive ``x0, y0, x1, y1``), masks and ``orig_size`` stay in the original image frame
+    (TorchRay's pointing protocol); the images are resized to ``size x size`` for the network."""
     targets = torch.zeros(len(paths), len(classes))
     for i, lab in enumerate(box_labels):
         targets[i, lab] = 1.0
@@ -698,24 +665,24 @@ def _voc07_full(root: Path, split: str, download: bool, size):
     if folder is None:
         raise FileNotFoundError(f"no VOCdevkit/VOC2007 or VOC2007 folder in {root}")
     ids = (folder / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
-    paths, boxes, labels, difficult = [], [], [], []
+    paths, boxes, labels, difficult, sizes = [], [], [], [], []
     for i in ids:
         ann = ET.parse(folder / "Annotations" / f"{i}.xml").getroot()
-        w, h = float(ann.find("size/width").text), float(ann.find("size/height").text)
+        sizes.append((int(ann.find("size/height").text), int(ann.find("size/width").text)))
         objs = ann.findall("object")
         bb = [[float(o.find(f"bndbox/{k}").text) - 1 for k in ("xmin", "ymin", "xmax", "ymax")] for o in objs]
         paths.append(folder / "JPEGImages" / f"{i}.jpg")
-        boxes.append(_scaled_boxes(bb, w, h, size))
+        boxes.append(torch.tensor(bb, dtype=torch.float32).view(-1, 4))
         labels.append(torch.tensor([VOC_CLASSES.index(o.find("name").text.strip()) for o in objs], dtype=torch.long))
         difficult.append(torch.tensor([o.findtext("difficult", "0").strip() == "1" for o in objs]))
     return _detection_set("voc07", split, paths, boxes, labels, VOC_CLASSES, size,
-                          {"difficult": difficult, "files": ids})
+                          {"difficult": difficult, "files": ids, "orig_size": sizes})
 
 
-def _coco_instances_full(root: Path, split: str, download: bool, size):
-    import json
-    folder = root / "coco"
-    ann = json.loads((folder / "annotations" / f"instances_{split}2014.json").read_text())
+def _coco_instances(name, split, ann_path: Path, image_folder: Path, size) -> ImageSet:
+    """A COCO instances file (official JSON) as a detection set with its masks: ``meta["segmentation"][i]`` lists the
+    segmentation of each of image ``i``'s annotations (crowd regions included), aligned with ``boxes``."""
+    ann = json.loads(ann_path.read_text())
     cats = sorted(ann["categories"], key=lambda c: c["id"])
     index = {c["id"]: k for k, c in enumerate(cats)}
     COCO_NAMES[:] = [c["name"] for c in cats]
@@ -723,15 +690,39 @@ def _coco_instances_full(root: Path, split: str, download: bool, size):
     for a in ann["annotations"]:
         per_image.setdefault(a["image_id"], []).append(a)
     images = sorted((r for r in ann["images"] if r["id"] in per_image), key=lambda r: r["id"])
-    paths, boxes, labels = [], [], []
+    paths, boxes, labels, segs = [], [], [], []
     for r in images:
         objs = per_image[r["id"]]
         bb = [[x, y, x + bw - 1, y + bh - 1] for x, y, bw, bh in (o["bbox"] for o in objs)]
-        paths.append(folder / f"{split}2014" / r["file_name"])
-        boxes.append(_scaled_boxes(bb, r["width"], r["height"], size))
+        paths.append(image_folder / r["file_name"])
+        boxes.append(torch.tensor(bb, dtype=torch.float32).view(-1, 4))
         labels.append(torch.tensor([index[o["category_id"]] for o in objs], dtype=torch.long))
-    return _detection_set("coco_instances", split, paths, boxes, labels, list(COCO_NAMES), size,
-                          {"image_id": [r["id"] for r in images]})
+        segs.append([o["segmentation"] for o in objs])
+    return _detection_set(name, split, paths, boxes, labels, list(COCO_NAMES), size,
+                          {"image_id": [r["id"] for r in images], "segmentation": segs,
+                           "orig_size": [(r["height"], r["width"]) for r in images]})
+
+
+def _coco_instances_full(root: Path, split: str, download: bool, size):
+    folder = root / "coco"
+    return _coco_instances("coco_instances", split, folder / "annotations" / f"instances_{split}2014.json",
+                           folder / f"{split}2014", size)
+
+
+def coco_mini_instances(split: str, *, size: int, data_dir=None) -> ImageSet:
+    """The 159 photos of the shipped ``coco_captions_mini`` subset that have COCO 2017 instance annotations (80
+    train2017, 79 val2017; ``split`` ``"train"`` or ``"val"``), as a detection set with masks in the original
+    frame (the shipped JPEGs are downscaled; the masks are not), images resized to ``size x size``."""
+    _check_choice("split", split, ("train", "val"))
+    folder = data.verify("coco_captions_mini", data_dir)
+    ann = folder / f"instances_{split}2017.json"
+    if not ann.is_file():
+        raise FileNotFoundError(f"{ann} is missing: copy it from the COCO 2017 instances annotations "
+                                f"(see data/README.md, coco_captions_mini)")
+    ds = _coco_instances("coco_captions_mini", split, ann, folder / "images" / f"{split}2017", size)
+    ds.images = torch.stack([data.read_image(p, "RGB", size) for p in ds.images.paths])
+    ds.source = "subset"
+    return ds
 
 
 def _imagenet_full(root: Path, split: str, download: bool, size):

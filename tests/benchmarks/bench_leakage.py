@@ -1,95 +1,95 @@
-"""Speed of the DLG / iDLG kernels (not collected by pytest; run it by hand):
+"""Attack throughput: the official per-attack loop against vklib's batched attack (not collected by pytest; run it
+by hand):
 
-    OMP_NUM_THREADS=2 python tests/benchmarks/bench_leakage.py
+    OMP_NUM_THREADS=2 python tests/benchmarks/bench_leakage.py [iterations] [sizes...]
 
-Prints the time of one evaluation of the gradient-matching objective for ``A`` attacks at once (the batched
-unfold + bmm LeNet against ``torch.func.vmap`` over ``functional_call``), the time of one L-BFGS direction with a
-full history of 100 pairs (the compact form used by ``leakage.lbfgs`` against the two-loop recursion), and the
-wall time of a short DLG + iDLG run per image shape.
+Both attack the same CIFAR-10 images (32x32 RGB) through the same victims (LeNet, sigmoid, U(-0.5, 0.5)) from the
+same dummy starts, with iDLG's label, the gradient distance and L-BFGS (lr 1, up to 20 inner steps, 100 pairs,
+stopping at a distance below 1e-6), for ``iterations`` steps (default 20; the papers use 300) and ``A`` = 4, 32 and
+128 attacks (default sizes):
+
+* **official**: the authors' loop, one attack after another: an ``nn.Module`` victim, ``torch.optim.LBFGS`` with a
+  closure that differentiates the gradient distance through ``torch.autograd.grad(..., create_graph=True)``;
+* **batched**: the notebook's attack, all ``A`` at once: ``leakage.dummy_gradients`` (unfold + bmm LeNets) under
+  ``leakage.lbfgs`` (one L-BFGS state per attack; finished attacks leave the batch).
+
+It prints the wall time of each, attacks per second, the number of reconstructions under MSE 1e-3 (the same
+trajectories up to float rounding, so success should agree), and the throughput ratio.
 """
 from __future__ import annotations
 
+import sys
+import time
+
 import torch
 import torch.nn.functional as F
-from timing import clock
-from torch.func import functional_call, grad, grad_and_value, vmap
 
 from vklib import leakage, models
 
 
-def objective_batched(model, params, target, shape, soft):
-    def fun(x):
-        x = x.detach().requires_grad_(True)
-        ps = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+def official(net, params, shared, labels, x0, iterations):
+    """One attack at a time, as the authors' code: returns the final dummies (A, C, H, W)."""
+    out = []
+    for i in range(len(x0)):
+        net.load_state_dict({k: v[i] for k, v in params.items()})
+        target = [t[i] for t in shared.values()]
+        dummy = x0[i:i + 1].clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([dummy], lr=1.0, max_iter=20, history_size=100)
+        label = labels[i:i + 1]
+
+        def closure():
+            opt.zero_grad()
+            grads = torch.autograd.grad(F.cross_entropy(net(dummy), label), list(net.parameters()), create_graph=True)
+            loss = sum(((g - t) ** 2).sum() for g, t in zip(grads, target))
+            loss.backward()
+            return loss
+        for _ in range(iterations):
+            if float(opt.step(closure).detach()) < 1e-6:   # the loss before the step (the authors stop below 1e-6)
+                break
+        out.append(dummy.detach()[0])
+    return torch.stack(out)
+
+
+def batched(net, params, shared, labels, x0, iterations):
+    """All attacks at once on vklib's kernels (the notebook's gradient_matching without its bookkeeping)."""
+    shape, onehot, targets = x0.shape[1:], F.one_hot(labels, 10).float(), list(shared.values())
+
+    def objective(z, idx):
+        z = z.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = -(soft * leakage.batched_forward(model, ps, x.view(-1, *shape)).log_softmax(-1)).sum()
-            g = torch.autograd.grad(loss, list(ps.values()), create_graph=True)
-            d = leakage.gradient_distance(g, list(target.values()))
-            return torch.autograd.grad(d.sum(), x)[0]
-    return fun
-
-
-def objective_vmap(model, params, target, shape, soft):
-    def one(x, p, t, s):
-        def ce(p_):
-            return -(s * functional_call(model, p_, (x.view(1, *shape),))[0].log_softmax(-1)).sum()
-        g = grad(ce)(p)
-        return sum(((g[k] - t[k]) ** 2).sum() for k in g)
-    f = vmap(grad_and_value(one))
-    return lambda x: f(x, params, target, soft)
-
-
-def two_loop(S, Y, ro, gamma, v):
-    q, al = v.clone(), []
-    for j in reversed(range(S.shape[1])):
-        a = (S[:, j] * q).sum(1) * ro[:, j]
-        q -= a[:, None] * Y[:, j]
-        al.append(a)
-    r = q * gamma[:, None]
-    for j in range(S.shape[1]):
-        b = (Y[:, j] * r).sum(1) * ro[:, j]
-        r += (al[S.shape[1] - 1 - j] - b)[:, None] * S[:, j]
-    return r
+            dummy = leakage.dummy_gradients(net, {k: v[idx] for k, v in params.items()}, z.view(-1, *shape),
+                                            onehot[idx])
+            loss = leakage.gradient_distance(dummy, [t[idx] for t in targets])
+            return loss.detach(), torch.autograd.grad(loss.sum(), z)[0]
+    out = leakage.lbfgs(objective, x0.flatten(1), steps=iterations, stop_loss=1e-6)
+    return out["x"].view(-1, *shape)
 
 
 def main():
-    torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
-    for c, s, k in ((1, 28, 10), (3, 32, 10)):
-        model = models.LeNetSigmoid(c, k, s)
-        for a in (1, 8, 32):
-            g = torch.Generator().manual_seed(0)
-            p = leakage.sample_victims(model, a, generator=g)
-            x = torch.rand(a, c, s, s, generator=g)
-            y = torch.randint(0, k, (a,), generator=g)
-            t = leakage.victim_gradients(model, p, x, y)
-            soft = F.one_hot(y, k).float()
-            dummy = torch.randn(a, c * s * s, generator=g)
-            tb = clock(lambda: objective_batched(model, p, t, (c, s, s), soft)(dummy), repeat=20) * 1e3
-            tv = clock(lambda: objective_vmap(model, p, t, (c, s, s), soft)(dummy), repeat=5) * 1e3
-            print(f"objective {c}x{s}x{s}, A={a:>2}: batched {tb:7.2f} ms, vmap {tv:7.2f} ms")
-    for a, d in ((1, 3072), (16, 3072)):
-        S, Y = torch.randn(a, 100, d), torch.randn(a, 100, d)
-        ys = (S * Y).sum(-1).abs() + 1
-        Y = Y * (ys / (S * Y).sum(-1)).unsqueeze(-1)          # s.y > 0 for every pair
-        SY = torch.bmm(S, Y.transpose(1, 2)).double()
-        YY = torch.bmm(Y, Y.transpose(1, 2)).double()
-        head, count, gamma, v = torch.zeros(a, dtype=torch.long), torch.full((a,), 100), torch.ones(a), torch.randn(a, d)
-        tc = clock(lambda: leakage._lbfgs_direction(S, Y, SY, YY, head, count, gamma, v), repeat=20) * 1e3
-        tl = clock(lambda: two_loop(S, Y, 1 / (S * Y).sum(-1), gamma, v), repeat=5) * 1e3
-        print(f"L-BFGS direction, A={a:>2}, D={d}, 100 pairs: compact {tc:6.2f} ms, two-loop {tl:6.2f} ms")
-    for name in ("mnist", "cifar10"):
-        g = torch.Generator().manual_seed(0)
-        ds = leakage.attack_set(name, 8, generator=g)
-        model = models.LeNetSigmoid(ds.images.shape[1], len(ds.classes), ds.images.shape[-1])
-        p = leakage.sample_victims(model, 8, generator=g)
-        t = leakage.victim_gradients(model, p, ds.images, ds.labels)
-        runs = []  # one timed run, kept for its evaluation counts
-        wall = clock(lambda: runs.append(leakage.dlg_and_idlg(model, p, t, ds.images.shape[1:], generator=g,
-                                                              iterations=10)), repeat=1, warmup=0)
-        dlg, idlg = runs[0]
-        evals = int(dlg.evals.sum() + idlg.evals.sum())
-        print(f"DLG + iDLG, {name}, 8 trials, 10 iterations: {wall:5.1f} s ({evals} attack evaluations)")
+    iterations = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    sizes = [int(a) for a in sys.argv[2:]] or [4, 32, 128]
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, CIFAR-10 32x32, {iterations} L-BFGS "
+          f"iterations")
+    g = torch.Generator().manual_seed(0)
+    ds = leakage.attack_set("cifar10", max(sizes), generator=g)
+    net = models.LeNetSigmoid(3, 10, 32)
+    params = leakage.sample_victims(net, max(sizes), generator=g)
+    shared = leakage.victim_gradients(net, params, ds.images, ds.labels)
+    labels = leakage.extract_label(shared["fc.weight"])
+    x0 = torch.randn(ds.images.shape, generator=g)
+    print(f"{'A':>4} {'official s':>11} {'batched s':>10} {'attacks/s off':>14} {'attacks/s bat':>14} "
+          f"{'success off':>12} {'success bat':>12} {'speed-up':>9}")
+    for a in sizes:
+        cut = lambda d: {k: v[:a] for k, v in d.items()}
+        t0 = time.perf_counter()
+        x_off = official(net, cut(params), cut(shared), labels[:a], x0[:a], iterations)
+        t_off = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        x_bat = batched(net, cut(params), cut(shared), labels[:a], x0[:a], iterations)
+        t_bat = time.perf_counter() - t0
+        ok = lambda x: int((leakage.mse(x, ds.images[:a]) < 1e-3).sum())
+        print(f"{a:>4} {t_off:>11.1f} {t_bat:>10.1f} {a / t_off:>14.2f} {a / t_bat:>14.2f} {ok(x_off):>9}/{a:<2} "
+              f"{ok(x_bat):>9}/{a:<2} {t_off / t_bat:>8.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 1. meta-saliency for 250 images: the batched ``torch.func.vmap`` kernel against a loop of in-place ``sgd_step`` calls;
 2. deletion curves for 250 images (17 points): the kernel (all points of a group of images in one batch) against one
    forward pass per curve point (each batched over the images);
-3. with --notebook: the whole notebook 07 (quick profile) through papermill, wall time.
+3. the pointing game on the 284 trials of the shipped COCO val2017 photos: the maps of 6 methods upsampled to the
+   original frame together (one interpolation per trial) against one ``pointing_hits`` call per method;
+4. with --notebook: the whole notebook 07 (quick profile) through papermill, wall time.
 """
 from __future__ import annotations
 
@@ -46,6 +48,14 @@ def main():
 
     batched = clock(lambda: saliency.perturbation_curves(net, x, y, sal, steps=16), repeat=3)
     print(f"deletion, 250 images x 17 points (s):  kernel {batched:.2f}   per point {clock(curve_loop, repeat=3):.2f}")
+
+    val = saliency.coco_mini_instances("val", size=96)
+    pairs = saliency.pointing_pairs(val)
+    masks = [saliency.class_mask(val.meta, i, c) for i, c in pairs]
+    maps6 = torch.rand(len(pairs), 6, 96, 96)
+    together = clock(lambda: saliency.pointing_hits(maps6, masks), repeat=1, warmup=0)
+    apart = clock(lambda: [saliency.pointing_hits(maps6[:, j], masks) for j in range(6)], repeat=1, warmup=0)
+    print(f"pointing, {len(pairs)} trials x 6 methods (s):  together {together:.2f}   one call per method {apart:.2f}")
 
     if args.notebook:
         r = notebook_wall("07")
