@@ -377,15 +377,15 @@ def test_pointing_hits_upsamples_the_map_to_the_original_image():
 
 
 def test_segmentation_and_class_masks():
-    poly = saliency.segmentation_mask([[2, 2, 8, 2, 8, 6, 2, 6]], 10, 12)   # a 7 x 5 rectangle as a polygon
-    assert poly.shape == (10, 12) and poly.sum() == 35 and poly[2:7, 2:9].all()
+    poly = saliency.segmentation_mask([[2, 2, 8, 2, 8, 6, 2, 6]], 10, 12)   # a polygon of area 6 x 4 (COCO's rule)
+    assert poly.shape == (10, 12) and poly.sum() == 24 and poly[2:6, 2:8].all()
     rle = saliency.segmentation_mask({"counts": [3, 2, 13, 2], "size": [5, 4]}, 5, 4)   # column-major runs
     expected = torch.zeros(5, 4, dtype=torch.bool)
     expected[3:5, 0] = True
     expected[3:5, 3] = True
     assert torch.equal(rle, expected)
-    with pytest.raises(ValueError, match="uncompressed RLE"):
-        saliency.segmentation_mask({"counts": "abc", "size": [5, 4]}, 5, 4)
+    with pytest.raises(ValueError, match=r"segmentation: an RLE of size \[5, 4\] expected"):
+        saliency.segmentation_mask({"counts": [3, 2, 13, 2], "size": [4, 5]}, 5, 4)
     meta = {"orig_size": [(6, 8)], "box_labels": [torch.tensor([0, 1, 0])],
             "boxes": [torch.tensor([[0.0, 0.0, 1.0, 1.0], [3.0, 3.0, 4.0, 4.0], [6.0, 4.0, 7.0, 5.0]])]}
     m = saliency.class_mask(meta, 0, 0)   # the union of the class's two boxes, inclusive

@@ -34,7 +34,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -450,28 +449,14 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
 
 
 def segmentation_mask(segmentation, height: int, width: int) -> torch.Tensor:
-    """One COCO instance's mask at the annotation's (original) resolution, ``(height, width)`` bool: polygons
-    (``[[x0, y0, x1, y1, ...], ...]``, filled with PIL) or an uncompressed RLE (``{"counts": [...], "size": [h, w]}``,
-    column-major runs starting with background, COCO's format of crowd regions)."""
-    if isinstance(segmentation, dict):
-        counts = segmentation.get("counts")
-        if not isinstance(counts, list) or list(segmentation.get("size", ())) != [height, width]:
-            raise ValueError(f"segmentation must be polygons or an uncompressed RLE of size {[height, width]}, got "
-                             f"size {segmentation.get('size')} with {type(counts).__name__} counts")
-        runs = torch.tensor(counts, dtype=torch.long)
-        values = torch.arange(len(runs)) % 2 == 1
-        flat = torch.repeat_interleave(values, runs)
-        if len(flat) != height * width:
-            raise ValueError(f"RLE counts sum to {len(flat)}, expected {height * width}")
-        return flat.view(width, height).t().contiguous()
-    from PIL import Image, ImageDraw
-    canvas = Image.new("1", (width, height), 0)
-    draw = ImageDraw.Draw(canvas)
-    for poly in segmentation:
-        if len(poly) >= 6:
-            draw.polygon([(float(poly[k]), float(poly[k + 1])) for k in range(0, len(poly) - 1, 2)], fill=1,
-                         outline=1)
-    return torch.from_numpy(np.array(canvas, dtype=bool))
+    """One COCO instance's mask at the annotation's (original) resolution, ``(height, width)`` bool, rasterised by
+    pycocotools as COCO's ``annToMask`` (and TorchRay's COCO pointing game) does: polygons
+    (``[[x0, y0, x1, y1, ...], ...]``) or an RLE (``{"counts": ..., "size": [h, w]}``, COCO's format of crowd regions)."""
+    from pycocotools import mask as mask_utils
+    if isinstance(segmentation, dict) and list(segmentation.get("size", ())) != [height, width]:
+        raise ValueError(f"segmentation: an RLE of size {[height, width]} expected, got size {segmentation.get('size')}")
+    decoded = mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width))   # (h, w) or (h, w, parts)
+    return torch.from_numpy(decoded.reshape(height, width, -1).any(axis=2))
 
 
 def class_mask(meta: Mapping, i: int, c: int) -> torch.Tensor:
