@@ -334,17 +334,6 @@ def test_adjust_identity_reference_and_errors():
 
 
 # ------------------------------------------------------------------------------------------------ data
-def test_square_crops_shapes_determinism_and_errors():
-    ims = [torch.rand(3, 20, 30), torch.rand(3, 16, 12)]
-    a, src = A.square_crops(ims, 8, extra=2, generator=torch.Generator().manual_seed(0))
-    b, _ = A.square_crops(ims, 8, extra=2, generator=torch.Generator().manual_seed(0))
-    assert a.shape == (6, 3, 8, 8) and src.tolist() == [0, 0, 0, 1, 1, 1] and torch.equal(a, b)
-    c, _ = A.square_crops([torch.rand(3, 8, 8)], 8)
-    assert c.shape == (1, 3, 8, 8)
-    with pytest.raises(ValueError, match="square_crops"):
-        A.square_crops(ims, 8, scale=(0.0, 0.5))
-
-
 def _flickr_layout(root, per_worker_csv=False):
     from PIL import Image
     folder = root / "flickr_aes"
@@ -419,50 +408,17 @@ def test_flickr_miniature_ratings_workers_and_splits(flickr):
     for i, name in enumerate(train.meta["files"]):                          # mean of the training workers' scores
         given = [r[name] for w, r in ratings.items() if w in mini.TRAIN_WORKERS and name in r]
         assert len(given) == 2 and train.meta["mean_score"][i].item() == pytest.approx(sum(given) / 2)
-    # the paper profile's benchmark and protocol on it: both k = 10 and k = 100 leave held-out ratings
-    smoke = {"image_size": 64, "test_users": 2, "ks": (10, 100), "draws": 1, "test_size": 0}   # the smoke profile's
-    b = A.flickr_benchmark(smoke, data_dir=flickr)
-    assert b.user_ids == mini.TEST_WORKERS and b.user_ratings.shape == (2, 108)
-    assert (~torch.isnan(b.user_ratings)).sum(1).tolist() == [105, 105]
-    assert set(b.user_ratings[~torch.isnan(b.user_ratings)].tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
-    for k in smoke["ks"]:
-        tr, te, rows_ = A.user_draws(b.user_ratings, k, draws=smoke["draws"], test_size=smoke["test_size"],
-                                     generator=torch.Generator().manual_seed(0))
+    # the paper profile's protocol on it: both k = 10 and k = 100 leave held-out ratings
+    ratings = torch.full((2, len(test)), float("nan"))                      # (workers, photos), as the notebook does
+    for u, w in enumerate(mini.TEST_WORKERS[:2]):
+        idx, sc = test.meta["_ratings"][w]
+        ratings[u, idx] = sc
+    assert set(ratings[~torch.isnan(ratings)].tolist()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    for k in (10, 100):
+        tr, te, rows_ = A.user_draws(ratings, k, draws=1, test_size=0, generator=torch.Generator().manual_seed(0))
         assert tr.shape == (2, k) and te.shape == (2, 105 - k) and rows_.tolist() == [0, 1]
         for m in range(2):
             assert not set(tr[m].tolist()) & set(te[m].tolist())
-
-
-def test_simulated_benchmark_small_and_deterministic():
-    cfg = {"image_size": 16, "crops_per_image": 0, "crop_scale": (0.45, 0.9), "train_raters": 10,
-           "ratings_per_image": 5, "test_users": 2, "val_users": 1, "spread": 0.5, "ideal_spread": 0.8, "noise": 0.5}
-    photos = A.simulated_photos(cfg, seed=0)
-    assert photos["user_classes"].shape == (280,) and len(photos["class_names"]) == 7
-    b1 = A.simulated_benchmark(cfg, photos, seed=0)
-    b2 = A.simulated_benchmark(cfg, photos, seed=0)
-    bc = A.simulated_benchmark(cfg, photos, seed=0, content_spread=1.0)
-    assert torch.equal(bc.generic_targets, b1.generic_targets)         # the crowd (and the generic model) unchanged
-    assert torch.equal(bc.users.weights, b1.users.weights) and bc.users.content.shape == (3, 7)
-    assert b1.generic_images.shape == (239, 3, 16, 16) and b1.generic_targets.shape == (239,)
-    assert b1.user_images.shape == (280, 3, 16, 16) and b1.user_ratings.shape == (3, 280)
-    assert b1.n_select == 1 and b1.user_ids == ["select0", "user0", "user1"] and b1.simulated
-    assert torch.equal(b1.user_ratings, b2.user_ratings) and torch.equal(b1.generic_targets, b2.generic_targets)
-    assert b1.true_scores(b1.user_images[:5], [0, 2], photos["user_classes"][:5]).shape == (2, 5)
-    with pytest.raises(ValueError, match="ratings_per_image"):
-        A.simulated_benchmark(dict(cfg, ratings_per_image=20), photos, seed=0)
-
-
-@pytest.mark.parametrize("per_worker_csv", [False, True])
-def test_flickr_benchmark_from_the_loader(tmp_path, per_worker_csv):
-    _flickr_layout(tmp_path, per_worker_csv)
-    cfg = {"image_size": 8, "test_users": 37}
-    b = A.flickr_benchmark(cfg, data_dir=tmp_path)
-    assert torch.allclose(b.generic_targets, torch.tensor([5.0, 3.5]))              # mean of the training workers
-    assert len(b.generic_images) == 2 and b.generic_images[0].shape == (3, 8, 8)
-    assert b.user_ids == ["w3"] and b.n_select == 0 and not b.simulated and b.users is None
-    assert len(b.user_images) == 2 and b.user_ratings.tolist() == [[1.0, 2.0]]      # im3, im2 as w3 rated them
-    with pytest.raises(ValueError, match="simulated"):
-        b.true_scores(torch.rand(1, 3, 8, 8), [0], torch.zeros(1, dtype=torch.long))
 
 
 def test_paper_numbers_use_the_recorded_scales():

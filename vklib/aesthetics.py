@@ -13,8 +13,8 @@ Notebook 10 owns the loops (generic training, personalisation, fine-tuning, enha
 * the personal models, ``M`` at once: :func:`init_user_params` (adapters in the last stage or in every stage),
   :func:`init_bn_stats`, :func:`param_part`, :func:`user_parameter_count`, :func:`adapter_conv`,
   :func:`adapted_forward`, :func:`head_forward`, :func:`personal_loss`; :func:`adjust` (picture adjustments);
-* data: :func:`square_crops`, :func:`simulated_photos` + :func:`simulated_benchmark` (real photos, simulated
-  raters) and :func:`flickr_benchmark` (FLICKR-AES, registered in :mod:`vklib.data` as ``"flickr_aes"``).
+* data: the FLICKR-AES reader (registered in :mod:`vklib.data` as ``"flickr_aes"``); the notebook assembles its
+  benchmark (real photos and simulated raters, or FLICKR-AES).
 
 Batched personal models: user-specific tensors carry a leading dimension ``M`` (users x draws). The frozen 3x3
 convolutions are shared and run as one convolution over the ``M * B`` images; only the 1x1 adapters (an ``einsum``),
@@ -23,7 +23,7 @@ the normalisation and the head (batched matrix products) differ per model.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -36,11 +36,10 @@ from . import data as _data
 from .models import ImageNetNormalize, torchvision_net
 
 __all__ = [
-    "PARTS", "PROPERTIES", "POPULATION", "STAGES", "AestheticsNet", "Benchmark", "adapted_forward", "adapter_conv", "adjust",
-    "build_model", "colourfulness", "draw_users", "flickr_benchmark", "head_forward", "image_properties", "init_bn_stats",
-    "init_user_params", "kshot_draws", "laplacian_variance", "param_part", "personal_loss", "rate",
-    "simulated_benchmark", "simulated_photos", "spearman", "spearman_rows", "square_crops", "user_draws",
-    "user_parameter_count",
+    "PARTS", "POPULATION", "PROPERTIES", "STAGES", "AestheticsNet", "Users", "adapted_forward", "adapter_conv", "adjust",
+    "build_model", "colourfulness", "draw_users", "head_forward", "image_properties", "init_bn_stats",
+    "init_user_params", "kshot_draws", "laplacian_variance", "param_part", "personal_loss", "rate", "spearman",
+    "spearman_rows", "user_draws", "user_parameter_count",
 ]
 
 #: The user-specific parts: residual adapters, normalisation affines, MLP head.
@@ -207,7 +206,6 @@ def spearman(pred, target) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-
 def spearman_rows(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`spearman` of every row: ``pred``, ``target`` ``(M, T)``, ``valid`` ``(M, T)`` bool (entries to use;
     all if ``None``) -> ``(M,)``."""
@@ -229,8 +227,6 @@ def kshot_draws(n_items: int, k: int, *, draws: int, test_size: int = 0,
         raise ValueError(f"kshot_draws: {n_items} ratings cannot give k={k} training and {t} (>= 2) test ratings")
     perms = torch.stack([torch.randperm(n_items, generator=generator) for _ in range(draws)])
     return perms[:, :k], perms[:, n_items - t:]
-
-
 
 
 def user_draws(ratings: torch.Tensor, k: int, *, draws: int, test_size: int = 0,
@@ -418,8 +414,6 @@ def adapter_conv(x: torch.Tensor, weight: torch.Tensor, adapter: torch.Tensor, *
     return y + torch.einsum("moc,mbchw->mbohw", adapter, xs[..., :y.shape[-2], :y.shape[-1]])
 
 
-
-
 def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, path: str, params: dict, stats: dict | None,
         train_bn: bool) -> torch.Tensor:
     """Batch norm of ``x`` ``(M, B, C, H, W)`` with per-model affines ``(M, C)``. Statistics: ``train_bn`` -> each
@@ -517,141 +511,6 @@ def adjust(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tenso
     x = KE.adjust_contrast(x, as_n(contrast), clip_output=False)
     x = KE.adjust_brightness(x, as_n(brightness), clip_output=False)
     return x.clamp(0, 1)
-
-
-# ============================================================================================ data
-def square_crops(images: Sequence[torch.Tensor], size: int, *, extra: int = 0, scale: tuple[float, float] = (0.5, 0.9),
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Square photos from images of any size: the central square of each image, plus ``extra`` random square crops
-    whose side is a uniform fraction in ``scale`` of the shorter side, all resized to ``size`` (antialiased).
-
-    Returns ``(N * (1 + extra), 3, size, size)`` images and the ``(N * (1 + extra),)`` index of the source image.
-    """
-    if size < 3 or extra < 0 or not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"square_crops: size >= 3, extra >= 0 and 0 < scale[0] <= scale[1] <= 1 required, got "
-                         f"size={size}, extra={extra}, scale={scale}")
-    out, src = [], []
-    for i, im in enumerate(images):
-        h, w = im.shape[-2:]
-        s = min(h, w)
-        boxes = [((h - s) // 2, (w - s) // 2, s)]
-        for _ in range(extra):
-            side = max(3, int(round(s * (scale[0] + (scale[1] - scale[0]) * torch.rand((), generator=generator).item()))))
-            top = int(torch.randint(0, h - side + 1, (), generator=generator))
-            left = int(torch.randint(0, w - side + 1, (), generator=generator))
-            boxes.append((top, left, side))
-        for top, left, side in boxes:
-            crop = im[None, :, top:top + side, left:left + side]
-            out.append(F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True,
-                                     align_corners=False).clamp(0, 1)[0])
-            src.append(i)
-    return torch.stack(out), torch.tensor(src)
-
-
-@dataclass
-class Benchmark:
-    """What the notebook's experiment needs, for either profile.
-
-    ``generic_images`` ``(N, 3, H, W)`` (or a lazy sequence) and ``generic_targets`` ``(N,)``: mean scores for the
-    generic model. ``user_images`` ``(R, 3, H, W)``: the images the test (and selection) users rated;
-    ``user_ratings`` ``(U, R)`` with ``NaN`` where a user did not rate an image; ``user_ids`` names; ``n_select``:
-    the first rows are selection users (never tested). Simulated raters only: ``users``, the property
-    standardisation ``z_mean``/``z_std`` and the content class ``(R,)`` of each user photo in ``meta["classes"]``.
-    """
-
-    generic_images: torch.Tensor | Sequence[torch.Tensor]
-    generic_targets: torch.Tensor
-    user_images: torch.Tensor | Sequence[torch.Tensor]
-    user_ratings: torch.Tensor
-    user_ids: list[str]
-    n_select: int = 0
-    users: "Users | None" = None
-    z_mean: torch.Tensor | None = None
-    z_std: torch.Tensor | None = None
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def simulated(self) -> bool:
-        return self.users is not None
-
-    def true_scores(self, images: torch.Tensor, rows: Sequence[int], classes: torch.Tensor) -> torch.Tensor:
-        """Noise-free latent scores ``(len(rows), N)`` of simulated users ``rows`` for ``images`` of content
-        ``classes`` ``(N,)``."""
-        if self.users is None:
-            raise ValueError("true_scores needs simulated raters (the quick profile)")
-        z = (image_properties(images) - self.z_mean) / self.z_std
-        return self.users[list(rows)].latent(z, classes)
-
-
-def simulated_photos(cfg: dict, *, data_dir=None, seed: int = 0) -> dict:
-    """The quick profile's real photos, rated later by simulated raters (:func:`simulated_benchmark`):
-
-    * ``generic``: the 239 shipped COCO photos, each as its central square plus ``crops_per_image`` random square
-      crops (a crop is a photo of its own to a rater), ``image_size`` px;
-    * ``user``: the 280 shipped PACS photos (domain ``photo``, never seen by the generic model), with their content
-      class ``user_classes`` ``(R,)`` (7 classes, names in ``class_names``);
-    * ``z_generic``, ``z_user``: their :data:`PROPERTIES`, standardised over the generic photos (``z_mean``, ``z_std``).
-    """
-    g = torch.Generator().manual_seed(seed)
-    size = cfg["image_size"]
-    coco = _data.load("coco_captions_mini", "all", data_dir=data_dir)
-    gen_x, _ = square_crops(coco.images, size, extra=cfg["crops_per_image"], scale=tuple(cfg["crop_scale"]),
-                            generator=g)
-    pacs = _data.load("pacs", "all", data_dir=data_dir, size=size)
-    keep = torch.nonzero(pacs.meta["domain"] == pacs.meta["_domains"].index("photo")).flatten()
-    user_x = pacs.images[keep]
-    props = image_properties(gen_x)
-    z_mean, z_std = props.mean(0), props.std(0)
-    return {"generic": gen_x, "user": user_x, "user_classes": pacs.labels[keep], "class_names": list(pacs.classes),
-            "z_mean": z_mean, "z_std": z_std, "z_generic": (props - z_mean) / z_std,
-            "z_user": (image_properties(user_x) - z_mean) / z_std}
-
-
-def simulated_benchmark(cfg: dict, photos: dict, *, seed: int = 0, content_spread: float = 0.0) -> Benchmark:
-    """Simulated raters for :func:`simulated_photos`, all drawn around :data:`POPULATION` (``spread``,
-    ``ideal_spread``, rating ``noise`` from ``cfg``):
-
-    * each generic photo is rated by ``ratings_per_image`` of ``train_raters`` crowd raters (FLICKR-AES has 5
-      ratings per photo); the generic target is their mean. The crowd has no content term (the generic photos are
-      COCO scenes, not PACS classes, and a zero-mean liking averages out in a crowd);
-    * every one of ``val_users`` selection and ``test_users`` test users rates every user photo; with
-      ``content_spread > 0`` their scores add a personal liking for the photo's PACS class.
-    """
-    g = torch.Generator().manual_seed(seed)
-    r = cfg["ratings_per_image"]
-    if not 1 <= r <= cfg["train_raters"]:
-        raise ValueError(f"ratings_per_image must be in 1..train_raters, got {r}")
-    crowd = draw_users(cfg["train_raters"], spread=cfg["spread"], ideal_spread=cfg["ideal_spread"], generator=g)
-    z_gen = photos["z_generic"]
-    who = torch.argsort(torch.rand(len(z_gen), cfg["train_raters"], generator=g), dim=1)[:, :r]   # (N, r)
-    targets = rate(crowd, z_gen, noise=cfg["noise"], generator=g).T.gather(1, who).mean(1)
-    n_u = cfg["val_users"] + cfg["test_users"]
-    classes = photos["user_classes"]
-    users = draw_users(n_u, spread=cfg["spread"], ideal_spread=cfg["ideal_spread"], content_spread=content_spread,
-                       n_classes=len(photos["class_names"]) if content_spread > 0 else 0, generator=g)
-    ratings = rate(users, photos["z_user"], noise=cfg["noise"], classes=classes, generator=g)
-    ids = [f"select{i}" for i in range(cfg["val_users"])] + [f"user{i}" for i in range(cfg["test_users"])]
-    return Benchmark(photos["generic"], targets, photos["user"], ratings, ids, cfg["val_users"], users,
-                     photos["z_mean"], photos["z_std"], {"classes": classes, "class_names": photos["class_names"]})
-
-
-def flickr_benchmark(cfg: dict, *, data_dir=None) -> Benchmark:
-    """The paper profile's benchmark: FLICKR-AES (:func:`vklib.data.load` ``("flickr_aes", ...)``, full=True).
-
-    Generic model: the images rated by the training workers and by no test worker, with the training workers' mean
-    scores. Users: the test workers, with the ratings they gave (``NaN`` elsewhere) on the images of the test split.
-    """
-    size = cfg["image_size"]
-    train = _data.load("flickr_aes", "train", data_dir=data_dir, full=True, size=size)
-    test = _data.load("flickr_aes", "test", data_dir=data_dir, full=True, size=size)
-    workers = test.meta["_workers"]
-    if cfg["test_users"] and len(workers) != cfg["test_users"]:
-        workers = workers[:cfg["test_users"]]
-    ratings = torch.full((len(workers), len(test)), float("nan"))
-    for u, w in enumerate(workers):
-        idx, sc = test.meta["_ratings"][w]
-        ratings[u, idx] = sc
-    return Benchmark(train.images, train.meta["mean_score"], test.images, ratings, list(workers), 0)
 
 
 # ---------------------------------------------------------------------------------------------- FLICKR-AES loader

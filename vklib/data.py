@@ -725,12 +725,12 @@ register(DatasetSpec(
     "domainnet", "DomainNet: six domains, 345 classes (decoded lazily)", ("all",), None, _reader("adapters", "_domainnet_full"),
     "Full DomainNet: <data_dir>/domainnet/{clipart,infograph,painting,quickdraw,real,sketch}/<class>/*.jpg."))
 register(DatasetSpec(
-    "voc07", "PASCAL VOC 2007 (boxes, for the pointing game)", ("trainval", "test"), None, _reader("saliency", "_voc07_full"),
+    "voc07", "PASCAL VOC 2007 (boxes, for the pointing game)", ("trainval", "test"), None, _reader("pointing", "_voc07_full"),
     "Full VOC07: <data_dir>/VOCdevkit/VOC2007/{Annotations,ImageSets/Main,JPEGImages} (VOCtrainval_06-Nov-2007 and "
     "VOCtest_06-Nov-2007 unpacked together)."))
 register(DatasetSpec(
     "coco_instances", "MS-COCO 2014 with instance boxes (for the pointing game)", ("train", "val"), None,
-    _reader("saliency", "_coco_instances_full"),
+    _reader("pointing", "_coco_instances_full"),
     "Full COCO 2014: <data_dir>/coco/annotations/instances_{train,val}2014.json and <data_dir>/coco/{train,val}2014/."))
 register(DatasetSpec(
     "imagenet", "ImageNet ILSVRC-2012", ("train", "val"), None, _reader("saliency", "_imagenet_full"),

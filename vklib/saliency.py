@@ -19,16 +19,13 @@ Baselines
     :func:`gradient_saliency` (Simonyan et al.) and :func:`gradcam_saliency` (Selvaraju et al.) through captum,
     :func:`random_saliency`, and the pointing game's :func:`centre_saliency`.
 Evaluation
-    :func:`perturbation_curves` (deletion / insertion, RISE) and :func:`auc`; the pointing game with TorchRay's
-    protocol (:func:`pointing_pairs`, :func:`class_mask`, :func:`pointing_hits`, :func:`class_averaged`).
+    :func:`perturbation_curves` (deletion / insertion, RISE) and :func:`auc`. The pointing game and its detection
+    sets are the benchmark module :mod:`vklib.pointing`.
 
-Readers: ``voc07``, ``coco_instances`` and ``imagenet`` (full data, registered in :mod:`vklib.data`) and
-:func:`coco_mini_instances` (the shipped COCO photos with masks); :func:`build_model` builds the networks.
+:func:`build_model` builds the networks; the ``imagenet`` reader (full data) is registered in :mod:`vklib.data`.
 """
 from __future__ import annotations
 
-import json
-import xml.etree.ElementTree as ET
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,15 +38,12 @@ from torch.func import functional_call, grad, vmap
 from tqdm.auto import tqdm
 
 from . import data, models, train
-from .data import ImageSet, LazyImages
 from .utils import resolve_device
 
 __all__ = [
-    "ARCHS", "ARCH_LAYERS", "COCO_NAMES", "METHODS", "TARGETS", "VARIANTS", "VOC_CLASSES", "auc", "blur",
-    "build_model", "centre_saliency", "class_averaged", "class_mask", "coco_mini_instances", "combine_maps",
-    "compute_maps", "finetune_multilabel", "gradcam_saliency", "gradient_saliency", "meta_normgrad_layers",
-    "normgrad_from", "normgrad_layers", "perturbation_curves", "pointing_hits", "pointing_pairs",
-    "random_saliency", "segmentation_mask", "sgd_step",
+    "ARCHS", "ARCH_LAYERS", "METHODS", "TARGETS", "VARIANTS", "auc", "blur", "build_model", "combine_maps",
+    "compute_maps", "gradcam_saliency", "gradient_saliency", "meta_normgrad_layers", "normgrad_from",
+    "normgrad_layers", "perturbation_curves", "random_saliency", "sgd_step",
 ]
 
 VARIANTS = ("identity", "bias", "scaling", "conv")
@@ -448,103 +442,6 @@ def auc(curves: torch.Tensor) -> torch.Tensor:
     return (curves[:, 1:] + curves[:, :-1]).sum(1) / (2 * (curves.shape[1] - 1))
 
 
-def segmentation_mask(segmentation, height: int, width: int) -> torch.Tensor:
-    """One COCO instance's mask at the annotation's (original) resolution, ``(height, width)`` bool, rasterised by
-    pycocotools as COCO's ``annToMask`` (and TorchRay's COCO pointing game) does: polygons
-    (``[[x0, y0, x1, y1, ...], ...]``) or an RLE (``{"counts": ..., "size": [h, w]}``, COCO's format of crowd regions)."""
-    from pycocotools import mask as mask_utils
-    if isinstance(segmentation, dict) and list(segmentation.get("size", ())) != [height, width]:
-        raise ValueError(f"segmentation: an RLE of size {[height, width]} expected, got size {segmentation.get('size')}")
-    decoded = mask_utils.decode(mask_utils.frPyObjects(segmentation, height, width))   # (h, w) or (h, w, parts)
-    return torch.from_numpy(decoded.reshape(height, width, -1).any(axis=2))
-
-
-def class_mask(meta: Mapping, i: int, c: int) -> torch.Tensor:
-    """The pixels of class ``c`` in image ``i`` of a detection set, in the *original* image frame
-    ``meta["orig_size"][i] = (H0, W0)``: the union of the class's instance masks (``meta["segmentation"]``, COCO) or,
-    without masks, of its boxes (``meta["boxes"]``, ``(K, 4)`` inclusive ``(x0, y0, x1, y1)`` in that frame, VOC).
-    Returns ``(H0, W0)`` bool."""
-    h, w = meta["orig_size"][i]
-    pick = (meta["box_labels"][i] == c).nonzero().flatten().tolist()
-    if "segmentation" in meta:
-        out = torch.zeros(h, w, dtype=torch.bool)
-        for k in pick:
-            out |= segmentation_mask(meta["segmentation"][i][k], h, w)
-        return out
-    ys, xs = torch.arange(h).view(-1, 1, 1), torch.arange(w).view(1, -1, 1)
-    b = meta["boxes"][i][pick].round()
-    return ((xs >= b[:, 0]) & (xs <= b[:, 2]) & (ys >= b[:, 1]) & (ys <= b[:, 3])).any(-1)
-
-
-def pointing_hits(saliency: torch.Tensor, masks: Sequence[torch.Tensor], tolerance: float = 15.0) -> torch.Tensor:
-    """The pointing game (Zhang et al.) with TorchRay's protocol: each map is upsampled (bilinear) to its mask's
-    original image size, its maximum (the first in row-major order on ties) is the pointed pixel, and it is a hit
-    when a pixel of the class lies within ``tolerance`` pixels (Euclidean, in the original frame) of it.
-
-    Args:
-        saliency: ``(N, h, w)`` maps at the network's input resolution, or ``(N, M, h, w)``: the maps of ``M``
-            methods for each trial (upsampled together).
-        masks: N bool tensors ``(H0_i, W0_i)``, the pixels of the explained class in the original image
-            (:func:`class_mask`); images differ in size, hence one upsampling per trial.
-
-    Returns:
-        ``(N,)`` or ``(N, M)`` bool.
-    """
-    if saliency.ndim not in (3, 4) or len(masks) != len(saliency):
-        raise ValueError(f"saliency must be (N, h, w) or (N, M, h, w) with one mask per trial, got "
-                         f"{tuple(saliency.shape)} and {len(masks)} masks")
-    if any(m.ndim != 2 or m.dtype != torch.bool for m in masks):
-        raise ValueError("each masks[i] must be a (H0, W0) bool tensor")
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0 pixels, got {tolerance}")
-    maps = saliency if saliency.ndim == 4 else saliency[:, None]
-    t = int(tolerance)
-    offsets = torch.arange(-t, t + 1, dtype=torch.float32)
-    disc = offsets.view(-1, 1) ** 2 + offsets.view(1, -1) ** 2 <= tolerance ** 2   # (2t+1, 2t+1)
-    hits = torch.zeros(maps.shape[:2], dtype=torch.bool)
-    for i, (m, mask) in enumerate(zip(maps, masks)):
-        h0, w0 = mask.shape
-        up = F.interpolate(m[None].float().cpu(), size=(h0, w0), mode="bilinear", align_corners=False)[0]
-        py, px = up.flatten(1).argmax(1).div(w0, rounding_mode="floor"), up.flatten(1).argmax(1) % w0   # (M,)
-        padded = F.pad(mask, (t, t, t, t))                  # (H0 + 2t, W0 + 2t): the disc may leave the image
-        for k in range(len(m)):
-            hits[i, k] = (padded[py[k]:py[k] + 2 * t + 1, px[k]:px[k] + 2 * t + 1] & disc).any()
-    return hits if saliency.ndim == 4 else hits[:, 0]
-
-
-def centre_saliency(images: torch.Tensor) -> torch.Tensor:
-    """The centre baseline of the pointing game: a Gaussian bump at the image centre, ``(N, H, W)`` (its maximum,
-    after upsampling to any size, is the centre pixel)."""
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(images.shape)}")
-    n, _, h, w = images.shape
-    ys = torch.arange(h, dtype=torch.float32, device=images.device) - (h - 1) / 2
-    xs = torch.arange(w, dtype=torch.float32, device=images.device) - (w - 1) / 2
-    bump = torch.exp(-(ys.view(-1, 1) / h) ** 2 - (xs.view(1, -1) / w) ** 2)
-    return bump.expand(n, h, w).clone()
-
-
-def pointing_pairs(ds: ImageSet, limit: int | None = None) -> list[tuple[int, int]]:
-    """The trials of the pointing game: one per (image, class present) pair of a detection set, in image order; as
-    in TorchRay, a VOC pair whose boxes of the class are all "difficult" (``meta["difficult"]``) is skipped."""
-    if "box_labels" not in ds.meta or "orig_size" not in ds.meta:
-        raise ValueError(f"{ds.name}: the pointing game needs meta['box_labels'] and meta['orig_size']")
-    n = len(ds) if limit is None else min(limit, len(ds))
-    difficult, labels = ds.meta.get("difficult"), ds.meta["box_labels"]
-    pairs = [(i, int(c)) for i in range(n) for c in torch.unique(labels[i]).tolist()
-             if difficult is None or not bool(difficult[i][labels[i] == c].all())]
-    if not pairs:
-        raise ValueError(f"{ds.name}: no (image, class) pairs with objects among the first {n} images")
-    return pairs
-
-
-def class_averaged(hits: torch.Tensor, classes: torch.Tensor) -> float:
-    """TorchRay's pointing accuracy: the mean over the classes present of each class's hit rate. ``hits`` ``(P,)``
-    bool, ``classes`` ``(P,)`` the class of each trial."""
-    present = classes.unique()
-    return torch.stack([hits[classes == c].float().mean() for c in present]).mean().item()
-
-
 # ----------------------------------------------------------------------------------------------- models
 def build_model(arch: str, num_classes: int, *, weights: str | Path | None = None, in_channels: int = 3,
                 image_size: int = 32, width: int = 32, norm: str = "batchnorm") -> nn.Module:
@@ -576,139 +473,6 @@ def build_model(arch: str, num_classes: int, *, weights: str | Path | None = Non
     return nn.Sequential(OrderedDict(normalize=models.ImageNetNormalize(), net=net))
 
 
-class _Pairs(torch.utils.data.Dataset):
-    def __init__(self, images, targets):
-        self.images, self.targets = images, targets
-
-    def __len__(self):
-        return len(self.targets)
-
-    def __getitem__(self, i):
-        return self.images[i], self.targets[i]
-
-
-def finetune_multilabel(model: nn.Module, ds: ImageSet, *, epochs: int, lr: float, batch_size: int = 32,
-                        momentum: float = 0.9, weight_decay: float = 1e-4, workers: int = 8, seed: int = 0,
-                        device: str | torch.device = "auto", progress: bool = False) -> list[float]:
-    """Fine-tune a classifier for multi-label recognition (binary cross-entropy on ``ds.meta["targets"]``
-    ``(N, K)``), SGD with the learning rate divided by 10 for the last third; random horizontal flips.
-    Returns the mean loss of each epoch.
-
-    Its own epoch loop rather than :func:`vklib.train.fit_epochs`: a ``DataLoader`` with ``workers`` processes decodes
-    the full detection sets' image files in parallel.
-
-    Raises:
-        ValueError: ``epochs < 1``, no ``meta["targets"]``, or fewer images than one batch (the loader drops the last
-            incomplete batch, so not a single step would be taken)."""
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if "targets" not in ds.meta:
-        raise ValueError(f"{ds.name}: multi-label fine-tuning needs meta['targets'] (N, K)")
-    if len(ds) < batch_size:
-        raise ValueError(f"batch_size must be at most the {len(ds)} images of {ds.name} {ds.split}, got {batch_size}")
-    dev = resolve_device(device)
-    model.to(dev).train()
-    g = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(_Pairs(ds.images, ds.meta["targets"]), batch_size=batch_size,
-                                         shuffle=True, generator=g, num_workers=workers, drop_last=True)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, train.milestones((2 / 3,), epochs), gamma=0.1)
-    losses = []
-    for _ in tqdm(range(epochs), desc="fine-tune", disable=not progress, leave=False):
-        total, count = 0.0, 0
-        for x, t in loader:
-            x, _ = train.random_flip(x.to(dev), g)
-            loss = F.binary_cross_entropy_with_logits(model(x), t.to(dev).float())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + loss.item() * len(x), count + len(x)
-        sched.step()
-        losses.append(total / max(count, 1))
-    model.eval()
-    return losses
-
-
-# ----------------------------------------------------------------------------------------------- full datasets
-VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
-COCO_NAMES: list[str] = []  # filled from the annotation file's categories when COCO is loaded
-
-
-def _detection_set(name, split, paths, boxes, box_labels, classes, size, extra) -> ImageSet:
-    """Boxes ``(K, 4)`` (inclusive ``x0, y0, x1, y1``), masks and ``orig_size`` stay in the original image frame
-    (TorchRay's pointing protocol); the images are resized to ``size x size`` for the network."""
-    targets = torch.zeros(len(paths), len(classes))
-    for i, lab in enumerate(box_labels):
-        targets[i, lab] = 1.0
-    return ImageSet(name, split, LazyImages(paths, "RGB", size), None, list(classes),
-                    {"boxes": boxes, "box_labels": box_labels, "targets": targets, **extra}, "full")
-
-
-def _voc07_full(root: Path, split: str, download: bool, size):
-    folder = next((f for f in (root / "VOCdevkit" / "VOC2007", root / "VOC2007") if f.is_dir()), None)
-    if folder is None:
-        raise FileNotFoundError(f"no VOCdevkit/VOC2007 or VOC2007 folder in {root}")
-    ids = (folder / "ImageSets" / "Main" / f"{split}.txt").read_text().split()
-    paths, boxes, labels, difficult, sizes = [], [], [], [], []
-    for i in ids:
-        ann = ET.parse(folder / "Annotations" / f"{i}.xml").getroot()
-        sizes.append((int(ann.find("size/height").text), int(ann.find("size/width").text)))
-        objs = ann.findall("object")
-        bb = [[float(o.find(f"bndbox/{k}").text) - 1 for k in ("xmin", "ymin", "xmax", "ymax")] for o in objs]
-        paths.append(folder / "JPEGImages" / f"{i}.jpg")
-        boxes.append(torch.tensor(bb, dtype=torch.float32).view(-1, 4))
-        labels.append(torch.tensor([VOC_CLASSES.index(o.find("name").text.strip()) for o in objs], dtype=torch.long))
-        difficult.append(torch.tensor([o.findtext("difficult", "0").strip() == "1" for o in objs]))
-    return _detection_set("voc07", split, paths, boxes, labels, VOC_CLASSES, size,
-                          {"difficult": difficult, "files": ids, "orig_size": sizes})
-
-
-def _coco_instances(name, split, ann_path: Path, image_folder: Path, size) -> ImageSet:
-    """A COCO instances file (official JSON) as a detection set with its masks: ``meta["segmentation"][i]`` lists the
-    segmentation of each of image ``i``'s annotations (crowd regions included), aligned with ``boxes``."""
-    ann = json.loads(ann_path.read_text())
-    cats = sorted(ann["categories"], key=lambda c: c["id"])
-    index = {c["id"]: k for k, c in enumerate(cats)}
-    COCO_NAMES[:] = [c["name"] for c in cats]
-    per_image: dict[int, list] = {}
-    for a in ann["annotations"]:
-        per_image.setdefault(a["image_id"], []).append(a)
-    images = sorted((r for r in ann["images"] if r["id"] in per_image), key=lambda r: r["id"])
-    paths, boxes, labels, segs = [], [], [], []
-    for r in images:
-        objs = per_image[r["id"]]
-        bb = [[x, y, x + bw - 1, y + bh - 1] for x, y, bw, bh in (o["bbox"] for o in objs)]
-        paths.append(image_folder / r["file_name"])
-        boxes.append(torch.tensor(bb, dtype=torch.float32).view(-1, 4))
-        labels.append(torch.tensor([index[o["category_id"]] for o in objs], dtype=torch.long))
-        segs.append([o["segmentation"] for o in objs])
-    return _detection_set(name, split, paths, boxes, labels, list(COCO_NAMES), size,
-                          {"image_id": [r["id"] for r in images], "segmentation": segs,
-                           "orig_size": [(r["height"], r["width"]) for r in images]})
-
-
-def _coco_instances_full(root: Path, split: str, download: bool, size):
-    folder = root / "coco"
-    return _coco_instances("coco_instances", split, folder / "annotations" / f"instances_{split}2014.json",
-                           folder / f"{split}2014", size)
-
-
-def coco_mini_instances(split: str, *, size: int, data_dir=None) -> ImageSet:
-    """The 159 photos of the shipped ``coco_captions_mini`` subset that have COCO 2017 instance annotations (80
-    train2017, 79 val2017; ``split`` ``"train"`` or ``"val"``), as a detection set with masks in the original
-    frame (the shipped JPEGs are downscaled; the masks are not), images resized to ``size x size``."""
-    _check_choice("split", split, ("train", "val"))
-    folder = data.verify("coco_captions_mini", data_dir)
-    ann = folder / f"instances_{split}2017.json"
-    if not ann.is_file():
-        raise FileNotFoundError(f"{ann} is missing: copy it from the COCO 2017 instances annotations "
-                                f"(see data/README.md, coco_captions_mini)")
-    ds = _coco_instances("coco_captions_mini", split, ann, folder / "images" / f"{split}2017", size)
-    ds.images = torch.stack([data.read_image(p, "RGB", size) for p in ds.images.paths])
-    ds.source = "subset"
-    return ds
-
-
+# ----------------------------------------------------------------------------------------------- full data
 def _imagenet_full(root: Path, split: str, download: bool, size):
     return data.class_folders("imagenet", split, root / "imagenet" / split, size=size)

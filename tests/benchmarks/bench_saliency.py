@@ -16,7 +16,7 @@ import argparse
 import torch
 from timing import clock, notebook_wall
 
-from vklib import saliency
+from vklib import pointing, saliency
 
 
 def main():
@@ -49,12 +49,12 @@ def main():
     batched = clock(lambda: saliency.perturbation_curves(net, x, y, sal, steps=16), repeat=3)
     print(f"deletion, 250 images x 17 points (s):  kernel {batched:.2f}   per point {clock(curve_loop, repeat=3):.2f}")
 
-    val = saliency.coco_mini_instances("val", size=96)
-    pairs = saliency.pointing_pairs(val)
-    masks = [saliency.class_mask(val.meta, i, c) for i, c in pairs]
+    val = pointing.coco_mini_instances("val", size=96)
+    pairs = pointing.pointing_pairs(val)
+    masks = [pointing.class_mask(val.meta, i, c) for i, c in pairs]
     maps6 = torch.rand(len(pairs), 6, 96, 96)
-    together = clock(lambda: saliency.pointing_hits(maps6, masks), repeat=1, warmup=0)
-    apart = clock(lambda: [saliency.pointing_hits(maps6[:, j], masks) for j in range(6)], repeat=1, warmup=0)
+    together = clock(lambda: pointing.pointing_hits(maps6, masks), repeat=1, warmup=0)
+    apart = clock(lambda: [pointing.pointing_hits(maps6[:, j], masks) for j in range(6)], repeat=1, warmup=0)
     print(f"pointing, {len(pairs)} trials x 6 methods (s):  together {together:.2f}   one call per method {apart:.2f}")
 
     if args.notebook:
