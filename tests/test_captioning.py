@@ -8,13 +8,29 @@ import pytest
 import torch
 
 from vklib import captioning as C
-from vklib import data, models, results, utils
+from vklib import course, data, models, results, utils
+
+NOTEBOOK = course.NOTEBOOKS_DIR / "09_topic_attention_captioning.ipynb"
+
+
+def _profiles() -> dict:
+    """The notebook's visible ``PROFILES`` dicts (its cell that defines them, run on its own)."""
+    import nbformat
+    book = nbformat.read(str(NOTEBOOK), as_version=4)
+    cell = next(c.source for c in book.cells if c.cell_type == "code" and c.source.lstrip().startswith(
+        "# Every setting of each profile"))
+    scope = {"captioning": C}
+    exec(cell, scope)
+    return scope["PROFILES"]
+
+
+PROFILES = _profiles()
 
 
 def _tiny(attention="soft", sae_dim=0, vocab_size=12, seed=0):
     torch.manual_seed(seed)
-    return C.Captioner(C.GridEncoder(16, 8, width=4), vocab_size, embed_dim=6, hidden_dim=10, att_dim=5,
-                       attention=attention, n_topics=3, dropout=0.0, sae_dim=sae_dim)
+    return C.Captioner(8, vocab_size, embed_dim=6, hidden_dim=10, att_dim=5, attention=attention, n_topics=3,
+                       dropout=0.0, sae_dim=sae_dim)
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -94,10 +110,45 @@ def test_make_scenes_errors():
         C.make_scenes(2, size=8)
 
 
+def test_compositional_scenes_hold_out_pairs_and_no_caption_overlap():
+    tr = C.compositional_scenes(60, 16, seed=0, split="train")
+    te = C.compositional_scenes(30, 16, seed=1, split="test")
+    colours = list(C.COLOURS)
+    held = {(colours.index(c), C.SHAPES.index(s)) for c, s in C.HELD_OUT}
+    pairs = lambda ds: [set(zip(c, s)) for c, s in zip(ds.meta["colour"].tolist(), ds.meta["shape"].tolist())]
+    assert all(not (p & held) for p in pairs(tr)) and all(p & held for p in pairs(te))
+    assert len(tr) == 60 and len(te) == 30 and te.meta["_held_out"] == list(C.HELD_OUT)
+    assert C.caption_overlap(tr.meta["captions"], te.meta["captions"]) == 0
+    assert C.caption_overlap(tr.meta["captions"], tr.meta["captions"][:5]) == 5
+    # every colour and every shape is still seen in training
+    assert set(tr.meta["colour"].flatten().tolist()) == set(range(5)) and set(tr.meta["shape"].flatten().tolist()) == {0, 1, 2}
+    again = C.compositional_scenes(30, 16, seed=1, split="test")
+    assert torch.equal(again.images, te.images)
+    with pytest.raises(ValueError, match="held_out"):
+        C.compositional_scenes(4, 16, held_out=[("purple", "circle")])
+    with pytest.raises(ValueError, match="held_out"):              # every pair held out: no training scene left
+        C.compositional_scenes(4, 16, held_out=[(c, s) for c in C.COLOURS for s in C.SHAPES])
+    with pytest.raises(ValueError, match="split"):
+        C.compositional_scenes(4, 16, split="val")
+
+
+def test_scene_attributes_multi_hot():
+    scenes = C.make_scenes(5, 16, seed=2)
+    attrs = C.scene_attributes(scenes.meta)
+    assert attrs.shape == (5, 10) and set(attrs.unique().tolist()) <= {0.0, 1.0}
+    for i in range(5):
+        assert attrs[i, :5].sum() == 2                                # two objects of different colours
+        assert attrs[i, scenes.meta["colour"][i]].all() and attrs[i, 5 + scenes.meta["shape"][i]].all()
+        assert attrs[i, 8 + scenes.meta["scale"][i]].all()
+
+
 def test_load_split_scenes_and_errors():
-    cfg = dict(C.PROFILES["quick"], n_train=6, n_test=4)
+    cfg = dict(PROFILES["quick"], n_train=6, n_test=4)
     tr, te = C.load_split(cfg, "train", seed=1), C.load_split(cfg, "test", seed=1)
     assert len(tr) == 6 and len(te) == 4 and not torch.equal(tr.images[:4], te.images)
+    assert C.caption_overlap(tr.meta["captions"], te.meta["captions"]) == 0
+    iid = C.load_split(dict(cfg, dataset="scenes"), "train", seed=1)
+    assert torch.equal(iid.images, C.make_scenes(6, cfg["image_size"], seed=2).images)
     with pytest.raises(ValueError, match="split"):
         C.load_split(cfg, "val")
     with pytest.raises(ValueError, match="dataset"):
@@ -125,7 +176,7 @@ def test_coco_karpathy_reads_the_original_layout(tmp_path):
     train = data.load("coco_karpathy", "train", full=True, data_dir=tmp_path, size=8)
     assert len(test) == 1 and len(train) == 2 and test.meta["captions"][0] == ["A red image.", "red"]
     assert test.images[0].shape == (3, 8, 8) and test.images[0][0].mean() > 0.9
-    capped = C.load_split(dict(C.PROFILES["paper"], n_train=1), "train", data_dir=tmp_path)
+    capped = C.load_split(dict(PROFILES["paper"], n_train=1), "train", data_dir=tmp_path)
     assert len(capped) == 1 and len(capped.meta["captions"]) == 1
 
 
@@ -156,7 +207,7 @@ def test_coco_karpathy_miniature_splits_and_captions(karpathy):
             assert caps == mini.captions(cocoid)                     # the raw captions, in the file's order
         assert s.images[0].shape == (3, 32, 32)
     # the paper profile's reader path: the smoke profile's caps, the tokens and the vocabulary threshold
-    smoke = C.PROFILES["smoke"]
+    smoke = PROFILES["smoke"]
     train = C.load_split(smoke, "train", data_dir=karpathy)
     test = C.load_split(dict(smoke, n_test=2), "test", data_dir=karpathy)
     assert len(train) == 5 and len(test) == 2 and test.meta["image_id"] == by_split["test"][:2]
@@ -214,6 +265,21 @@ def test_masked_cross_entropy_reference_and_autograd():
         C.masked_cross_entropy(logits, y[:, :2])
 
 
+def test_sae_regulariser_without_projection_when_sizes_match():
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    s = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    ref = sum(((h[b, t] - s[b, t]) ** 2).mean() for b, t in [(0, 0), (0, 1), (1, 0)]) / 3
+    assert torch.allclose(C.sae_regulariser(h, s, None, mask), ref)
+    assert torch.allclose(C.sae_regulariser(h, s, torch.eye(4, dtype=torch.float64), mask), ref)
+    with pytest.raises(ValueError, match="sae_regulariser"):       # sizes differ: a projection is needed
+        C.sae_regulariser(h, torch.randn(2, 3, 6, dtype=torch.float64), None, mask)
+    # the captioner creates P only when the sizes differ (the paper: both 1000)
+    assert _tiny(sae_dim=10).sae_proj is None and _tiny(sae_dim=0).sae_proj is None
+    assert _tiny(sae_dim=7).sae_proj.shape == (7, 10)
+
+
 def test_sae_regulariser_reference_autograd_and_errors():
     g = torch.Generator().manual_seed(3)
     h = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
@@ -246,6 +312,9 @@ def test_caption_loss_combines_terms_and_errors():
         C.caption_loss(logits, y, sae_weight=-1)
     with pytest.raises(ValueError, match="needs states"):
         C.caption_loss(logits, y, sae_weight=1.0)
+    same = torch.randn(2, 3, 4, generator=g)                        # equal sizes: no projection
+    total, _ = C.caption_loss(logits, y, h, same, None, sae_weight=0.5)
+    assert torch.allclose(total, xent + 0.5 * C.sae_regulariser(h, same, None, y != 0))
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -284,11 +353,33 @@ def test_make_encoder_and_resnet_encoder(tmp_path):
     assert isinstance(random, C.ResNetEncoder) and random.feat_dim == 512
 
 
+def test_cache_features_in_memory_and_on_disk(tmp_path):
+    torch.manual_seed(0)
+    enc = C.GridEncoder(16, 8, width=4).eval()
+    x = torch.rand(5, 3, 16, 16)
+    with torch.no_grad():
+        want = enc(x)
+    mem = C.cache_features(enc, x, batch_size=2, device="cpu")
+    assert mem.shape == (5, 4, 8) and mem.dtype == torch.float32 and torch.allclose(mem, want, atol=1e-6)
+    assert torch.allclose(C.cache_features(enc, list(x), batch_size=3, device="cpu"), want, atol=1e-6)
+    path = tmp_path / "f" / "train.npy"
+    disk = C.cache_features(enc, x, path=path, batch_size=2, device="cpu")
+    assert path.is_file() and disk.dtype == torch.float16 and torch.allclose(disk.float(), want, atol=1e-2)
+    assert torch.equal(disk[torch.tensor([4, 0])], disk[[4, 0]])
+    # an existing file with N rows is reused without running the encoder
+    reused = C.cache_features(None, x, path=path)
+    assert torch.equal(reused, disk)
+    with pytest.raises(ValueError, match=".npy"):
+        C.cache_features(enc, x, path=tmp_path / "f.pt")
+    with pytest.raises(ValueError, match="empty"):
+        C.cache_features(enc, x[:0])
+
+
 def test_paper_encoder_without_imagenet_weights_is_an_error(tmp_path, monkeypatch):
     # the paper profile's ResNet-101 with no checkpoint in the torch hub cache: an error naming the file and the
     # folder it goes in, never a warning and a random start
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cfg = C.PROFILES["paper"]
+    cfg = PROFILES["paper"]
     folder = tmp_path / "hub" / "checkpoints"
     with pytest.raises(models.WeightsNotFoundError) as err:
         C.make_encoder(cfg["encoder"], cfg["image_size"], cfg["feat_dim"], weights=cfg["weights"])
@@ -300,7 +391,7 @@ def test_paper_encoder_without_imagenet_weights_is_an_error(tmp_path, monkeypatc
 @pytest.mark.parametrize("attention", C.ATTENTIONS)
 def test_captioner_forward_shapes_and_step_consistency(attention):
     m = _tiny(attention).eval()
-    x, y = torch.rand(2, 3, 16, 16), torch.tensor([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0]])
+    x, y = torch.rand(2, 4, 8), torch.tensor([[1, 4, 5, 2, 0], [1, 6, 2, 0, 0]])
     out = m(x, y)
     assert out["logits"].shape == (2, 4, 12) and out["attention"].shape == (2, 4, 4) and out["states"].shape == (2, 4, 10)
     assert torch.allclose(out["attention"].sum(-1), torch.ones(2, 4))
@@ -309,7 +400,7 @@ def test_captioner_forward_shapes_and_step_consistency(attention):
     else:
         assert out["topics"] is None
     # teacher forcing equals feeding the same words step by step
-    cache, state = m.init_state(m.encode(x))
+    cache, state = m.init_state(x)
     for t in range(4):
         lo, state, a, _, _ = m.step(y[:, t], state, cache)
         assert torch.allclose(lo, out["logits"][:, t], atol=1e-6) and torch.allclose(a, out["attention"][:, t])
@@ -321,7 +412,7 @@ def test_captioner_determinism_under_seed():
     a, b = _tiny("clta", seed=5), _tiny("clta", seed=5)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(ValueError, match="n_topics"):
-        C.Captioner(C.GridEncoder(16, 8), 10, attention="clta", n_topics=0)
+        C.Captioner(8, 10, attention="clta", n_topics=0)
 
 
 def test_sentence_autoencoder_shapes():
@@ -335,69 +426,17 @@ def test_sentence_autoencoder_shapes():
     assert torch.allclose(sae.encode(y), sae.encode(y2), atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------------ training, decoding
+# ------------------------------------------------------------------------------------------------ decoding
 def _toy_task(n=48):
     scenes = C.make_scenes(n, 16, seed=0)
     vocab = C.Vocab.build([c for cs in scenes.meta["captions"] for c in cs])
     return scenes, vocab, C.encode_references(scenes.meta["captions"], vocab, 12)
 
 
-def test_train_sae_learns_and_is_deterministic():
-    _, vocab, tok = _toy_task()
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        sae = C.SentenceAutoEncoder(len(vocab), 8, 16, 8)
-        runs.append(C.train_sae(sae, tok, steps=30, batch_size=16, lr=1e-2, seed=1, device="cpu"))
-    assert runs[0] == runs[1] and len(runs[0]) == 30
-    assert sum(runs[0][-5:]) < sum(runs[0][:5])
-    assert not sae.training
-    with pytest.raises(ValueError, match="steps"):
-        C.train_sae(sae, tok, steps=0)
-    with pytest.raises(ValueError, match="tokens"):
-        C.train_sae(sae, tok[:, 0], steps=1)
-
-
-def test_train_captioner_deterministic_learns_and_sae_term():
-    scenes, vocab, tok = _toy_task()
-    torch.manual_seed(0)
-    sae = C.SentenceAutoEncoder(len(vocab), 8, 16, 8)
-    C.train_sae(sae, tok, steps=5, batch_size=8, device="cpu")
-    hists = []
-    for _ in range(2):
-        m = _tiny("clta", sae_dim=16, vocab_size=len(vocab))
-        hists.append(C.train_captioner(m, scenes.images, tok, steps=25, batch_size=16, lr=1e-2, sae=sae,
-                                       sae_weight=0.5, seed=2, device="cpu"))
-    assert hists[0] == hists[1]
-    h = hists[0]
-    assert len(h["loss"]) == 25 and all(s > 0 for s in h["sae"])
-    assert sum(h["xent"][-5:]) < sum(h["xent"][:5])
-    assert h["loss"][0] == pytest.approx(h["xent"][0] + 0.5 * h["sae"][0], rel=1e-5)
-    # a sequence of images (as COCO's lazy images) trains the same way as the tensor
-    m1, m2 = _tiny("soft", vocab_size=len(vocab)), _tiny("soft", vocab_size=len(vocab))
-    h1 = C.train_captioner(m1, scenes.images, tok, steps=3, batch_size=4, seed=0, device="cpu")
-    h2 = C.train_captioner(m2, list(scenes.images), tok, steps=3, batch_size=4, seed=0, device="cpu")
-    assert h1 == h2
-
-
-def test_train_captioner_errors():
-    scenes, vocab, tok = _toy_task(8)
-    m = _tiny("soft", vocab_size=len(vocab))
-    sae = C.SentenceAutoEncoder(len(vocab), 8, 16, 8)
-    with pytest.raises(ValueError, match="differ in length"):
-        C.train_captioner(m, scenes.images[:4], tok, steps=1)
-    with pytest.raises(ValueError, match="sae_weight"):
-        C.train_captioner(m, scenes.images, tok, steps=1, sae_weight=1.0)
-    with pytest.raises(ValueError, match="sae_dim=16"):
-        C.train_captioner(m, scenes.images, tok, steps=1, sae=sae, sae_weight=1.0)
-    with pytest.raises(ValueError, match="steps"):
-        C.train_captioner(m, scenes.images, tok, steps=0)
-
-
 def test_greedy_decode_shapes_and_stops():
     torch.manual_seed(0)
     m = _tiny("clta").eval()
-    out = C.greedy_decode(m, torch.rand(3, 3, 16, 16), max_len=5)
+    out = C.greedy_decode(m, torch.rand(3, 4, 8), max_len=5)
     assert out["tokens"].shape[0] == 3 and out["tokens"].shape[1] <= 6
     assert out["attention"].shape[:2] == out["tokens"].shape and out["topics"].shape[-1] == 3
     assert not ((out["tokens"] == C.Vocab.bos).any())
@@ -406,13 +445,13 @@ def test_greedy_decode_shapes_and_stops():
         if C.Vocab.eos in row:
             assert all(t == C.Vocab.pad for t in row[row.index(C.Vocab.eos) + 1:])
     with pytest.raises(ValueError, match="max_len"):
-        C.greedy_decode(m, torch.rand(1, 3, 16, 16), max_len=0)
+        C.greedy_decode(m, torch.rand(1, 4, 8), max_len=0)
 
 
 def _brute_force_best(m, x, max_len):
     """The most likely sequence by exhaustive search over all sequences up to max_len + 1 tokens (tiny vocab)."""
     best, best_score = None, -float("inf")
-    cache, state0 = m.init_state(m.encode(x))
+    cache, state0 = m.init_state(x)
 
     def rec(prefix, state, score):
         nonlocal best, best_score
@@ -432,10 +471,10 @@ def _brute_force_best(m, x, max_len):
 
 def test_beam_search_matches_greedy_at_1_and_exhaustive_search_when_wide():
     torch.manual_seed(0)
-    m = C.Captioner(C.GridEncoder(16, 4, width=2), 5, embed_dim=3, hidden_dim=4, att_dim=3, dropout=0.0).eval()
+    m = C.Captioner(4, 5, embed_dim=3, hidden_dim=4, att_dim=3, dropout=0.0).eval()
     with torch.no_grad():
         m.out.bias[C.Vocab.eos] += 1.0                          # let captions end within the search depth
-    x = torch.rand(2, 3, 16, 16)
+    x = torch.rand(2, 4, 4)
     greedy = C.greedy_decode(m, x, max_len=3)["tokens"]
     b1 = C.beam_search(m, x, beam=1, max_len=3)
     n = min(greedy.shape[1], b1.shape[1])
@@ -450,15 +489,16 @@ def test_beam_search_matches_greedy_at_1_and_exhaustive_search_when_wide():
         C.beam_search(m, x, beam=0)
 
 
-def test_caption_images_strings_and_determinism():
+def test_caption_features_strings_and_determinism():
     scenes, vocab, _ = _toy_task(6)
     m = _tiny("soft", vocab_size=len(vocab))
-    a = C.caption_images(m, scenes.images, vocab, max_len=4, batch_size=4, device="cpu")
-    b = C.caption_images(m, list(scenes.images), vocab, beam=2, max_len=4, batch_size=4, device="cpu")
+    feats = torch.rand(6, 4, 8)
+    a = C.caption_features(m, feats, vocab, max_len=4, batch_size=4, device="cpu")
+    b = C.caption_features(m, feats.half(), vocab, beam=2, max_len=4, batch_size=4, device="cpu")   # cached fp16
     assert len(a) == len(b) == 6 and all(isinstance(s, str) for s in a + b)
-    assert a == C.caption_images(m, scenes.images, vocab, max_len=4, batch_size=3, device="cpu")
+    assert a == C.caption_features(m, feats, vocab, max_len=4, batch_size=3, device="cpu")
     m.train()
-    C.caption_images(m, scenes.images[:2], vocab, max_len=4, device="cpu")
+    C.caption_features(m, feats[:2], vocab, max_len=4, device="cpu")
     assert m.training                                                # decoded in eval mode, training mode restored
 
 
@@ -523,19 +563,22 @@ def test_caption_metrics_start_one_meteor_process(monkeypatch):
 
 def test_profiles_resolve():
     for p in ("quick", "paper", "smoke"):
-        cfg = utils.resolve_profile(C.PROFILES, p, steps=3)
-        assert cfg["steps"] == 3 and set(C.PROFILES[p]) == set(C.PROFILES["paper"])
-    assert C.PROFILES["paper"]["beam"] == 3
-    assert C.PROFILES["paper"]["weights"] == "IMAGENET1K_V1" and C.PROFILES["quick"]["weights"] is None
+        cfg = utils.resolve_profile(PROFILES, p, steps=3)
+        assert cfg["steps"] == 3 and set(PROFILES[p]) == set(PROFILES["paper"])
+    assert PROFILES["paper"]["beam"] == 3 and PROFILES["quick"]["seeds"] == 3
+    assert PROFILES["paper"]["weights"] == "IMAGENET1K_V1" and PROFILES["quick"]["weights"] is None
+    # the quick profile's key comparison: a compositional split in a low-data regime
+    quick = PROFILES["quick"]
+    assert quick["dataset"] == "compositional_scenes" and quick["n_train"] <= 1000
     # one scale everywhere: no profile rescales the metrics, so runs and the paper's numbers share pycocoevalcap's
     # native scale
-    assert all("metric_scale" not in prof for prof in C.PROFILES.values())
+    assert all("metric_scale" not in prof for prof in PROFILES.values())
 
 
 def test_smoke_profile_is_the_paper_profile_shrunk():
-    paper, smoke = C.PROFILES["paper"], C.PROFILES["smoke"]
+    paper, smoke = PROFILES["paper"], PROFILES["smoke"]
     changed = {k for k in paper if smoke[k] != paper[k]}
-    assert changed == {"n_train", "n_test", "image_size", "steps", "batch_size", "sae_steps", "weights"}
+    assert changed == {"n_train", "n_test", "image_size", "steps", "batch_size", "sae_steps", "seeds", "weights"}
     assert smoke["weights"] is None                                  # random start, said in the profile
     for k in changed - {"weights", "n_train", "n_test"}:
         assert smoke[k] < paper[k], k
@@ -554,3 +597,13 @@ def test_paper_numbers_on_the_recorded_scale():
         assert v <= (2.0 if metric == "cider" else 1.0), f"{k}={v} looks x100; store it divided by 100"
     # the headline rows sit under the names the notebook records, so run.table() puts them beside the run's
     assert {"bleu4_baseline", "cider_baseline"} <= set(paper)
+
+
+def test_worked_solution_of_the_exercise_matches_clta_attention():
+    sol = course.solution("09_topic_attention_captioning")
+    g = torch.Generator().manual_seed(7)
+    keys, query, w = (torch.randn(*sh, generator=g, dtype=torch.float64) for sh in ((4, 6), (3, 6), (6,)))
+    gamma = torch.randn(3, 4, 9, generator=g, dtype=torch.float64).softmax(-1)
+    a, beta = sol.clta(keys, query, w, gamma)
+    a_lib, beta_lib = C.clta_attention(keys, query, w, gamma)
+    assert torch.allclose(a, a_lib, atol=1e-12) and torch.allclose(beta, beta_lib, atol=1e-12)

@@ -1,5 +1,6 @@
-"""Unit tests of vklib.continual: protocol splits, the identity network, the distillation losses, one training step,
-retrieval metrics, forgetting and the registered full-size datasets (all tiny, CPU, a few seconds)."""
+"""Unit tests of vklib.continual: protocol splits, image decoding, the identity network, the distillation losses (and
+the notebook's worked solution), one training step as the notebook runs it, retrieval metrics, forgetting, backward
+transfer and the registered full-size datasets (all tiny, CPU, a few seconds)."""
 from __future__ import annotations
 
 import copy
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vklib import continual, data, train, utils
+from vklib import continual, data, train
 
 
 def _labels(counts):
@@ -241,76 +242,54 @@ def _tiny_net(seed=0):
     return continual.IdentityNet(1, 8, emb_dim=6, width=4, depth=1, scale=8.0)
 
 
-def test_train_step_learns_and_is_deterministic():
-    x, y = _tiny_problem()
-    runs = []
-    for _ in range(2):
-        net = _tiny_net()
-        net.add_head(3, generator=torch.Generator().manual_seed(0))
-        hist = continual.train_step(net, x, y, method="finetune", epochs=6, batch_size=6, lr=0.1, seed=0,
-                                    device="cpu")
-        runs.append((hist, [p.detach().clone() for p in net.parameters()]))
-    assert len(runs[0][0]) == 6 and runs[0][0][-1] < runs[0][0][0]
-    assert runs[0][0] == runs[1][0] and all(torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1]))
-
-
-@pytest.mark.parametrize("method", ["lwf", "crl"])
-def test_train_step_with_teacher(method):
+def test_step_loss_trains_an_embedding_and_keeps_the_teacher_frozen():
+    """The notebook's loop on a tiny problem: a step of CRL against a frozen teacher lowers the loss, leaves the
+    teacher untouched, and with the old heads frozen only the backbone and the new head move."""
     x, y = _tiny_problem(seed=1)
     net = _tiny_net()
     net.add_head(3)
-    continual.train_step(net, x, y, method="finetune", epochs=2, batch_size=9, seed=0, device="cpu")
     teacher = copy.deepcopy(net).eval()
-    before = [h.detach().clone() for h in teacher.heads]
+    before = copy.deepcopy(teacher.state_dict())
     net.add_head(2)
     x2, y2 = _tiny_problem(n_ids=2, seed=2)
-    hist = continual.train_step(net, x2, y2, method=method, teacher=teacher, epochs=2, batch_size=4, k=2,
-                                margin=0.1, seed=0, device="cpu")
-    assert len(hist) == 2 and all(np.isfinite(hist))
-    assert all(torch.equal(a, b) for a, b in zip(before, teacher.heads))   # the teacher stays frozen
-    with pytest.raises(ValueError, match="teacher"):
-        continual.train_step(net, x2, y2, method=method, epochs=1, device="cpu")
+    t_logits = train.infer(teacher, x2, device="cpu")[1]
+    opt = torch.optim.SGD(list(net.backbone.parameters()) + [net.heads[-1]], lr=0.1, momentum=0.9)
+
+    def batch_loss(idx, g):
+        _, logits = net(x2[idx])
+        return continual.step_loss(logits, y2[idx], 3, t_logits[idx], method="crl", k=2, margin=0.005)
+
+    old_head = net.heads[0].detach().clone()
+    hist = train.fit_epochs(batch_loss, len(y2), epochs=8, batch_size=4, optimizer=opt, seed=0)
+    assert hist[-1] < hist[0] and all(np.isfinite(hist))
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())
+    assert torch.equal(old_head, net.heads[0])
 
 
-def test_warm_up_trains_only_the_new_head():
-    x, y = _tiny_problem(seed=3)
-    net = _tiny_net()
-    net.add_head(3)
-    net.add_head(3)
-    before = copy.deepcopy(net.state_dict())
-    continual._warm_up_head(net, x, y, epochs=5, batch_size=6, lr=0.1, flip=True, seed=0,
-                            device=torch.device("cpu"))
-    after = net.state_dict()
-    changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert changed == ["heads.1"]
-    # with warm-up, train_step differs from without (and stays deterministic)
-    runs = []
-    for warm in (0, 3, 3):
-        m = _tiny_net()
-        m.add_head(3)
-        m.add_head(3)
-        continual.train_step(m, x, y, method="finetune", epochs=1, batch_size=6, warmup_epochs=warm, seed=0,
-                             device="cpu")
-        runs.append(m.heads[1].detach().clone())
-    assert not torch.equal(runs[0], runs[1]) and torch.equal(runs[1], runs[2])
+def test_decode_images(miniature):
+    faces = data.load("casia_webface", "all", full=True, data_dir=miniature, size=12)
+    lazy = data.LazyImages(faces.images.paths[:7], "RGB", 12)
+    serial = torch.stack([lazy[i] for i in range(len(lazy))])
+    for workers in (0, 2):
+        out = continual.decode_images(lazy, workers=workers, batch_size=3)
+        assert out.shape == (7, 3, 12, 12) and out.dtype == torch.float32 and torch.equal(out, serial)
+    assert continual.decode_images(serial) is serial                   # a tensor is already decoded
+    with pytest.raises(ValueError, match="workers"):
+        continual.decode_images(lazy, workers=-1)
 
 
-def test_train_step_errors():
-    x, y = _tiny_problem()
-    net = _tiny_net()
-    with pytest.raises(ValueError, match="no head"):
-        continual.train_step(net, x, y, method="finetune", epochs=1, device="cpu")
-    net.add_head(2)
-    with pytest.raises(ValueError, match="last head"):
-        continual.train_step(net, x, y, method="finetune", epochs=1, device="cpu")
-    with pytest.raises(ValueError, match="method"):
-        continual.train_step(net, x, y, method="replay", epochs=1, device="cpu")
-    with pytest.raises(ValueError, match="epochs"):
-        continual.train_step(net, x, y, method="finetune", epochs=0, device="cpu")
-    with pytest.raises(ValueError, match="warmup_epochs"):
-        continual.train_step(net, x, y, method="finetune", epochs=1, warmup_epochs=-1, device="cpu")
-    with pytest.raises(ValueError, match="differ in length"):
-        continual.train_step(net, x, y[:3], method="finetune", epochs=1, device="cpu")
+def test_stem_stride():
+    torch.manual_seed(0)
+    full = continual.IdentityNet(3, 32, emb_dim=8, arch="resnet", width=4, depth=2)
+    half = continual.IdentityNet(3, 32, emb_dim=8, arch="resnet", width=4, depth=2, stem_stride=2)
+    assert half.backbone.stem[0].stride == (2, 2) and full.backbone.stem[0].stride == (1, 1)
+    x = torch.rand(2, 3, 32, 32)
+    assert half.embed(x).shape == full.embed(x).shape == (2, 8)
+    assert half.backbone.stem(x).shape[-1] == 16
+    with pytest.raises(ValueError, match="stem_stride"):
+        continual.IdentityNet(1, 32, arch="convnet", stem_stride=2)
+    with pytest.raises(ValueError, match="stem_stride"):
+        continual.IdentityNet(3, 32, arch="resnet", stem_stride=4)
 
 
 def test_embeddings_through_infer_shapes_and_sequences():
@@ -413,26 +392,27 @@ def test_average_forgetting():
         continual.average_forgetting(torch.ones(2, 3))
 
 
-# ----------------------------------------------------------------------------------------------- profiles, data
-def test_profiles_resolve():
-    quick, paper, smoke = (continual.PROFILES[p] for p in ("quick", "paper", "smoke"))
-    assert set(quick) == set(paper) == set(smoke)
-    cfg = utils.resolve_profile(continual.PROFILES, "quick", k=3, margin=None)
-    assert cfg["k"] == 3 and cfg["margin"] == continual.PROFILES["quick"]["margin"]
-    with pytest.raises(ValueError, match="unknown setting"):
-        utils.resolve_profile(continual.PROFILES, "quick", kk=3)
-    for name, prof in continual.PROFILES.items():   # every identity that takes part has one image to train on
-        assert prof["min_images_per_id"] > prof["n_test_per_id"], name
+def test_backward_transfer():
+    acc = torch.tensor([[0.8, 0.0, 0.0], [0.6, 0.7, 0.0], [0.5, 0.9, 0.4]])
+    # (0.5 - 0.8 + 0.9 - 0.7) / 2, the last step's own column is not counted
+    assert continual.backward_transfer(acc) == pytest.approx(-0.05)
+    assert continual.backward_transfer(torch.eye(2)) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="T >= 2"):
+        continual.backward_transfer(torch.ones(2, 3))
 
 
-def test_smoke_profile_is_the_paper_path_shrunk():
-    """smoke keeps the paper's datasets, readers, network kind, losses and protocol; it only shrinks counts."""
-    paper, smoke = continual.PROFILES["paper"], continual.PROFILES["smoke"]
-    shrunk = {"image_size", "n_holdout", "n_steps", "width", "emb_dim", "epochs", "batch_size", "warmup_epochs"}
-    assert {k for k in paper if smoke[k] != paper[k]} == shrunk
-    assert all(smoke[k] < paper[k] for k in shrunk)
+def test_worked_solution_matches_the_kernel():
+    from vklib import course
+    sol = course.solution("08_continual_representation")
+    g = torch.Generator().manual_seed(3)
+    zt = 4 * torch.randn(16, 12, generator=g)
+    zs = zt + 2 * torch.randn(16, 12, generator=g)
+    for k, margin in [(12, 0.0), (5, 0.1), (1, 0.0), (3, 0.5), (20, 0.005)]:
+        assert torch.allclose(sol.crl_distillation_vectorised(zs, zt, 2.0, k, margin),
+                              continual.distillation_loss(zs, zt, 2.0, k=k, margin=margin), atol=1e-5)
 
 
+# ----------------------------------------------------------------------------------------------- data
 def test_full_datasets_registered_with_clear_errors(tmp_path):
     for name in ("casia_webface", "market1501", "dukemtmc_reid"):
         assert name in data.names()
@@ -491,7 +471,7 @@ def test_small_identities_are_left_out(miniature):
     """Issue 18: identities with n_test_per_id images or fewer made split_images raise on CASIA-WebFace; the
     protocol leaves out every identity with fewer than min_images_per_id images, before the split."""
     from miniatures import continual as mini
-    cfg = continual.PROFILES["smoke"]
+    cfg = {"n_steps": 3, "n_holdout": 4, "min_images_per_id": 4, "n_test_per_id": 3}   # the smoke profile's
     y = data.load("casia_webface", "all", full=True, data_dir=miniature).labels
     small = {i for i, n in enumerate(mini.CASIA[c] for c in sorted(mini.CASIA)) if n < cfg["min_images_per_id"]}
     assert small and max(mini.CASIA.values()) >= cfg["min_images_per_id"]
@@ -510,7 +490,7 @@ def test_small_identities_are_left_out(miniature):
 def test_paper_second_test_set_matches_the_training_images(miniature):
     """Issue 18: the paper profile's second test set was scikit-learn's grey 62x47 LFW crops, which a network
     trained on RGB CASIA-WebFace cannot embed; it is now the RGB LFW of the original release."""
-    cfg = continual.PROFILES["paper"]
+    cfg = {"dataset": "casia_webface", "second_test": "lfw", "image_size": 112}          # the paper profile's
     train_set = data.load(cfg["dataset"], "all", full=True, data_dir=miniature, size=cfg["image_size"])
     second = data.load(cfg["second_test"], data.info(cfg["second_test"]).splits[0], full=True, data_dir=miniature,
                        size=cfg["image_size"])
@@ -526,13 +506,16 @@ def test_paper_second_test_set_matches_the_training_images(miniature):
 def test_paper_path_trains_on_lazily_decoded_images(miniature):
     faces = data.load("casia_webface", "all", full=True, data_dir=miniature, size=12)
     idx = torch.nonzero(faces.labels < 3).flatten()
-    images = data.LazyImages([faces.images.paths[i] for i in idx.tolist()], "RGB", 12)
+    images = continual.decode_images(data.LazyImages([faces.images.paths[i] for i in idx.tolist()], "RGB", 12))
     torch.manual_seed(0)
-    net = continual.IdentityNet(3, 12, emb_dim=4, arch="resnet", width=2, depth=2)
+    net = continual.IdentityNet(3, 12, emb_dim=4, arch="resnet", width=2, depth=2, stem_stride=2)
     net.add_head(1)
     teacher = copy.deepcopy(net).eval()
     net.add_head(3)
-    hist = continual.train_step(net, images, faces.labels[idx], method="crl", teacher=teacher, epochs=1,
-                                batch_size=4, k=1, warmup_epochs=1, device="cpu")
+    t_logits = train.infer(teacher, images, device="cpu")[1]
+    opt = torch.optim.SGD(net.parameters(), lr=0.05)
+    hist = train.fit_epochs(lambda i, g: continual.step_loss(net(images[i])[1], faces.labels[idx][i], 1, t_logits[i],
+                                                             method="crl", k=1), len(idx), epochs=1, batch_size=4,
+                            optimizer=opt)
     assert len(hist) == 1 and np.isfinite(hist[0])
     assert train.infer(net, images, fn=continual.IdentityNet.embed, batch_size=4, device="cpu").shape == (len(idx), 4)

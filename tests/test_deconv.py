@@ -1,5 +1,5 @@
-"""vklib.deconv: forward model, metrics, baselines, the two priors, the loss and the two solvers (tiny inputs)."""
-import math
+"""vklib.deconv: forward model, Levin alignment, metrics, baselines, the two priors and the terms (tiny inputs); the
+worked solution of notebook 03's exercise."""
 
 import numpy as np
 import pytest
@@ -104,55 +104,58 @@ def test_load_problem_uses_the_shipped_images_and_kernels():
 
 
 # ----------------------------------------------------------------------------------------------- metrics
-def _psnr_reference(est, ref, s):
-    """Readable loop version of psnr_aligned for one image."""
-    est = est.clamp(0, 1)
-    h, w = ref.shape[-2:]
-    r = ref[..., s:h - s, s:w - s]
+def _align_reference(est, ref, max_shift, step, border):
+    """Levin et al.'s comp_upto_shift for one (H, W) image, written as in their MATLAB code: scipy's bilinear
+    map_coordinates (MATLAB's interp2) at every shift of the grid, the smallest sum of squared differences."""
+    from scipy.ndimage import map_coordinates
+    e, r = est.double().clamp(0, 1).numpy(), ref.double().numpy()
+    H, W = r.shape
+    rw = r[border:H - border, border:W - border]
+    gy, gx = np.mgrid[border:H - border, border:W - border].astype(np.float64)
     best = None
-    for dy in range(-s, s + 1):
-        for dx in range(-s, s + 1):
-            e = est[..., s + dy:h - s + dy, s + dx:w - s + dx]
-            mse = float(((e - r) ** 2).mean())
-            if best is None or mse < best[0]:
-                best = (mse, (dy, dx))
-    return 10 * math.log10(1 / best[0]), best[1]
+    for dy in np.arange(-max_shift, max_shift + step / 2, step):
+        for dx in np.arange(-max_shift, max_shift + step / 2, step):
+            t = map_coordinates(e, [gy + dy, gx + dx], order=1)
+            ssd = ((t - rw) ** 2).sum()
+            if best is None or ssd < best[0] - 1e-12:
+                best = (ssd, (dy, dx), t)
+    return best
 
 
-def test_psnr_aligned_matches_a_loop_and_recovers_a_shift():
+def test_align_levin_matches_a_loop_and_recovers_subpixel_shifts():
+    from scipy.ndimage import gaussian_filter, shift as nd_shift
     g = torch.Generator().manual_seed(0)
-    ref = torch.rand(3, 1, 20, 20, generator=g)
-    est = (ref + 0.05 * torch.randn(ref.shape, generator=g))
-    psnr, shift = deconv.psnr_aligned(est, ref, max_shift=2)
-    assert psnr.shape == (3,) and shift.shape == (3, 2)
-    for i in range(3):
-        want, sh = _psnr_reference(est[i], ref[i], 2)
-        assert abs(psnr[i].item() - want) < 1e-4 and tuple(shift[i].tolist()) == sh
-    big = torch.rand(1, 1, 30, 30, generator=g)
-    moved = big[..., 3:23, 1:21]          # est[i + dy, j + dx] == ref[i, j] with dy=-1, dx=1
-    ref2 = big[..., 2:22, 2:22]
-    psnr2, shift2 = deconv.psnr_aligned(moved, ref2, max_shift=2)
-    assert shift2.tolist() == [[-1, 1]] and psnr2.item() > 100
+    ref = torch.rand(2, 1, 24, 24, generator=g)
+    est = (ref + 0.1 * torch.randn(ref.shape, generator=g))
+    aligned, rw, shift = deconv.align_levin(est, ref, max_shift=2, step=0.5, border=3)
+    assert aligned.shape == rw.shape == (2, 1, 18, 18) and shift.shape == (2, 2)
+    for i in range(2):
+        ssd, sh, t = _align_reference(est[i, 0], ref[i, 0], 2, 0.5, 3)
+        assert tuple(shift[i].tolist()) == sh and np.allclose(aligned[i, 0].numpy(), t, atol=1e-5)
+        assert torch.equal(rw[i, 0], ref[i, 0, 3:21, 3:21])
+    # a smooth image moved by a sub-pixel amount is found at that shift (Levin's grid: +-5 px, 0.25 px, 15 px border)
+    smooth = np.stack([gaussian_filter(np.random.RandomState(i).rand(48, 48), 4) for i in range(2)])
+    smooth = torch.from_numpy((smooth - smooth.min()) / (smooth.max() - smooth.min())).float()[:, None]
+    moved = torch.from_numpy(np.stack([nd_shift(m[0].numpy(), (1.25, -2.5), order=3) for m in smooth]))[:, None]
+    aligned, rw, shift = deconv.align_levin(moved, smooth)
+    assert shift.tolist() == [[1.25, -2.5]] * 2 and (deconv.psnr(aligned, rw) > 45).all()
     with pytest.raises(ValueError, match="one shape"):
-        deconv.psnr_aligned(ref[:2], ref)
-    with pytest.raises(ValueError, match="max_shift"):
-        deconv.psnr_aligned(ref, ref, max_shift=10)
+        deconv.align_levin(ref[:1], ref)
+    with pytest.raises(ValueError, match="ceil\\(max_shift\\) <= border"):
+        deconv.align_levin(ref, ref, max_shift=5, border=3)
 
 
-def test_ssim_aligned_matches_skimage_on_the_aligned_windows():
+def test_psnr_and_ssim_on_aligned_windows():
     from skimage.metrics import structural_similarity
-    g = torch.Generator().manual_seed(1)
     ref = _image(2, 24)
-    est = (ref + 0.05 * torch.randn(ref.shape, generator=g)).clamp(0, 1)
-    psnr, shift = deconv.psnr_aligned(est, ref, 2)
-    ssim = deconv.ssim_aligned(est, ref, shift, 2)
-    dy, dx = shift[1].tolist()
-    want = structural_similarity(est[1, 0, 2 + dy:22 + dy, 2 + dx:22 + dx].double().numpy(),
-                                 ref[1, 0, 2:22, 2:22].double().numpy(), data_range=1.0)
-    assert ssim.shape == (2,) and abs(ssim[1].item() - want) < 1e-6
-    assert torch.allclose(deconv.ssim_aligned(ref, ref, torch.zeros(2, 2, dtype=torch.long), 2), torch.ones(2))
-    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
-        deconv.ssim_aligned(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8), torch.zeros(1, 2), 1)
+    est = (ref + 0.05 * torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    mse = ((est - ref) ** 2).flatten(1).mean(1)
+    assert torch.allclose(deconv.psnr(est, ref), 10 * torch.log10(1 / mse))
+    want = structural_similarity(est[1, 0].double().numpy(), ref[1, 0].double().numpy(), data_range=1.0)
+    assert abs(deconv.ssim(est, ref)[1].item() - want) < 1e-6
+    assert torch.allclose(deconv.ssim(ref, ref), torch.ones(2))
+    with pytest.raises(ValueError, match=r"\(N, 1, h, w\)"):
+        deconv.ssim(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
 
 
 def test_kernel_error_is_shift_invariant_and_matches_a_direct_formula():
@@ -176,12 +179,12 @@ def test_kernel_error_is_shift_invariant_and_matches_a_direct_formula():
 def test_wiener_and_richardson_lucy_restore_a_blur():
     p = deconv.make_problem(_image(1, 40), [_kernel(5, 3)[None]], noise_std=0.005,
                             generator=torch.Generator().manual_seed(0))
-    blurred = deconv.psnr_aligned(p.y, p.sharp, 2)[0]
+    score = lambda e: deconv.psnr(*deconv.align_levin(e, p.sharp, max_shift=2, step=1, border=2)[:2])
+    blurred = score(p.y)
     w = deconv.wiener(p.y, p.kernels, balance=0.01)
     r = deconv.richardson_lucy(p.y, p.kernels[0, 0], iterations=20)
     assert w.shape == r.shape == p.y.shape
-    assert (deconv.psnr_aligned(w, p.sharp, 2)[0] > blurred + 1).all()
-    assert (deconv.psnr_aligned(r, p.sharp, 2)[0] > blurred + 1).all()
+    assert (score(w) > blurred + 1).all() and (score(r) > blurred + 1).all()
     assert torch.equal(deconv.wiener(p.y, p.kernels, 0.01), w)  # deterministic
     with pytest.raises(ValueError, match="balance must be > 0"):
         deconv.wiener(p.y, p.kernels, balance=0)
@@ -245,90 +248,73 @@ def test_kernel_prior_is_a_softmax_mlp_per_problem():
         deconv.KernelPrior(kernel_size=0)
 
 
-# ----------------------------------------------------------------------------------------------- loss
-def test_dikp_loss_matches_a_reference_and_autograd():
+# ----------------------------------------------------------------------------------------------- terms
+def test_data_term_matches_a_reference_and_autograd():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(2, 1, 9, 9, generator=g, dtype=torch.float64, requires_grad=True)
     k = torch.rand(2, 1, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.rand(2, 1, 7, 7, generator=g, dtype=torch.float64)
-    loss = deconv.dikp_loss(x, k, y)
+    loss = deconv.data_term(x, k, y)
     for i in range(2):
         pred = convolve2d(x[i, 0].detach().numpy(), k[i, 0].detach().numpy(), mode="valid")
         assert abs(loss[i].item() - ((pred - y[i, 0].numpy()) ** 2).mean()) < 1e-12
-    assert torch.autograd.gradcheck(lambda a, b: deconv.dikp_loss(a, b, y), (x, k))
+    assert torch.autograd.gradcheck(lambda a, b: deconv.data_term(a, b, y), (x, k))
     with pytest.raises(ValueError, match="larger than y by the kernel size - 1"):
-        deconv.dikp_loss(x, k, torch.rand(2, 1, 9, 9, dtype=torch.float64))
+        deconv.data_term(x, k, torch.rand(2, 1, 9, 9, dtype=torch.float64))
 
 
-# ----------------------------------------------------------------------------------------------- solvers
-TINY = dict(channels=4, skip_channels=2, levels=2, input_channels=2, eval_every=5, max_shift=1, device="cpu")
+def test_ssim_loss_matches_a_gaussian_window_reference():
+    g = torch.Generator().manual_seed(2)
+    a = torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)
+    b = (a + 0.1 * torch.rand(2, 1, 16, 16, generator=g, dtype=torch.float64)).clamp(0, 1)
+    assert torch.allclose(deconv.ssim_loss(a, a), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+    # reference: the same statistics with scipy's correlate, zero padding, 11 x 11 Gaussian (sigma 1.5)
+    from scipy.ndimage import correlate
+    t = np.exp(-(np.arange(11) - 5) ** 2 / (2 * 1.5 ** 2))
+    w = np.outer(t, t) / t.sum() ** 2
+    f = lambda im: correlate(im, w, mode="constant")
+    for i in range(2):
+        x, y = a[i, 0].numpy(), b[i, 0].numpy()
+        mx, my = f(x), f(y)
+        vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
+        c1, c2 = 0.01 ** 2, 0.03 ** 2
+        want = 1 - (((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))).mean()
+        assert abs(deconv.ssim_loss(a, b)[i].item() - want) < 1e-10
+    with pytest.raises(ValueError, match="one shape"):
+        deconv.ssim_loss(a, b[:1])
 
 
-def _tiny_problem():
-    return deconv.make_problem(_image(1, 24), [_kernel(3, 1)[None], _kernel(5, 2)[None]], crop=12, noise_std=0.01,
-                               generator=torch.Generator().manual_seed(0))
+def test_total_variation_kernel_sparsity_and_normalisation():
+    x = torch.zeros(2, 1, 5, 5, dtype=torch.float64)
+    x[1, 0, :, 2:] = 1.0                       # a vertical edge: |dx| = 1 on one column of the 4 x 4 grid
+    tv = deconv.total_variation(x, eps=0.0)
+    assert tv[0] == 0 and abs(tv[1].item() - 4 / 16) < 1e-12
+    delta = torch.zeros(1, 1, 5, 5)
+    delta[..., 2, 2] = 1
+    flat = torch.full((1, 1, 5, 5), 1 / 25)
+    sp = deconv.kernel_sparsity(torch.cat([delta, flat]), eps=0.0)
+    assert torch.allclose(sp, torch.tensor([1.0, 25 * 0.2]))   # sum sqrt(k): 1 for a delta, 5 for flat 5 x 5
+    with pytest.raises(ValueError, match=r"p must be in \(0, 1\)"):
+        deconv.kernel_sparsity(flat, p=1.0)
+    k = torch.tensor([[[[-1.0, 1.0], [2.0, 1.0]]], [[[-1.0, -2.0], [0.0, 0.0]]]])
+    nk = deconv.normalise_kernel(k)
+    assert torch.allclose(nk[0], torch.tensor([[[0.0, 0.25], [0.5, 0.25]]]))
+    assert torch.allclose(nk[1], torch.full((1, 2, 2), 0.25))  # no positive tap: uniform
 
 
-def test_deconv_dip_shapes_learning_and_determinism():
-    p = _tiny_problem()
-    r = deconv.deconv_dip(p.y, p.kernels, x_true=p.sharp, iterations=12, lr_image=0.02, seed=1,
-                          keep_snapshots=True, **TINY)
-    assert r.image.shape == (2, 1, 16, 16) and r.restored.shape == (2, 1, 12, 12)
-    assert torch.equal(r.kernel, p.kernels)
-    assert r.loss.shape == (12, 2) and r.psnr.shape == (3, 2) and r.psnr_iters.tolist() == [5, 10, 12]
-    assert r.snapshots.shape == (3, 2, 1, 12, 12) and r.kernel_snapshots is None
-    assert (r.loss[-1] < r.loss[0]).all()
-    again = deconv.deconv_dip(p.y, p.kernels, x_true=p.sharp, iterations=12, lr_image=0.02, seed=1, **TINY)
-    assert torch.equal(again.image, r.image) and torch.equal(again.loss, r.loss)
-    other = deconv.deconv_dip(p.y, p.kernels, iterations=12, lr_image=0.02, seed=2, **TINY)
-    assert not torch.equal(other.image, r.image) and other.psnr.shape == (0, 2)
-    with pytest.raises(ValueError, match="iterations must be >= 1"):
-        deconv.deconv_dip(p.y, p.kernels, iterations=0, **TINY)
-    with pytest.raises(ValueError, match="odd side"):
-        deconv.deconv_dip(p.y, torch.ones(2, 1, 4, 4) / 16, iterations=1, **TINY)
-    with pytest.raises(ValueError, match="x_true must be the sharp image aligned with y"):
-        deconv.deconv_dip(p.y, p.kernels, x_true=p.latent, iterations=1, **TINY)
-    with pytest.raises(ValueError, match="learning rates must be > 0"):
-        deconv.deconv_dip(p.y, p.kernels, iterations=1, lr_image=0, **TINY)
+def test_worked_solution_matches_total_variation():
+    from vklib import course
+    sol = course.solution("03_deep_image_kernel_priors")
+    x = torch.rand(3, 2, 9, 7, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    assert torch.allclose(sol.total_variation(x), deconv.total_variation(x), atol=1e-12)
+    assert torch.allclose(sol.total_variation(x, eps=0.1), deconv.total_variation(x, eps=0.1), atol=1e-12)
 
 
-def test_deconv_dikp_shapes_kernel_constraints_and_determinism():
-    p = _tiny_problem()
-    kw = dict(x_true=p.sharp, iterations=10, lr_image=0.02, lr_kernel=1e-3, kernel_noise_dim=8, kernel_hidden=16,
-              seed=0, **TINY)
-    r = deconv.deconv_dikp(p.y, 5, keep_snapshots=True, **kw)
-    assert r.image.shape == (2, 1, 16, 16) and r.kernel.shape == (2, 1, 5, 5)
-    assert (r.kernel >= 0).all() and torch.allclose(r.kernel.sum(dim=(1, 2, 3)), torch.ones(2))
-    assert r.kernel_snapshots.shape == (2, 2, 1, 5, 5) and r.loss.shape == (10, 2)
-    assert (r.loss[-1] < r.loss[0]).all()
-    again = deconv.deconv_dikp(p.y, 5, **kw)
-    assert torch.equal(again.kernel, r.kernel) and torch.equal(again.image, r.image)
-    for bad in (4, 0, 2.0, True):
-        with pytest.raises(ValueError, match="kernel_size must be a positive odd int"):
-            deconv.deconv_dikp(p.y, bad, iterations=1, **TINY)
-    with pytest.raises(ValueError, match="learning rates must be > 0"):
-        deconv.deconv_dikp(p.y, 5, iterations=1, lr_kernel=0, **TINY)
-    with pytest.raises(ValueError, match=r"y must be an \(N, C, H, W\) tensor"):
-        deconv.deconv_dikp(p.y[0], 5, iterations=1, **TINY)
-
-
-def test_profiles_and_paper_table():
-    from vklib import results, utils
-    assert set(deconv.PROFILES) == {"quick", "paper", "smoke"}
-    assert set(deconv.PROFILES["quick"]) == set(deconv.PROFILES["paper"]) == set(deconv.PROFILES["smoke"])
-    smoke, paper = deconv.PROFILES["smoke"], deconv.PROFILES["paper"]
-    assert {k for k in paper if smoke[k] != paper[k]} == {"images", "kernels", "crop", "iterations_dip",
-                                                          "iterations_dikp", "eval_every", "demo_crop",
-                                                          "demo_iterations"}, "smoke only cuts counts and sizes"
-    assert set(smoke["images"]) < set(paper["images"]) and set(smoke["kernels"]) < set(paper["kernels"])
-    q = deconv.PROFILES["quick"]
-    assert len(q["images"]) == 2 and len(q["kernels"]) == 2 and q["noise_std"] == 0.01
-    assert "lena" not in deconv.PROFILES["paper"]["images"] and len(deconv.PROFILES["paper"]["kernels"]) == 8
-    assert utils.resolve_profile(deconv.PROFILES, "quick", iterations_dip=7)["iterations_dip"] == 7
-    # the paper's numbers (none while its tables are unread; notebook 03, section 6) are rows of
-    # vklib/paper_numbers.csv on the scale the notebook records them: PSNRs in dB, SSIMs as fractions
-    for row in results.paper_table():
-        if row["notebook"] == "03_deep_image_kernel_priors":
-            assert row["unit"] == ("dB" if row["metric"].startswith("psnr") else "fraction"), row
-            if row["unit"] == "dB":
-                assert 5.0 < row["value"] < 60.0, f"{row['metric']}={row['value']} is not a PSNR in dB"
+def test_concat_problems_keeps_the_order_and_checks_sizes():
+    a = deconv.load_problem(["cameraman"], ["k5", "k4"], crop=32, noise_std=0.01, seed=0)
+    b = deconv.load_problem(["cameraman"], ["k5", "k4"], crop=32, noise_std=0.01, seed=1)
+    c = deconv.concat_problems([a, b])
+    assert len(c) == 4 and c.names == a.names + b.names and torch.equal(c.y[2:], b.y)
+    assert not torch.equal(c.y[:2], c.y[2:]) and torch.equal(c.sharp[:2], c.sharp[2:])  # noise differs per seed
+    with pytest.raises(ValueError, match="differ in latent or kernel size"):
+        deconv.concat_problems([a, deconv.load_problem(["cameraman"], ["k5"], crop=32, noise_std=0.01)])

@@ -11,12 +11,12 @@ A frozen backbone is specialised to a pool of images from several *unlabelled* d
   with those of another sample of the batch, AdaIN style, ``eta * (s_z (a_x - m_x) / s_x + m_z) + (1 - eta) a_x``.
 
 Kernels (tensors in, tensors out): :func:`gate_probs`, :func:`sparsemax`, :func:`dynamic_adapter`,
-:func:`style_exchange`, :func:`normalized_mutual_info`, :func:`per_domain_accuracy`.
+:func:`style_exchange`, :func:`normalized_mutual_info`, :func:`per_domain_accuracy`, :func:`crop_and_jitter`.
 Modules and model surgery: :class:`AdaptedConv2d`, :class:`StyleExchange`, :func:`freeze_backbone`,
 :func:`add_adapters`, :func:`add_style_exchange`, :func:`trainable_parameters`, :func:`read_gates`,
-:func:`build_backbone`, :func:`make_variant`. Data and training: :func:`split_cells`, :func:`subsample_domain`,
-:func:`fit`, :func:`logits_and_gates`; ``_office_home_full`` and ``_domainnet_full`` read the full Office-Home and
-DomainNet, which :mod:`vklib.data` registers.
+:func:`build_backbone`, :func:`make_variant`. Data: :func:`split_cells`, :func:`subsample_domain`,
+:func:`logits_and_gates`; ``_office_home_full`` and ``_domainnet_full`` read the full Office-Home and DomainNet, which
+:mod:`vklib.data` registers. The training loop and the settings (``PROFILES``) are written out in notebook 06.
 """
 from __future__ import annotations
 
@@ -31,47 +31,17 @@ from torch.nn import functional as F
 
 from . import data as _data
 from . import models
-from .train import fit_epochs, gather, infer, random_flip, random_shift
-from .utils import resolve_device
+from .train import gather, infer
 
 __all__ = [
-    "GATES", "PROFILES", "RESNETS", "VARIANTS", "AdaptedConv2d", "StyleExchange", "add_adapters",
-    "add_style_exchange", "build_backbone", "dynamic_adapter", "fit", "freeze_backbone", "gate_probs",
+    "GATES", "RESNETS", "VARIANTS", "AdaptedConv2d", "StyleExchange", "add_adapters", "add_style_exchange",
+    "build_backbone", "crop_and_jitter", "dynamic_adapter", "freeze_backbone", "gate_probs",
     "logits_and_gates", "make_variant", "normalized_mutual_info", "per_domain_accuracy", "read_gates", "sparsemax",
     "split_cells", "style_exchange", "subsample_domain", "trainable_parameters",
 ]
 
-VARIANTS = ("head_only", "single_adapter", "dynamic_adapters", "dynamic_adapters_style")
+VARIANTS = ("head_only", "bn_head", "single_adapter", "dynamic_adapters", "dynamic_adapters_style")
 GATES = ("softmax", "sparsemax")
-
-PROFILES = {
-    # 2 CPU cores, a few minutes: the shipped PACS subset at 32 px, a small ResNet pretrained here on CIFAR-10.
-    "quick": {
-        "dataset": "pacs", "full_data": False, "image_size": 32, "test_fraction": 0.4,
-        "backbone": "small_resnet", "widths": (16, 32, 64), "weights": None,
-        "pretrain_dataset": "cifar10", "pretrain_split": "test", "pretrain_epochs": 8, "pretrain_lr": 0.05,
-        "epochs": 12, "batch_size": 32, "lr": 0.2, "weight_decay": 5e-4,
-        "num_adapters": 2, "k_sweep": (2, 3, 4), "gate": "softmax", "gate_noise": 0.1,
-        "style_after": ("stem", "stages.0"), "style_eta": 0.5, "style_p": 0.5,
-        "small_domain": "sketch", "small_fraction": 0.15,
-    },
-    # A GPU, the full PACS (or Office-Home with dataset="office_home"), an ImageNet-pretrained ResNet-18.
-    "paper": {
-        "dataset": "pacs", "full_data": True, "image_size": 128, "test_fraction": 0.2,
-        "backbone": "resnet18", "widths": None, "weights": "IMAGENET1K_V1",
-        "pretrain_dataset": None, "pretrain_split": None, "pretrain_epochs": 0, "pretrain_lr": 0.0,
-        "epochs": 30, "batch_size": 64, "lr": 0.1, "weight_decay": 5e-4,
-        "num_adapters": 2, "k_sweep": (2, 3, 4), "gate": "softmax", "gate_noise": 0.1,
-        "style_after": ("body.layer1", "body.layer2"), "style_eta": 0.5, "style_p": 0.5,
-        "small_domain": None, "small_fraction": 0.15,     # None: the dataset's smallest domain
-    },
-}
-#: ``smoke``: the paper profile's code path on the PACS miniature of ``tests/miniatures`` (2 images per (domain,
-#: class), 227 px) in about a minute on 2 CPU cores; its numbers mean nothing and are compared with none. It shrinks
-#: only counts (one epoch; half of each (domain, class) cell held out, i.e. one test image, since the paper's 20 %
-#: of 2 images is none) and starts the same ResNet-18 from random weights (``weights=None``), as the course
-#: machines and the tests have no ImageNet weights.
-PROFILES["smoke"] = {**PROFILES["paper"], "weights": None, "epochs": 1, "test_fraction": 0.5}
 
 # ============================================================================================ kernels
 def sparsemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -256,11 +226,16 @@ class AdaptedConv2d(nn.Module):
     exploration noise ``eps`` only in training mode. The gates of the last forward pass are kept in
     :attr:`last_gate` ``(N, K)`` (detached), for :func:`read_gates`.
 
+    The adapters start at ``init_scale`` times He's initialisation of a 1x1 convolution, ``N(0, 2 / C_out)`` (the
+    official code's, ``init_scale=1``); ``init_scale=0`` starts them at zero, the pretrained function exactly, but
+    then the gate's gradient ``<dL/dy, A_k x>`` is zero at the first step and the ``K`` adapters start alike. The
+    gate is ``nn.Linear``'s uniform initialisation, bias zero.
+
     Shapes: ``(N, C_in, H, W)`` -> the frozen convolution's output ``(N, C_out, H', W')``.
     """
 
     def __init__(self, conv: nn.Conv2d, num_adapters: int = 1, *, gate: str = "softmax", noise_std: float = 0.0,
-                 init_std: float = 0.0, generator: torch.Generator | None = None):
+                 init_scale: float = 0.0, generator: torch.Generator | None = None):
         super().__init__()
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"AdaptedConv2d wraps an nn.Conv2d, got {type(conv).__name__}")
@@ -273,7 +248,10 @@ class AdaptedConv2d(nn.Module):
         self.conv, self.num_adapters, self.gate_kind, self.noise_std = conv, num_adapters, gate, noise_std
         self.stride = conv.stride[0]
         c_out, c_in = conv.out_channels, conv.in_channels
-        w = torch.randn(num_adapters, c_out, c_in, generator=generator) * init_std
+        if init_scale < 0:
+            raise ValueError(f"init_scale must be >= 0, got {init_scale}")
+        # He initialisation of a 1x1 convolution (std sqrt(2 / fan_out), as the official code), scaled
+        w = torch.randn(num_adapters, c_out, c_in, generator=generator) * (init_scale * math.sqrt(2 / c_out))
         self.adapter = nn.Parameter(w.to(conv.weight.device, conv.weight.dtype))
         if num_adapters > 1:
             self.gate = nn.Linear(c_in, num_adapters).to(conv.weight.device, conv.weight.dtype)
@@ -361,7 +339,7 @@ def freeze_backbone(model: nn.Module, trainable: Sequence[str] = ("head",), *, n
 
 
 def add_adapters(model: nn.Module, num_adapters: int = 1, *, gate: str = "softmax", noise_std: float = 0.0,
-                 init_std: float = 0.0, kernel_sizes: Sequence[int] = (3,), seed: int | None = None) -> list[str]:
+                 init_scale: float = 0.0, kernel_sizes: Sequence[int] = (3,), seed: int | None = None) -> list[str]:
     """Wrap every ``nn.Conv2d`` with a square kernel in ``kernel_sizes`` in an :class:`AdaptedConv2d`, in place.
 
     Returns the names of the adapted convolutions (in forward order for sequential backbones). The new adapter and
@@ -375,7 +353,7 @@ def add_adapters(model: nn.Module, num_adapters: int = 1, *, gate: str = "softma
         raise ValueError(f"add_adapters: no convolution with kernel size in {tuple(kernel_sizes)} to adapt")
     for n in names:
         _set_module(model, n, AdaptedConv2d(model.get_submodule(n), num_adapters, gate=gate, noise_std=noise_std,
-                                            init_std=init_std, generator=g))
+                                            init_scale=init_scale, generator=g))
     return names
 
 
@@ -457,17 +435,19 @@ def build_backbone(name: str, num_classes: int, *, widths: Sequence[int] | None 
 
 def make_variant(backbone: nn.Module, variant: str, num_classes: int, *, num_adapters: int = 2,
                  gate: str = "softmax", gate_noise: float = 0.0, style_after: Sequence[str] = (),
-                 style_eta: float = 0.5, style_p: float = 0.5, init_std: float = 0.0, norm: str = "train",
-                 seed: int = 0) -> nn.Module:
+                 style_eta: float = 0.5, style_p: float = 0.5, init_scale: float = 0.0, norm: str = "train",
+                 kernel_sizes: Sequence[int] = (3,), seed: int = 0) -> nn.Module:
     """A copy of a pretrained ``backbone`` (with a ``head``) set up as one of :data:`VARIANTS`.
 
-    ``head_only``: a new linear head, everything else frozen (normalisation statistics included).
-    ``single_adapter``: plus one residual adapter beside each 3x3 convolution, with the backbone's BatchNorm layers
-    re-estimated and their scale and shift trained (``norm="train"``, as residual adapters come with their own
-    normalisation; ``norm="frozen"`` keeps them fixed). ``dynamic_adapters``: ``num_adapters`` gated adapters per
-    convolution.
+    ``head_only``: a new linear head, everything else frozen (normalisation statistics included): a linear probe.
+    ``bn_head``: the head plus the backbone's BatchNorm layers, re-estimated on the new data and their scale and shift
+    trained (``norm="train"``): the control that separates what normalisation alone gains from what adapters gain.
+    ``single_adapter``: ``bn_head`` plus one residual adapter beside each convolution with a kernel size in
+    ``kernel_sizes`` (the official code adapts every 3x3 convolution and the stem; ``norm="frozen"`` keeps the
+    BatchNorm layers fixed instead). ``dynamic_adapters``: ``num_adapters`` gated adapters per convolution.
     ``dynamic_adapters_style``: the same plus :class:`StyleExchange` after the modules named in ``style_after``.
-    The new head and adapters are initialised from ``seed``.
+    The new head and adapters are initialised from ``seed`` (adapters at ``init_scale`` times He's, see
+    :class:`AdaptedConv2d`).
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -484,9 +464,10 @@ def make_variant(backbone: nn.Module, variant: str, num_classes: int, *, num_ada
         head.bias.zero_()
     model.head = head.to(next(backbone.parameters()).device)
     freeze_backbone(model, ("head",), norm="frozen" if variant == "head_only" else norm)
-    if variant != "head_only":
+    if variant not in ("head_only", "bn_head"):
         k = 1 if variant == "single_adapter" else num_adapters
-        add_adapters(model, k, gate=gate, noise_std=gate_noise, init_std=init_std, seed=seed + 1)
+        add_adapters(model, k, gate=gate, noise_std=gate_noise, init_scale=init_scale, kernel_sizes=kernel_sizes,
+                     seed=seed + 1)
     if variant == "dynamic_adapters_style":
         if not style_after:
             raise ValueError("dynamic_adapters_style needs style_after (where to exchange feature statistics)")
@@ -541,45 +522,43 @@ def subsample_domain(index: torch.Tensor, labels: torch.Tensor, domains: torch.T
 
 
 # ============================================================================================ training
-def fit(model: nn.Module, images, labels: torch.Tensor, *, epochs: int, batch_size: int = 32, lr: float = 0.05,
-        momentum: float = 0.9, weight_decay: float = 5e-4, flip: bool = True, crop: int = 0, seed: int = 0,
-        device: str | torch.device = "auto", progress: bool = False, desc: str = "train") -> list[float]:
-    """Train the parameters of ``model`` that require gradients (SGD with momentum, cosine learning rate,
-    cross-entropy); frozen parts stay as they are.
+def crop_and_jitter(x: torch.Tensor, scale: tuple[float, float] = (0.8, 1.0), jitter: float = 0.2,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """The official PACS augmentation, batched: a random resized crop (area fraction in ``scale``, aspect ratio in
+    [3/4, 4/3], resized back to the input size, bilinear) and a colour jitter of brightness, contrast and saturation by
+    factors drawn from ``[1 - jitter, 1 + jitter]``, one draw per image (torchvision's ``RandomResizedCrop`` and
+    ``ColorJitter``; hue is not jittered, and the order is fixed: brightness, contrast, saturation).
 
     Args:
-        images: ``(N, C, H, W)`` tensor, or a sequence of equally sized ``(C, H, W)`` tensors (e.g. lazily
-            decoded full datasets); labels: ``(N,)``.
-        flip: random horizontal flips; crop: random translations by up to ``crop`` pixels (reflect padding).
-        seed: fixes the batch order and the augmentations (randomness inside the model, gate noise and style
-            exchange, comes from torch's global RNG: seed it with ``utils.seed_everything``).
+        x: ``(N, 3, H, W)`` images in [0, 1]. generator: draws every random choice (CPU).
 
     Returns:
-        The mean training loss of every epoch.
+        ``(N, 3, H, W)`` in [0, 1]; ``scale=(1, 1)`` and ``jitter=0`` return ``x`` (up to interpolation rounding).
     """
-    if epochs < 1 or batch_size < 1:  # checked before fit_epochs does: the cosine schedule's length needs them
-        raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
-    if len(images) != len(labels):
-        raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("fit: the model has no trainable parameters")
-    dev = resolve_device(device)
-    model.to(dev).train()
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
-    steps = epochs * math.ceil(len(labels) / batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-
-    def batch_loss(idx, g):
-        x = gather(images, idx).to(dev)
-        if flip:
-            x = random_flip(x, g)[0]
-        if crop:
-            x = random_shift(x, crop, g, padding_mode="reflection")[0]
-        return F.cross_entropy(model(x), labels[idx].to(dev))
-
-    return fit_epochs(batch_loss, len(labels), epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,
-                      seed=seed, progress=progress, desc=desc)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"crop_and_jitter: x must be (N, 3, H, W), got {tuple(x.shape)}")
+    if not 0 < scale[0] <= scale[1] <= 1 or not 0 <= jitter < 1:
+        raise ValueError(f"crop_and_jitter: scale must satisfy 0 < lo <= hi <= 1 and jitter lie in [0, 1), got "
+                         f"scale={scale}, jitter={jitter}")
+    n = x.shape[0]
+    u = torch.rand(n, 8, generator=generator).to(x.device, x.dtype)         # one row of draws per image
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    # aspect ratio log-uniform in [3/4, 4/3], narrowed to the ratios whose crop fits the image (torchvision redraws)
+    lo, hi = torch.log(area.clamp(min=3 / 4)), -torch.log(area.clamp(min=3 / 4))
+    ratio = torch.exp(lo + (hi - lo) * u[:, 1])
+    w, h = (area * ratio).sqrt(), (area / ratio).sqrt()                     # crop side / image side, <= 1
+    cx, cy = (1 - w) * (2 * u[:, 2] - 1), (1 - h) * (2 * u[:, 3] - 1)       # crop centre, normalised coordinates
+    zero = torch.zeros_like(w)
+    theta = torch.stack([torch.stack([w, zero, cx], 1), torch.stack([zero, h, cy], 1)], 1)   # (N, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    factor = (1 - jitter + 2 * jitter * u[:, 4:7]).view(n, 3, 1, 1, 1)     # brightness, contrast, saturation
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    out = (out * factor[:, 0]).clamp(0, 1)
+    gray_mean = (out * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    out = ((out - gray_mean) * factor[:, 1] + gray_mean).clamp(0, 1)
+    gray = (out * luma).sum(1, keepdim=True)
+    return ((out - gray) * factor[:, 2] + gray).clamp(0, 1)
 
 
 def logits_and_gates(model: nn.Module, images, *, batch_size: int = 256, device: str | torch.device = "auto"

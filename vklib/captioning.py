@@ -1,32 +1,30 @@
 """Captioning with conditional latent topic attention and a sentence auto-encoder regulariser
 (Goel, Fernando, Nguyen, Bilen; "Injecting Prior Knowledge into Image Caption Generation", arXiv 1911.10082).
 
-An encoder turns an image into a grid of region features; an LSTM decoder writes the caption word by word and, at
-every word, *attends* to the regions. The paper adds two sources of prior knowledge to the Up-Down captioner:
+A frozen encoder turns an image into a grid of region features (computed once and cached); an LSTM decoder writes
+the caption word by word and, at every word, *attends* to the regions. The paper adds two sources of prior knowledge
+to the Up-Down captioner:
 
 * **conditional latent topic attention (CLTA)**: a learned set of ``K`` latent topics. At step ``t`` the decoder
   attends to the topics with its state (which summarises the words written so far), every topic attends to the
   image regions, and the region attention is the mixture ``a_t = sum_k beta_tk * gamma_k`` (topics as anchors);
-* the **sentence auto-encoder (SAE) regulariser**: an auto-encoder over captions gives a sentence code ``z(y)``;
-  while the captioner is trained on caption ``y``, its language-LSTM states are pulled towards that code.
+* the **sentence auto-encoder (SAE) regulariser**: an auto-encoder over captions; while the captioner is trained on
+  caption ``y``, its language-LSTM states are pulled towards the frozen auto-encoder's decoder states on ``y``.
 
-Kernels (the notebook ``09_topic_attention_captioning`` runs the experiment with them):
+Kernels (the notebook ``09_topic_attention_captioning`` holds the profiles and the training loops):
 
-* text: :func:`tokenize`, :class:`Vocab`, :func:`encode_references`;
-* data: :func:`make_scenes` (a deterministic, vectorised generator of synthetic scenes of coloured shapes with
-  spatial-relation captions), the MS-COCO Karpathy split registered as ``coco_karpathy`` (full data only);
-* models: :class:`GridEncoder` (small CNN, region grid), :class:`ResNetEncoder` (torchvision ResNet with ImageNet
-  weights from a local file, :func:`vklib.models.torchvision_net`), :class:`Captioner` (Up-Down decoder with
-  ``attention="soft"`` or ``"clta"``), :class:`SentenceAutoEncoder`;
+* text: :func:`tokenize`, :class:`Vocab`, :func:`encode_references`, :func:`caption_overlap`;
+* data: :func:`make_scenes` (deterministic, vectorised synthetic scenes of two coloured shapes with spatial-relation
+  captions), :func:`compositional_scenes` (a split whose test colour-shape pairs never occur in training),
+  :func:`scene_attributes`, :func:`load_split` (also the MS-COCO Karpathy split, registered as ``coco_karpathy``);
+* encoders and features: :class:`GridEncoder`, :class:`ResNetEncoder` (ImageNet weights from a local file),
+  :func:`make_encoder`, :func:`cache_features` (frozen features computed once, in memory or in a ``.npy`` file);
+* models: :class:`Captioner` (Up-Down decoder over cached region features, ``attention="soft"`` or ``"clta"``),
+  :class:`SentenceAutoEncoder`;
 * functional kernels: :func:`additive_attention`, :func:`topic_region_attention`, :func:`clta_attention`,
   :func:`masked_cross_entropy`, :func:`sae_regulariser`, :func:`caption_loss`;
-* training and decoding: :func:`train_sae`, :func:`train_captioner`, :func:`greedy_decode`, :func:`beam_search`,
-  :func:`caption_images`;
+* decoding: :func:`greedy_decode`, :func:`beam_search`, :func:`caption_features`;
 * metrics: :func:`caption_metrics` (pycocoevalcap BLEU-1..4, ROUGE-L, CIDEr; METEOR / SPICE only with Java).
-
-``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, generated scenes), ``paper`` (GPU, MS-COCO Karpathy
-split, beam 3) and ``smoke`` (the paper path shrunk to a minute on miniature data, random weights) settings; the
-paper's numbers are rows of ``vklib/paper_numbers.csv`` (see :mod:`vklib.results`).
 """
 from __future__ import annotations
 
@@ -38,82 +36,22 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import data
 from .models import ImageNetNormalize, torchvision_net
 from .train import gather, infer
-from .utils import resolve_device
 
-__all__ = ["ATTENTIONS", "COLOURS", "PROFILES", "RELATIONS", "SHAPES", "Captioner", "GridEncoder",
-           "ResNetEncoder", "SentenceAutoEncoder", "Vocab", "additive_attention", "beam_search", "caption_images",
-           "caption_loss", "caption_metrics", "clta_attention", "encode_references", "greedy_decode", "load_split",
-           "make_encoder", "make_scenes",
-           "masked_cross_entropy", "sae_regulariser", "tokenize", "topic_region_attention", "train_captioner",
-           "train_sae"]
+__all__ = ["ATTENTIONS", "COLOURS", "HELD_OUT", "RELATIONS", "SHAPES", "Captioner", "GridEncoder",
+           "ResNetEncoder", "SentenceAutoEncoder", "Vocab", "additive_attention", "beam_search", "cache_features",
+           "caption_features", "caption_loss", "caption_metrics", "caption_overlap", "clta_attention",
+           "compositional_scenes", "encode_references", "greedy_decode", "load_split", "make_encoder", "make_scenes",
+           "masked_cross_entropy", "sae_regulariser", "scene_attributes", "tokenize", "topic_region_attention"]
 
 ATTENTIONS = ("soft", "clta")
-
-PROFILES = {
-    "quick": {
-        "dataset": "scenes",        # generated synthetic scenes (make_scenes)
-        "n_train": 6000,            # training scenes
-        "n_test": 500,              # held-out scenes (metrics)
-        "image_size": 40,           # 5 x 5 regions
-        "max_len": 12,              # longest caption in words
-        "min_count": 1,             # words seen fewer times map to <unk>
-        "encoder": "grid",          # small CNN trained end to end
-        "weights": None,            # the grid CNN starts from random weights (no ImageNet weights)
-        "feat_dim": 64,             # region feature size D
-        "embed_dim": 64,            # word embedding size
-        "hidden_dim": 128,          # both LSTMs of the decoder
-        "att_dim": 64,              # attention MLP size
-        "n_topics": 8,              # latent topics K of CLTA
-        "dropout": 0.1,
-        "steps": 300,               # captioner training steps (each model)
-        "batch_size": 128,
-        "lr": 5e-3,
-        "sae_steps": 300,           # sentence auto-encoder pre-training steps
-        "sae_lr": 1e-2,
-        "sae_dim": 64,              # sentence code size
-        "sae_weight": 0.5,          # lambda of the SAE regulariser
-        "beam": 1,                  # 1: greedy decoding
-        "java_metrics": False,      # METEOR / SPICE (need Java; slow)
-    },
-    "paper": {
-        "dataset": "coco_karpathy",  # MS-COCO, Karpathy split (113k train, 5k val, 5k test)
-        "n_train": None,            # all
-        "n_test": None,             # all 5,000 test images
-        "image_size": 224,
-        "max_len": 16,
-        "min_count": 5,             # Karpathy's vocabulary threshold (about 10k words)
-        "encoder": "resnet101",     # frozen; 7x7 grid of 2048-d regions
-        "weights": "IMAGENET1K_V1",  # its ImageNet weights, a local file (models.torchvision_net): never random
-        "feat_dim": 2048,
-        "embed_dim": 1000,          # Up-Down's sizes
-        "hidden_dim": 1000,
-        "att_dim": 512,
-        "n_topics": 40,
-        "dropout": 0.5,
-        "steps": 60000,             # about 50 epochs at batch 100
-        "batch_size": 100,
-        "lr": 5e-4,
-        "sae_steps": 20000,
-        "sae_lr": 5e-4,
-        "sae_dim": 1000,
-        "sae_weight": 0.1,
-        "beam": 3,
-        "java_metrics": True,
-    },
-}
-# The paper path (Karpathy split reader, ResNet-101 grid, Up-Down sizes, every arm, beam 3, every metric) on miniature
-# data in about a minute: its numbers mean nothing and are compared with none. Only counts and sizes shrink, and the
-# frozen ResNet-101 starts from random weights.
-PROFILES["smoke"] = {**PROFILES["paper"], "n_train": 8, "n_test": 4, "image_size": 64, "steps": 2, "batch_size": 2,
-                     "sae_steps": 2, "weights": None}
 
 # ----------------------------------------------------------------------------------------------- text
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -288,6 +226,55 @@ def make_scenes(n: int, size: int = 32, seed: int = 0, noise: float = 0.03) -> d
                          {"captions": caps, "colour": colour, "shape": shape, "scale": scale, "relation": relation,
                           "centre": centre, "_synthetic": True}, "generated")
 
+#: Colour-shape pairs of the compositional split: no training scene shows them, every test scene shows one.
+HELD_OUT = (("red", "circle"), ("green", "square"), ("blue", "triangle"))
+
+
+def compositional_scenes(n: int, size: int = 32, seed: int = 0, split: str = "train",
+                         held_out: Sequence[tuple[str, str]] = HELD_OUT) -> data.ImageSet:
+    """``n`` scenes of :func:`make_scenes` split by composition: ``"train"`` keeps scenes in which no object is one
+    of the ``held_out`` (colour, shape) pairs, ``"test"`` scenes in which at least one object is. Every colour and
+    every shape still occurs in training (with other partners); only their combinations are new at test time, so no
+    test reference caption can occur among the training references (see :func:`caption_overlap`).
+
+    Scenes are drawn from ``make_scenes(4 n + 32, size, seed)`` and the first ``n`` that qualify are kept (same
+    arguments, same scenes). ``meta["_held_out"]`` records the pairs.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    colours = list(COLOURS)
+    novel_pair = torch.zeros(len(COLOURS), len(SHAPES), dtype=torch.bool)
+    for pair in held_out:
+        if len(pair) != 2 or pair[0] not in colours or pair[1] not in SHAPES:
+            raise ValueError(f"held_out: (colour, shape) pairs with colour in {colours} and shape in {list(SHAPES)} "
+                             f"expected, got {pair!r}")
+        novel_pair[colours.index(pair[0]), SHAPES.index(pair[1])] = True
+    pool = make_scenes(4 * n + 32, size, seed=seed)
+    novel = novel_pair[pool.meta["colour"], pool.meta["shape"]].any(1)        # (4n + 32,)
+    idx = (novel if split == "test" else ~novel).nonzero()[:, 0][:n]
+    if len(idx) < n:
+        raise ValueError(f"held_out: only {len(idx)} of {4 * n + 32} scenes fit the {split} split; hold out fewer "
+                         f"pairs")
+    out = pool.subset(idx)
+    out.meta["_held_out"] = [tuple(p) for p in held_out]
+    return out
+
+
+def scene_attributes(meta: dict) -> torch.Tensor:
+    """Which colours, shapes and sizes a scene shows: ``(N, 5 + 3 + 2)`` multi-hot float (order of :data:`COLOURS`,
+    :data:`SHAPES`, :data:`SIZES`), from :func:`make_scenes` ``meta``. The quick profile pre-trains its grid encoder
+    on these labels (as a ResNet is pre-trained on ImageNet classes) before freezing it."""
+    parts = [F.one_hot(meta[k], n).amax(1) for k, n in (("colour", len(COLOURS)), ("shape", len(SHAPES)),
+                                                        ("scale", len(SIZES)))]
+    return torch.cat(parts, 1).float()
+
+
+def caption_overlap(train_refs: Sequence[Sequence[str]], test_refs: Sequence[Sequence[str]]) -> int:
+    """How many test images have at least one reference caption (tokenised, see :func:`tokenize`) identical to a
+    training reference: the test images a captioner could score on by reciting a training caption."""
+    seen = {" ".join(tokenize(c)) for refs in train_refs for c in refs}
+    return sum(any(" ".join(tokenize(c)) in seen for c in refs) for refs in test_refs)
+
 
 # ----------------------------------------------------------------------------------------------- functional kernels
 def additive_attention(keys: torch.Tensor, query: torch.Tensor, w: torch.Tensor,
@@ -357,15 +344,16 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, pad: int =
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad)
 
 
-def sae_regulariser(states: torch.Tensor, targets: torch.Tensor, proj: torch.Tensor,
+def sae_regulariser(states: torch.Tensor, targets: torch.Tensor, proj: torch.Tensor | None,
                     mask: torch.Tensor) -> torch.Tensor:
-    """The SAE regulariser: mean over valid steps ``t`` of ``|| P h_t - s_t ||^2 / Z``.
+    """The SAE regulariser: mean over valid steps ``t`` of ``|| h_t - s_t ||^2 / Z`` (the paper's form, both sizes
+    equal), or ``|| P h_t - s_t ||^2 / Z`` with a learned projection ``P`` where the sizes differ.
 
     Args:
         states: ``(B, T, H)`` language-LSTM states ``h_t`` of the captioner (teacher-forced on caption ``y``).
         targets: ``(B, T, Z)`` the frozen SAE decoder's states ``s_t`` while it reconstructs the same caption ``y``
             from its sentence code ``z(y)`` (or ``(B, Z)``: one code for every step).
-        proj: ``(Z, H)`` learned projection ``P``.
+        proj: ``(Z, H)`` learned projection ``P``, or ``None`` when ``Z = H`` (no projection).
         mask: ``(B, T)`` bool, ``True`` at steps that predict a real token (words and ``<eos>``).
 
     Returns:
@@ -373,12 +361,14 @@ def sae_regulariser(states: torch.Tensor, targets: torch.Tensor, proj: torch.Ten
     """
     if targets.ndim == 2 and states.ndim == 3:
         targets = targets[:, None, :].expand(-1, states.shape[1], -1)
-    if states.ndim != 3 or targets.shape[:2] != states.shape[:2] or proj.shape != (targets.shape[2], states.shape[2]) \
-            or mask.shape != states.shape[:2]:
-        raise ValueError(f"sae_regulariser: states (B, T, H), targets (B, T, Z) or (B, Z), proj (Z, H), mask (B, T) "
-                         f"expected; got {tuple(states.shape)}, {tuple(targets.shape)}, {tuple(proj.shape)}, "
-                         f"{tuple(mask.shape)}")
-    sq = ((states @ proj.T - targets) ** 2).mean(-1)   # (B, T)
+    want = (targets.shape[-1], states.shape[-1]) if proj is not None else (states.shape[-1],) * 2
+    if states.ndim != 3 or targets.shape[:2] != states.shape[:2] or mask.shape != states.shape[:2] \
+            or (targets.shape[-1], states.shape[-1]) != (want if proj is None else tuple(proj.shape)):
+        raise ValueError(f"sae_regulariser: states (B, T, H), targets (B, T, Z) or (B, Z), proj (Z, H) or None when "
+                         f"Z = H, mask (B, T) expected; got {tuple(states.shape)}, {tuple(targets.shape)}, "
+                         f"{None if proj is None else tuple(proj.shape)}, {tuple(mask.shape)}")
+    mapped = states if proj is None else states @ proj.T
+    sq = ((mapped - targets) ** 2).mean(-1)             # (B, T)
     m = mask.to(sq.dtype)
     return (sq * m).sum() / m.sum().clamp(min=1)
 
@@ -389,7 +379,7 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, states: torch.Tens
     """The training loss ``L = CE(logits, targets) + lambda * R_SAE`` (``R_SAE`` only when ``sae_weight > 0``).
 
     Shapes as in :func:`masked_cross_entropy` and :func:`sae_regulariser` (``sae_states`` are its ``targets``; the
-    mask is ``targets != <pad>``).
+    mask is ``targets != <pad>``; ``proj`` ``None`` when the sizes match).
     Returns ``(loss, {"xent": float, "sae": float})``.
     """
     if sae_weight < 0:
@@ -397,8 +387,8 @@ def caption_loss(logits: torch.Tensor, targets: torch.Tensor, states: torch.Tens
     xent = masked_cross_entropy(logits, targets)
     if sae_weight == 0:
         return xent, {"xent": xent.item(), "sae": 0.0}
-    if states is None or sae_states is None or proj is None:
-        raise ValueError("caption_loss: sae_weight > 0 needs states, sae_states and proj")
+    if states is None or sae_states is None:
+        raise ValueError("caption_loss: sae_weight > 0 needs states and sae_states")
     reg = sae_regulariser(states, sae_states, proj, targets != Vocab.pad)
     return xent + sae_weight * reg, {"xent": xent.item(), "sae": reg.item()}
 
@@ -463,7 +453,8 @@ class ResNetEncoder(nn.Module):
 
 
 class Captioner(nn.Module):
-    """The Up-Down captioner (Anderson et al. 2018) with soft attention or conditional latent topic attention.
+    """The Up-Down decoder (Anderson et al. 2018) over cached region features, with soft attention or conditional
+    latent topic attention.
 
     Per step ``t`` (``v_n`` region features, ``vbar`` their mean, ``w_{t-1}`` the previous word):
 
@@ -475,16 +466,17 @@ class Captioner(nn.Module):
     * language LSTM: ``h2_t = LSTM2([vhat_t, (tau_t,) h1_t], h2_{t-1})``, ``p(w_t) = softmax(W_o h2_t)``.
 
     Args:
-        encoder: an image encoder ``(B, 3, S, S) -> (B, N, feat_dim)`` with a ``feat_dim`` attribute.
+        feat_dim: size ``D`` of the region features ``(B, N, D)`` (a frozen encoder's output, :func:`cache_features`).
         vocab_size, embed_dim, hidden_dim, att_dim: sizes.
         attention: ``"soft"`` or ``"clta"``.
         n_topics: ``K`` (CLTA only).
         dropout: before the output layer.
-        sae_dim: size ``Z`` of the SAE decoder states the language-LSTM states are matched to (0: no SAE
-            regulariser); creates the projection ``sae_proj`` ``(Z, H)`` of :func:`sae_regulariser`.
+        sae_dim: size ``Z`` of the SAE decoder states the language-LSTM states are matched to. ``0`` or
+            ``hidden_dim``: no projection (``sae_proj`` is ``None``; the paper's sizes match); any other size creates
+            the learned projection ``sae_proj`` ``(Z, H)`` of :func:`sae_regulariser`.
     """
 
-    def __init__(self, encoder: nn.Module, vocab_size: int, *, embed_dim: int = 64, hidden_dim: int = 128,
+    def __init__(self, feat_dim: int, vocab_size: int, *, embed_dim: int = 64, hidden_dim: int = 128,
                  att_dim: int = 64, attention: str = "soft", n_topics: int = 8, dropout: float = 0.1,
                  sae_dim: int = 0):
         super().__init__()
@@ -492,8 +484,8 @@ class Captioner(nn.Module):
             raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
         if attention == "clta" and n_topics < 1:
             raise ValueError(f"n_topics must be >= 1 for CLTA, got {n_topics}")
-        d = encoder.feat_dim
-        self.encoder, self.attention, self.hidden_dim = encoder, attention, hidden_dim
+        d = feat_dim
+        self.feat_dim, self.attention, self.hidden_dim = feat_dim, attention, hidden_dim
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.lstm1 = nn.LSTMCell(hidden_dim + d + embed_dim, hidden_dim)
         self.w_v = nn.Linear(d, att_dim)
@@ -509,11 +501,8 @@ class Captioner(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, vocab_size)
         self.n_topics = n_topics if attention == "clta" else 0
-        self.sae_proj = nn.Parameter(torch.randn(sae_dim, hidden_dim) / math.sqrt(hidden_dim)) if sae_dim else None
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Region features ``(B, N, D)``."""
-        return self.encoder(images)
+        self.sae_proj = nn.Parameter(torch.randn(sae_dim, hidden_dim) / math.sqrt(hidden_dim)) \
+            if sae_dim and sae_dim != hidden_dim else None
 
     def init_state(self, feats: torch.Tensor) -> tuple[dict, tuple]:
         """Per-image tensors reused at every step (``cache``) and the zero LSTM states."""
@@ -539,13 +528,14 @@ class Captioner(nn.Module):
         h2, c2 = self.lstm2(torch.cat([ctx, h1], 1), (h2, c2))
         return self.out(self.drop(h2)), (h1, c1, h2, c2), a, beta, h2
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> dict:
-        """Teacher forcing on ``tokens (B, L)`` (``<bos>`` w_1 ... ``<eos>`` pad).
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor) -> dict:
+        """Teacher forcing on region features ``feats (B, N, D)`` and ``tokens (B, L)`` (``<bos>`` w_1 ... ``<eos>``
+        pad).
 
         Returns a dict with ``logits (B, L-1, V)`` (predicting ``tokens[:, 1:]``), ``attention (B, L-1, N)``,
         ``topics (B, L-1, K)`` (CLTA; else ``None``) and ``states (B, L-1, H)`` (language-LSTM states).
         """
-        cache, state = self.init_state(self.encode(images))
+        cache, state = self.init_state(feats.float())
         logits, att, top, states = [], [], [], []
         for t in range(tokens.shape[1] - 1):
             lo, state, a, beta, h2 = self.step(tokens[:, t], state, cache)
@@ -612,15 +602,20 @@ def make_encoder(name: str, image_size: int, feat_dim: int = 64, *, weights: str
 
 def load_split(cfg: dict, split: str, *, seed: int = 0, data_dir=None) -> data.ImageSet:
     """The ``"train"`` or ``"test"`` split a profile names: generated scenes (``dataset="scenes"``: ``n_train`` /
-    ``n_test`` scenes, disjoint seeds derived from ``seed``) or the MS-COCO Karpathy split (``"coco_karpathy"``,
-    full data; ``n_train`` / ``n_test`` cap the number of images when not ``None``)."""
+    ``n_test`` i.i.d. scenes; ``"compositional_scenes"``: :func:`compositional_scenes` with ``cfg["held_out"]``;
+    disjoint seeds derived from ``seed``) or the MS-COCO Karpathy split (``"coco_karpathy"``, full data;
+    ``n_train`` / ``n_test`` cap the number of images when not ``None``)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     n = cfg[f"n_{split}"]
     if cfg["dataset"] == "scenes":
         return make_scenes(n, cfg["image_size"], seed=2 * seed + (split == "test"))
+    if cfg["dataset"] == "compositional_scenes":
+        return compositional_scenes(n, cfg["image_size"], seed=2 * seed + (split == "test"), split=split,
+                                    held_out=cfg["held_out"])
     if cfg["dataset"] != "coco_karpathy":
-        raise ValueError(f"dataset must be 'scenes' or 'coco_karpathy', got {cfg['dataset']!r}")
+        raise ValueError(f"dataset must be 'scenes', 'compositional_scenes' or 'coco_karpathy', got "
+                         f"{cfg['dataset']!r}")
     ds = data.load("coco_karpathy", split, full=True, data_dir=data_dir, size=cfg["image_size"])
     if n is None or n >= len(ds):
         return ds
@@ -628,115 +623,49 @@ def load_split(cfg: dict, split: str, *, seed: int = 0, data_dir=None) -> data.I
     return replace(ds, images=ds.images[:n], meta={k: v if k.startswith("_") else v[:n] for k, v in ds.meta.items()})
 
 
-# ----------------------------------------------------------------------------------------------- training
-def _check_refs(tokens: torch.Tensor, n: int | None = None):
-    if tokens.ndim != 3:
-        raise ValueError(f"tokens must be (N, R, L) reference ids (see encode_references), got {tuple(tokens.shape)}")
-    if n is not None and tokens.shape[0] != n:
-        raise ValueError(f"images and tokens differ in length: {n} vs {tokens.shape[0]}")
+# ----------------------------------------------------------------------------------------------- cached features
+def cache_features(encoder: nn.Module, images, *, path: str | Path | None = None, batch_size: int = 256,
+                   device: str | torch.device = "auto") -> torch.Tensor:
+    """Region features of a **frozen** encoder, computed once: ``(N, R, D)`` for ``images`` (an ``(N, 3, S, S)``
+    tensor or a sequence of ``(3, S, S)`` images, e.g. lazily read COCO photos), batch by batch in eval mode.
 
-
-def _adam_step(params, lr: float, steps: int):
-    """Both trainers' update: Adam on ``params`` with a cosine decay over ``steps`` and gradient clipping at 5.
-    Returns ``step(loss)``, which backpropagates ``loss`` and takes one optimiser and scheduler step."""
-    params = list(params)
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-
-    def step(loss: torch.Tensor) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 5.0)
-        opt.step()
-        sched.step()
-    return step
-
-
-def train_sae(sae: SentenceAutoEncoder, tokens: torch.Tensor, *, steps: int, batch_size: int = 64,
-              lr: float = 3e-3, seed: int = 0, device: str | torch.device = "auto",
-              progress: bool = False) -> list[float]:
-    """Train the sentence auto-encoder to reconstruct captions (Adam, cosine decay, gradient clipping at 5).
-
-    Args:
-        tokens: ``(N, R, L)`` reference ids (every step draws random captions among the ``N * R``).
-
-    Returns:
-        The reconstruction cross-entropy of every step.
+    With ``path`` (a ``.npy`` file, e.g. in the results folder; never in ``data/``) the features are written there
+    as float16 and memory-mapped, so a paper run (113k images x 49 x 2048) does not hold them in memory; an existing
+    file with ``N`` rows is reused without running the encoder (delete it after changing the encoder or the images).
+    Without ``path`` they stay in memory as float32. Rows are read with ordinary indexing, ``feats[idx]``.
     """
-    _check_refs(tokens)
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    dev = resolve_device(device)
-    flat = tokens.flatten(0, 1)
-    sae.to(dev).train()
-    update = _adam_step(sae.parameters(), lr, steps)
-    g = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in tqdm(range(steps), desc="SAE", disable=not progress, leave=False):
-        y = flat[torch.randint(len(flat), (batch_size,), generator=g)].to(dev)
-        loss = masked_cross_entropy(sae(y), y[:, 1:])
-        update(loss)
-        losses.append(loss.item())
-    sae.eval()
-    return losses
-
-
-def train_captioner(model: Captioner, images, tokens: torch.Tensor, *, steps: int, batch_size: int = 64,
-                    lr: float = 3e-3, sae: SentenceAutoEncoder | None = None, sae_weight: float = 0.0,
-                    seed: int = 0, device: str | torch.device = "auto", progress: bool = False,
-                    desc: str = "train") -> dict[str, list[float]]:
-    """Train a :class:`Captioner` with teacher forcing: ``L = CE + sae_weight * R_SAE`` (see :func:`caption_loss`).
-
-    Each step draws ``batch_size`` images (seeded) and one of each image's references. With ``sae`` and
-    ``sae_weight > 0`` the frozen sentence auto-encoder reconstructs ``y`` from its code ``z(y)`` and its decoder
-    states ``s_t`` are the targets; the model's learned projection ``model.sae_proj`` ``(Z, H)``
-    (``Captioner(..., sae_dim=sae.hidden_dim)``) maps the language-LSTM states onto them. Adam with
-    cosine decay, gradient clipping at 5.
-
-    Args:
-        images: ``(N, 3, S, S)`` tensor, or a sequence of ``(3, S, S)`` tensors (e.g. lazily read COCO images).
-        tokens: ``(N, R, L)`` reference ids (:func:`encode_references`).
-
-    Returns:
-        ``{"loss": [...], "xent": [...], "sae": [...]}`` per step.
-    """
-    _check_refs(tokens, len(images))
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"steps and batch_size must be >= 1, got {steps}, {batch_size}")
-    if sae_weight < 0 or (sae_weight > 0) != (sae is not None):
-        raise ValueError(f"pass an SAE together with sae_weight > 0 (or neither); got sae={type(sae).__name__}, "
-                         f"sae_weight={sae_weight}")
-    if sae is not None and (model.sae_proj is None or model.sae_proj.shape[0] != sae.hidden_dim):
-        raise ValueError(f"the SAE's decoder states have {sae.hidden_dim} dimensions: build the captioner with "
-                         f"sae_dim={sae.hidden_dim}")
-    dev = resolve_device(device)
-    model.to(dev).train()
-    if sae is not None:
-        sae.to(dev).eval().requires_grad_(False)
-    update = _adam_step([p for p in model.parameters() if p.requires_grad], lr, steps)
-    g = torch.Generator().manual_seed(seed)
-    hist = {"loss": [], "xent": [], "sae": []}
-    n, r = tokens.shape[:2]
-    for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        idx = torch.randint(n, (batch_size,), generator=g)
-        y = tokens[idx, torch.randint(r, (batch_size,), generator=g)].to(dev)
-        y = y[:, :int((y != Vocab.pad).sum(1).max())]          # drop all-padding columns
-        out = model(gather(images, idx).to(dev), y)
-        with torch.no_grad():
-            targets = sae.states(y) if sae is not None else None
-        loss, parts = caption_loss(out["logits"], y[:, 1:], out["states"], targets, model.sae_proj, sae_weight)
-        update(loss)
-        hist["loss"].append(loss.item())
-        hist["xent"].append(parts["xent"])
-        hist["sae"].append(parts["sae"])
-    model.eval()
-    return hist
+    n = len(images)
+    if n == 0:
+        raise ValueError("cache_features: images is empty")
+    if path is not None:
+        path = Path(path)
+        if path.suffix != ".npy":
+            raise ValueError(f"path must name a .npy file, got {str(path)!r}")
+        if path.is_file():
+            cached = np.load(path, mmap_mode="c")
+            if len(cached) == n:
+                return torch.from_numpy(cached)
+    starts = range(0, n, batch_size)
+    first = infer(encoder, gather(images, torch.arange(min(batch_size, n))), batch_size=batch_size, device=device)
+    if path is None:
+        rest = [infer(encoder, gather(images, torch.arange(s, min(s + batch_size, n))), batch_size=batch_size,
+                      device=device) for s in starts[1:]]
+        return torch.cat([first, *rest])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(n, *first.shape[1:]))
+    out[:len(first)] = first.numpy()
+    for s in starts[1:]:
+        idx = torch.arange(s, min(s + batch_size, n))
+        out[s:s + len(idx)] = infer(encoder, gather(images, idx), batch_size=batch_size, device=device).numpy()
+    out.flush()
+    del out
+    return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
 # ----------------------------------------------------------------------------------------------- decoding
 @torch.no_grad()
-def greedy_decode(model: Captioner, images: torch.Tensor, max_len: int = 16) -> dict:
-    """Greedy decoding of a batch ``(B, 3, S, S)`` (eval mode).
+def greedy_decode(model: Captioner, feats: torch.Tensor, max_len: int = 16) -> dict:
+    """Greedy decoding of the region features ``(B, N, D)`` of a batch of images (eval mode).
 
     Returns ``{"tokens": (B, T) ids, "attention": (B, T, N), "topics": (B, T, K) or None}`` with ``T <= max_len + 1``
     (the words, ``<eos>``, then ``<pad>`` once a caption has ended); ``attention[:, t]`` is the region attention
@@ -746,10 +675,10 @@ def greedy_decode(model: Captioner, images: torch.Tensor, max_len: int = 16) -> 
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     was = model.training
     model.eval()
-    cache, state = model.init_state(model.encode(images))
-    b = images.shape[0]
-    words = torch.full((b,), Vocab.bos, dtype=torch.long, device=images.device)
-    done = torch.zeros(b, dtype=torch.bool, device=images.device)
+    cache, state = model.init_state(feats.float())
+    b = feats.shape[0]
+    words = torch.full((b,), Vocab.bos, dtype=torch.long, device=feats.device)
+    done = torch.zeros(b, dtype=torch.bool, device=feats.device)
     toks, att, top = [], [], []
     for _ in range(max_len + 1):
         logits, state, a, beta, _ = model.step(words, state, cache)
@@ -767,8 +696,9 @@ def greedy_decode(model: Captioner, images: torch.Tensor, max_len: int = 16) -> 
 
 
 @torch.no_grad()
-def beam_search(model: Captioner, images: torch.Tensor, beam: int = 3, max_len: int = 16) -> torch.Tensor:
-    """Beam search (sum of log-probabilities, ``beam`` hypotheses per image, all images and beams in one batch).
+def beam_search(model: Captioner, feats: torch.Tensor, beam: int = 3, max_len: int = 16) -> torch.Tensor:
+    """Beam search over region features ``feats (B, N, D)`` (sum of log-probabilities, ``beam`` hypotheses per image,
+    all images and beams in one batch).
 
     Returns the best sequence of every image, ``(B, max_len + 1)`` ids ending with ``<eos>`` (or cut at
     ``max_len + 1``), padded with ``<pad>``. ``beam=1`` equals greedy decoding.
@@ -777,9 +707,8 @@ def beam_search(model: Captioner, images: torch.Tensor, beam: int = 3, max_len: 
         raise ValueError(f"beam and max_len must be >= 1, got beam={beam}, max_len={max_len}")
     was = model.training
     model.eval()
-    feats = model.encode(images)
     b, dev = feats.shape[0], feats.device
-    feats = feats.repeat_interleave(beam, 0)                          # (B*k, N, D), beams of an image adjacent
+    feats = feats.float().repeat_interleave(beam, 0)                         # (B*k, N, D), beams of an image adjacent
     cache, state = model.init_state(feats)
     words = torch.full((b * beam,), Vocab.bos, dtype=torch.long, device=dev)
     score = torch.zeros(b, beam, device=dev)
@@ -809,15 +738,15 @@ def beam_search(model: Captioner, images: torch.Tensor, beam: int = 3, max_len: 
     return seqs[best]
 
 
-def caption_images(model: Captioner, images, vocab: Vocab, *, beam: int = 1, max_len: int = 16,
-                   batch_size: int = 256, device: str | torch.device = "auto") -> list[str]:
-    """Captions (strings) of ``images`` (tensor ``(N, 3, S, S)`` or a sequence of ``(3, S, S)`` images), by
+def caption_features(model: Captioner, feats: torch.Tensor, vocab: Vocab, *, beam: int = 1, max_len: int = 16,
+                     batch_size: int = 256, device: str | torch.device = "auto") -> list[str]:
+    """Captions (strings) of the images whose region features are ``feats`` ``(N, R, D)`` (:func:`cache_features`), by
     :func:`greedy_decode` when ``beam=1``, else :func:`beam_search`, batch by batch (:func:`vklib.train.infer`)."""
     def decode(m: Captioner, x: torch.Tensor) -> torch.Tensor:
         ids = greedy_decode(m, x, max_len)["tokens"] if beam == 1 else beam_search(m, x, beam, max_len)
         return F.pad(ids, (0, max_len + 1 - ids.shape[1]), value=Vocab.pad)   # (B, max_len + 1) in every batch
 
-    return [vocab.decode(row) for row in infer(model, images, fn=decode, batch_size=batch_size, device=device)]
+    return [vocab.decode(row) for row in infer(model, feats, fn=decode, batch_size=batch_size, device=device)]
 
 
 # ----------------------------------------------------------------------------------------------- metrics

@@ -4,22 +4,20 @@ An identity embedding is learnt over a sequence of *steps*; each step brings ide
 that step's images are available. The model of the previous step is frozen and serves as a teacher. What counts is
 not the classifier but the embedding: it is judged by retrieval on identities that no step ever trained on.
 
-Kernels (the notebook ``08_continual_representation`` runs the experiment with them):
+Kernels (the notebook ``08_continual_representation`` holds the profiles and runs the method's loop with them):
 
 * protocol: :func:`split_identities` (held-out identities + identities per step), :func:`split_images` (per
   identity train / test images), :func:`local_labels`;
+* data: :func:`decode_images` (a step's image files decoded once, by a ``DataLoader``'s worker processes);
 * model: :class:`IdentityNet` (a backbone giving an L2-normalised embedding, one cosine classifier head per step);
 * losses: :func:`select_neighbours` and :func:`distillation_loss`, which is full knowledge distillation (LwF) with
   ``k=None, margin=0`` and the paper's loss with neighbourhood selection (``k``) and consistency relaxation
   (``margin``); :func:`step_loss` adds cross-entropy on the new identities;
-* training: :func:`train_step` (one step of any of ``METHODS``);
 * evaluation: embeddings through :func:`vklib.train.infer` (``fn=IdentityNet.embed``; without ``fn`` the model's
   forward gives ``(embeddings, logits)``), :func:`retrieval_ranks` / :func:`retrieval_metrics` (rank-k and mAP with
-  cosine similarity) and :func:`average_forgetting`.
+  cosine similarity), :func:`average_forgetting` and :func:`backward_transfer`.
 
-``PROFILES`` holds the notebook's ``quick`` (2 CPU cores, shipped LFW people + ORL), ``paper`` (GPU, full
-face / person re-identification benchmarks) and ``smoke`` (the paper path on miniature data, a minute) settings.
-The readers of the full-size benchmarks the paper profile needs, ``casia_webface``, ``market1501`` and
+The readers of the full-size benchmarks the notebook's paper profile needs, ``casia_webface``, ``market1501`` and
 ``dukemtmc_reid``, are here; :mod:`vklib.data` registers them.
 """
 from __future__ import annotations
@@ -33,86 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data, models
-from .train import fit_epochs, gather, infer, random_flip
-from .utils import resolve_device
 
-__all__ = ["METHODS", "PROFILES", "IdentityNet", "average_forgetting", "distillation_loss", "local_labels",
-           "retrieval_metrics", "retrieval_ranks", "select_neighbours", "split_identities", "split_images", "step_loss",
-           "train_step"]
+__all__ = ["METHODS", "IdentityNet", "average_forgetting", "backward_transfer", "decode_images", "distillation_loss",
+           "local_labels", "retrieval_metrics", "retrieval_ranks", "select_neighbours", "split_identities",
+           "split_images", "step_loss"]
 
 METHODS = ("finetune", "lwf", "crl", "joint")
-
-PROFILES = {
-    "quick": {
-        "dataset": "lfw_people",      # identities for the steps and the held-out identities
-        "second_test": "orl_faces",   # a second set of unseen identities (another dataset)
-        "full_data": False,           # shipped subsets
-        "image_size": 32,
-        "n_holdout": 22,              # identities never trained on, for evaluation
-        "n_steps": 11,                # the remaining identities arrive in this many steps: ...
-        "first_step": 20,             # ... a base step with this many, then the rest in pairs (10 steps of 2)
-        "n_test_per_id": 5,           # images of each trained identity kept back (forgetting)
-        "min_images_per_id": 6,       # identities with fewer images are left out (n_test_per_id + 1 to train on)
-        "max_train_per_id": 25,       # cap on training images per identity (LFW is very unbalanced)
-        "max_eval_per_id": 20,        # cap on evaluation images per held-out identity
-        "arch": "convnet",
-        "width": 32,
-        "depth": 3,
-        "emb_dim": 128,
-        "scale": 16.0,                # cosine-classifier scale s
-        "epochs": 30,                 # per step
-        "batch_size": 64,
-        "lr": 0.05,
-        "weight_decay": 5e-4,
-        "temperature": 2.0,
-        "k": 5,                       # neighbourhood size (old identities distilled per sample)
-        "margin": 0.1,                # relaxation: forgive KL below margin x teacher entropy
-        "kd_weight": 1.0,
-        "warmup_epochs": 20,          # new head trained alone first, on the frozen embedding
-    },
-    "paper": {
-        "dataset": "casia_webface",
-        "second_test": "lfw",         # all of LFW, RGB like CASIA-WebFace (its 1-image people are distractors)
-        "full_data": True,
-        "image_size": 112,
-        "n_holdout": 500,
-        "n_steps": 10,
-        "first_step": None,
-        "n_test_per_id": 3,
-        "min_images_per_id": 4,       # identities of 3 images or fewer cannot take part: left out
-        "max_train_per_id": None,
-        "max_eval_per_id": 20,
-        "arch": "resnet",             # SmallResNet (64, 128, 256, 512) x 2 blocks: a ResNet-18-sized network
-        "width": 64,
-        "depth": 4,
-        "emb_dim": 512,
-        "scale": 30.0,
-        "epochs": 30,
-        "batch_size": 256,
-        "lr": 0.1,
-        "weight_decay": 5e-4,
-        "temperature": 2.0,
-        "k": 10,
-        "margin": 0.5,
-        "kd_weight": 1.0,
-        "warmup_epochs": 5,
-    },
-}
-# smoke: the paper path (CASIA-WebFace in steps, LFW, every method) on the miniature datasets of tests/miniatures,
-# shrunk to about a minute on 2 CPU cores; its numbers mean nothing and are compared with none. No profile loads
-# pretrained weights (every network starts at random), so there is no weights setting to turn off.
-PROFILES["smoke"] = {
-    **PROFILES["paper"],
-    "image_size": 56,
-    "n_holdout": 4,       # of the miniature's 20 identities with >= 4 images
-    "n_steps": 3,         # enough old identities after step 1 for the top-k neighbourhood (k=10) to select
-    "width": 8,           # the same ResNet-18-sized SmallResNet (4 stages of 2 blocks), 8x narrower
-    "emb_dim": 64,
-    "epochs": 2,
-    "batch_size": 16,
-    "warmup_epochs": 1,
-}
-
 
 # ----------------------------------------------------------------------------------------------- protocol
 def split_identities(labels: torch.Tensor, n_steps: int, n_holdout: int, seed: int = 0,
@@ -214,6 +138,26 @@ def local_labels(labels: torch.Tensor, identities: torch.Tensor) -> torch.Tensor
     return pos
 
 
+# ----------------------------------------------------------------------------------------------- data
+def decode_images(images, workers: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """All of ``images`` as one ``(N, C, S, S)`` float32 tensor on the CPU.
+
+    A tensor is returned as it is. A sequence decoded on access (:class:`vklib.data.LazyImages`, the full
+    datasets' image files) is read once, in batches, by a ``torch.utils.data.DataLoader`` with ``workers`` worker
+    processes (``0``: in this process): a step's images are then decoded once for all its epochs instead of once
+    per epoch in the training process. (About 150 kB per 112 x 112 RGB image: a step of CASIA-WebFace's ten, some
+    45,000 images, takes about 7 GB of memory.)
+    """
+    if torch.is_tensor(images):
+        return images
+    if workers < 0 or batch_size < 1:
+        raise ValueError(f"workers must be >= 0 and batch_size >= 1, got workers={workers}, batch_size={batch_size}")
+    if len(images) == 0:
+        raise ValueError("decode_images: images is empty")
+    loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return torch.cat(list(loader))
+
+
 # ----------------------------------------------------------------------------------------------- model
 class IdentityNet(nn.Module):
     """An identity embedding network with one cosine classifier head per step.
@@ -229,21 +173,26 @@ class IdentityNet(nn.Module):
             ``"resnet"`` (:class:`vklib.models.SmallResNet` with ``depth`` stages of widths ``width * 2**i``,
             two blocks each).
         scale: the cosine classifier's scale ``s``.
+        stem_stride: ``"resnet"`` only: the stride of the 3x3 stem convolution (2 at 112 px, as ResNet-18's stem
+            downsamples; 1 keeps the full resolution, for 32-64 px inputs).
     """
 
     ARCHS = ("convnet", "resnet")
 
     def __init__(self, in_channels: int = 1, image_size: int = 32, emb_dim: int = 128, arch: str = "convnet",
-                 width: int = 32, depth: int = 3, scale: float = 16.0, norm: str = "batchnorm"):
+                 width: int = 32, depth: int = 3, scale: float = 16.0, norm: str = "batchnorm", stem_stride: int = 1):
         super().__init__()
         if arch not in self.ARCHS:
             raise ValueError(f"arch must be one of {', '.join(self.ARCHS)}, got {arch!r}")
         if emb_dim < 1 or scale <= 0:
             raise ValueError(f"emb_dim must be >= 1 and scale > 0, got emb_dim={emb_dim}, scale={scale}")
+        if stem_stride not in (1, 2) or (stem_stride == 2 and arch != "resnet"):
+            raise ValueError(f"stem_stride must be 1, or 2 with arch='resnet'; got {stem_stride} with arch={arch!r}")
         if arch == "convnet":
             self.backbone = models.ConvNet(in_channels, emb_dim, image_size, width, depth, norm=norm)
         else:
             self.backbone = models.SmallResNet(in_channels, emb_dim, tuple(width * 2 ** i for i in range(depth)), 2)
+            self.backbone.stem[0].stride = (stem_stride, stem_stride)
         self.emb_dim, self.scale = emb_dim, float(scale)
         self.heads = nn.ParameterList()
 
@@ -351,106 +300,6 @@ def step_loss(logits: torch.Tensor, labels: torch.Tensor, n_old: int, teacher_lo
     return loss
 
 
-# ----------------------------------------------------------------------------------------------- training
-def train_step(model: IdentityNet, images, labels: torch.Tensor, *, method: str, teacher: IdentityNet | None = None,
-               epochs: int, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
-               temperature: float = 2.0, k: int | None = None, margin: float = 0.0, kd_weight: float = 1.0,
-               flip: bool = True, freeze_old_heads: bool = True, warmup_epochs: int = 0, seed: int = 0,
-               device: str | torch.device = "auto", progress: bool = False) -> list[float]:
-    """Train ``model`` on one step (in place) and return the mean loss of every epoch.
-
-    ``model`` must already have a head for this step's identities as its last head; ``labels`` ``(N,)`` index that
-    head (see :func:`local_labels`); ``images`` ``(N, C, S, S)`` (or a sequence of ``(C, S, S)`` tensors). For
-    ``"lwf"`` and ``"crl"`` the frozen ``teacher`` (the previous step's model, whose heads are the model's old heads)
-    gives the old-identity logits; they are computed once for every image and its mirror image, so random
-    horizontal flips (``flip``) cost no teacher passes. With ``freeze_old_heads`` (the default) only the backbone
-    and the new head are trained: the old heads are the teacher's classifiers, so distilling their logits constrains
-    the embedding itself. With ``warmup_epochs`` (steps after the first only) the new head is first trained alone on
-    the frozen embeddings (LwF's warm-up), so the embedding is not updated through a random classifier. SGD with
-    momentum 0.9 and a cosine learning-rate schedule over the step.
-    """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    if epochs < 1 or batch_size < 1 or warmup_epochs < 0:
-        raise ValueError(f"epochs and batch_size must be >= 1 and warmup_epochs >= 0, got epochs={epochs}, "
-                         f"batch_size={batch_size}, warmup_epochs={warmup_epochs}")
-    labels = torch.as_tensor(labels)
-    if len(labels) != len(images):
-        raise ValueError(f"images and labels differ in length: {len(images)} vs {len(labels)}")
-    if not len(model.heads):
-        raise ValueError("model has no head for this step; call model.add_head(n_new) first")
-    n_new = model.heads[-1].shape[0]
-    n_old = model.num_ids - n_new
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_new):
-        raise ValueError(f"labels must index the last head, in [0, {n_new}); got [{labels.min()}, {labels.max()}]")
-    distil = method in ("lwf", "crl") and n_old > 0
-    if distil and (teacher is None or teacher.num_ids != n_old):
-        raise ValueError(f"method {method!r} needs the previous model as teacher, with {n_old} identities")
-    dev = resolve_device(device)
-    model.to(dev).train()
-    t_logits = None
-    if distil:
-        mirrored = images.flip(-1) if torch.is_tensor(images) else _Flipped(images)
-        t_logits = (infer(teacher, images, device=dev)[1], infer(teacher, mirrored, device=dev)[1] if flip else None)
-    if warmup_epochs > 0 and n_old > 0:
-        _warm_up_head(model, images, labels, epochs=warmup_epochs, batch_size=batch_size, lr=lr, flip=flip,
-                      seed=seed + 1, device=dev)
-    # the old heads are the previous steps' classifiers: kept fixed, so that distilling their logits constrains the
-    # embedding itself (a student free to move them could match the teacher while its embedding drifts)
-    params = list(model.backbone.parameters()) + [model.heads[-1]] if freeze_old_heads else list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    n_batches = max(1, -(-len(labels) // batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * n_batches)
-
-    def batch_loss(idx, g):
-        x, t = gather(images, idx), None
-        if flip:
-            x, flipped = random_flip(x, g)
-            if distil:
-                t = torch.where(flipped[:, None], t_logits[1][idx], t_logits[0][idx])
-        elif distil:
-            t = t_logits[0][idx]
-        _, logits = model(x.to(dev))
-        return step_loss(logits, labels[idx].to(dev), n_old, None if t is None else t.to(dev), method=method,
-                         temperature=temperature, k=k, margin=margin, kd_weight=kd_weight)
-
-    return fit_epochs(batch_loss, len(labels), epochs=epochs, batch_size=batch_size, optimizer=opt, scheduler=sched,
-                      seed=seed, progress=progress, desc=method)
-
-
-def _warm_up_head(model: IdentityNet, images, labels: torch.Tensor, *, epochs: int, batch_size: int, lr: float,
-                  flip: bool, seed: int, device: torch.device) -> None:
-    """Train the last head alone on the current (frozen) embeddings: a linear problem on ``(N, emb_dim)`` features
-    computed once, so the first gradients of a step do not come from a random classifier."""
-    emb = infer(model, images, fn=IdentityNet.embed, device=device)
-    emb_flip = infer(model, images.flip(-1) if torch.is_tensor(images) else _Flipped(images), fn=IdentityNet.embed,
-                     device=device) if flip else None
-    head = model.heads[-1]
-
-    def batch_loss(idx, g):
-        e = emb[idx]
-        if flip:
-            e = torch.where((torch.rand(len(idx), generator=g) < 0.5)[:, None], emb_flip[idx], e)
-        logits = model.scale * e.to(device) @ F.normalize(head, dim=1).T
-        return F.cross_entropy(logits, labels[idx].to(device))
-
-    fit_epochs(batch_loss, len(labels), epochs=epochs, batch_size=batch_size,
-               optimizer=torch.optim.SGD([head], lr=lr, momentum=0.9), seed=seed)
-
-
-class _Flipped:
-    """Mirror images of an image tensor or sequence, on access."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i].flip(-1)
-
-
 # ----------------------------------------------------------------------------------------------- evaluation
 def _check_retrieval(query, query_labels, gallery, gallery_labels, query_groups, gallery_groups):
     if (gallery is None) != (gallery_labels is None):
@@ -554,6 +403,16 @@ def average_forgetting(acc: torch.Tensor, weights: torch.Tensor | None = None) -
     lower = torch.tril(torch.ones(t - 1, t - 1, dtype=torch.bool))
     best = acc[:-1, :-1].masked_fill(~lower, float("-inf")).max(0).values
     return ((best - acc[-1, :-1]) * w[:-1]).sum().item() / w[:-1].sum().item()
+
+
+def backward_transfer(acc: torch.Tensor) -> float:
+    """Backward transfer (Lopez-Paz and Ranzato 2017) from ``acc`` ``(T, T)`` as in :func:`average_forgetting`:
+    ``BWT = mean_{j < T-1} (acc[T-1, j] - acc[j, j])``, how the score on each step's data changed from right after
+    that step to the end; negative means forgetting."""
+    acc = torch.as_tensor(acc, dtype=torch.float64)
+    if acc.ndim != 2 or acc.shape[0] != acc.shape[1] or acc.shape[0] < 2:
+        raise ValueError(f"acc must be a (T, T) matrix with T >= 2, got shape {tuple(acc.shape)}")
+    return (acc[-1, :-1] - acc.diagonal()[:-1]).mean().item()
 
 
 # ----------------------------------------------------------------------------------------------- full datasets

@@ -1,114 +1,39 @@
-"""Image deconvolution with deep image and kernel priors (DIKP, Wang, Wang, Li and Bilen, 2019, arXiv 1910.08386).
+"""Kernels for blind deconvolution with deep image and kernel priors (notebook 03; DIKP: Wang, Wang, Li and Bilen,
+2019, arXiv 1910.08386). The optimisation loops (DIP, SelfDeblur, DIKP, the TV blind baseline) are written out in
+the notebook; this module holds what they are built from.
 
 The forward model is a *valid* convolution plus noise::
 
     y = k * x + n,      x: (H + kh - 1, W + kw - 1),  k: (kh, kw) >= 0 summing to one,  y: (H, W)
 
-so every pixel of ``y`` sees only pixels of ``x`` (no boundary assumption); the latent image is larger than ``y``
-by the kernel size minus one.
+so every pixel of ``y`` sees only pixels of ``x`` (no boundary assumption).
 
-* **Image prior** (deep image prior, Ulyanov et al. 2018): ``x = f_theta(z_x)``, an encoder-decoder with skip
-  connections and a sigmoid output, fed a fixed noise tensor ``z_x``; only ``theta`` is optimised.
-* **Kernel prior**: ``k = softmax(g_phi(z_k))``, a two-layer MLP from a fixed noise vector to ``kh * kw`` logits; the
-  softmax keeps the kernel non-negative and summing to one.
-* :func:`deconv_dip` (non-blind, the kernel is known) minimises ``||k * f_theta(z_x) - y||^2`` over ``theta``;
-  :func:`deconv_dikp` (blind) minimises ``||softmax(g_phi(z_k)) * f_theta(z_x) - y||^2`` over ``theta`` and ``phi``,
-  with separate learning rates.
+* **Image prior** (deep image prior, Ulyanov et al. 2018): :class:`ImagePrior`, an encoder-decoder with skip
+  connections and a sigmoid output fed fixed noise.
+* **Kernel prior**: :class:`KernelPrior`, SelfDeblur's kernel generator (Ren et al., CVPR 2020,
+  github.com/csdwren/SelfDeblur ``networks/fcn.py``): an MLP ``noise -> 1000 -> kh*kw`` with ReLU6 and a softmax.
+* **Terms**: :func:`data_term` (MSE), :func:`ssim_loss` (SelfDeblur's ``1 - SSIM`` after 1000 steps), and the
+  traditional learning-free terms DIKP combines with the deep priors: :func:`total_variation` on the image and
+  :func:`kernel_sparsity` on the kernel.
 
-Every function works on a *batch of independent problems* ``(N, ...)``: the N image priors (and kernel priors) are
-N separate networks run as one grouped network (grouped convolutions, batched matrix products), so one optimiser
-step updates all N problems at once and the N problems never interact (Adam is per parameter).
-
-Evaluation follows Levin et al. (2009): PSNR is taken at the best integer shift within ``max_shift`` pixels (a blind
-estimate is only defined up to a translation), and SSIM (scikit-image) at that shift. Baselines: scikit-image's
-Wiener(-Hunt) filter and Richardson-Lucy, both given the true kernel.
+The networks hold N independent problems as one grouped network (grouped convolutions, batched matrix products).
+:func:`align_levin` is Levin et al.'s ``comp_upto_shift``; :func:`psnr` and :func:`ssim` score its aligned windows.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
-
-from .utils import resolve_device
 
 __all__ = [
-    "PROFILES", "DeconvProblem", "DeconvResult", "GroupedConv2d", "ImagePrior", "KernelPrior",
-    "blur", "center_crop", "deconv_dikp", "deconv_dip", "dikp_loss", "kernel_error", "load_problem", "make_problem",
-    "pad_kernel", "psnr_aligned", "richardson_lucy", "ssim_aligned", "wiener",
+    "DeconvProblem", "GroupedConv2d", "ImagePrior", "KernelPrior", "align_levin", "blur", "center_crop",
+    "concat_problems", "data_term", "kernel_error", "kernel_sparsity", "load_problem", "make_problem",
+    "normalise_kernel", "pad_kernel", "psnr", "richardson_lucy", "ssim", "ssim_loss", "total_variation", "wiener",
 ]
-
-# ------------------------------------------------------------------------------------------------------ settings
-PROFILES = {
-    # 2 CPU cores, a few minutes: two shipped Set12 images with many edges, cropped to 64 x 64 (the observation),
-    # the two smallest Levin kernels, 1% noise, a narrow prior network and a few hundred Adam steps.
-    "quick": {
-        "images": ("cameraman", "monarch"),
-        "kernels": ("k3", "k5"),
-        "crop": 64,
-        "noise_std": 0.01,
-        "kernel_size": 15,
-        "iterations_dip": 400,
-        "iterations_dikp": 600,
-        "lr_image": 0.01,
-        "lr_kernel": 1e-4,
-        "channels": 16,
-        "skip_channels": 4,
-        "levels": 3,
-        "input_channels": 8,
-        "kernel_noise_dim": 200,
-        "kernel_hidden": 1000,
-        "input_noise_std": 0.0,
-        "eval_every": 25,
-        "max_shift": 4,
-        "wiener_balance": 0.01,
-        "rl_iterations": 30,
-        "demo_crop": 48,
-        "demo_noise_std": 0.1,
-        "demo_iterations": 300,
-    },
-    # The paper-sized setting: six standard test images, as in the paper's abstract (the shipped Set12 images are the
-    # full 256 x 256 originals; "Lena" is left out, see data/README.md), all eight Levin kernels, the blind kernel
-    # size equal to the true one (None: the Levin protocol, problems grouped by kernel), the DIP/SelfDeblur networks
-    # and thousands of steps. Which images, kernels, noise level and iteration counts the paper itself used could not
-    # be read from its text (notebook 03, section 6), so these follow the Levin et al. benchmark and the DIP code.
-    "paper": {
-        "images": ("cameraman", "house", "peppers", "starfish", "monarch", "airplane"),
-        "kernels": ("k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8"),
-        "crop": None,
-        "noise_std": 0.01,
-        "kernel_size": None,
-        "iterations_dip": 5000,
-        "iterations_dikp": 5000,
-        "lr_image": 0.01,
-        "lr_kernel": 1e-4,
-        "channels": 128,
-        "skip_channels": 16,
-        "levels": 5,
-        "input_channels": 8,
-        "kernel_noise_dim": 200,
-        "kernel_hidden": 1000,
-        "input_noise_std": 0.001,
-        "eval_every": 100,
-        "max_shift": 4,
-        "wiener_balance": 0.01,
-        "rl_iterations": 30,
-        "demo_crop": 128,
-        "demo_noise_std": 0.1,
-        "demo_iterations": 3000,
-    },
-}
-# The paper path shrunk to about a minute on 2 CPU cores (the tests run it; its numbers mean nothing): two images,
-# two kernels of different sizes (so that the grouping by kernel size runs), 64 x 64 crops and a few iterations of
-# the paper-sized networks.
-PROFILES["smoke"] = {**PROFILES["paper"], "images": ("cameraman", "house"), "kernels": ("k3", "k5"), "crop": 64,
-                     "iterations_dip": 6, "iterations_dikp": 6, "eval_every": 3, "demo_crop": 48,
-                     "demo_iterations": 6}
-
 
 
 # ------------------------------------------------------------------------------------------------------ forward model
@@ -128,7 +53,8 @@ def _as_kernels(kernel: torch.Tensor, n: int | None = None) -> torch.Tensor:
 
 
 def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Valid 2-D convolution (a true convolution, i.e. the kernel flipped, as ``scipy.signal.convolve2d(.., 'valid')``).
+    """Valid 2-D convolution (a true convolution, i.e. the kernel flipped, as ``scipy.signal.convolve2d(.., 'valid')``),
+    computed by FFT (the camera-shake kernels are up to 27 x 27: a direct convolution would cost kh * kw per pixel).
 
     Args:
         x: ``(N, C, Hx, Wx)`` latent images.
@@ -144,8 +70,9 @@ def blur(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     kh, kw = k.shape[-2:]
     if kh > h or kw > w:
         raise ValueError(f"kernel {kh}x{kw} is larger than the image {h}x{w}")
-    weight = k.flip(-1, -2).expand(n, c, kh, kw).reshape(n * c, 1, kh, kw)
-    return F.conv2d(x.reshape(1, n * c, h, w), weight, groups=n * c).reshape(n, c, h - kh + 1, w - kw + 1)
+    # the circular convolution of size (h, w) equals the linear one on the valid window [kh-1:, kw-1:]
+    full = torch.fft.irfft2(torch.fft.rfft2(x) * torch.fft.rfft2(k, s=(h, w)), s=(h, w))
+    return full[..., kh - 1:, kw - 1:]
 
 
 def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
@@ -267,66 +194,93 @@ def load_problem(images, kernels, *, crop: int | None, noise_std: float, seed: i
                         names=[f"{i}/{k}" for i in images for k in kernels])
 
 
+def concat_problems(problems: list[DeconvProblem]) -> DeconvProblem:
+    """Problems of several :func:`load_problem` calls (e.g. one per seed) as one batch, in the order given.
+
+    All must share the latent and kernel sizes (the same crop and the same kernel list)."""
+    if not problems:
+        raise ValueError("need at least one DeconvProblem")
+    shapes = {(tuple(p.latent.shape[1:]), tuple(p.kernels.shape[1:])) for p in problems}
+    if len(shapes) != 1:
+        raise ValueError(f"problems differ in latent or kernel size: {sorted(shapes)}")
+    return DeconvProblem(torch.cat([p.latent for p in problems]), torch.cat([p.sharp for p in problems]),
+                         torch.cat([p.y for p in problems]), torch.cat([p.kernels for p in problems]),
+                         [s for p in problems for s in p.kernel_sizes], [n for p in problems for n in p.names],
+                         problems[0].noise_std)
+
+
 # ------------------------------------------------------------------------------------------------------ metrics
+def _shift_matrices(n_out: int, max_shift: float, step: float) -> torch.Tensor:
+    """``(S, n_out, n_out + 2m)`` bilinear-interpolation matrices, ``m = ceil(max_shift)``: row ``r`` of matrix ``s``
+    reads position ``r + m + shifts[s]`` of a signal padded by ``m``; ``shifts = -max_shift, ..., max_shift``."""
+    m = math.ceil(max_shift)
+    shifts = torch.arange(-max_shift, max_shift + step / 2, step, dtype=torch.float64)
+    pos = torch.arange(n_out, dtype=torch.float64)[None] + m + shifts[:, None]  # (S, n_out)
+    lo = pos.floor()
+    frac = pos - lo
+    mats = torch.zeros(len(shifts), n_out, n_out + 2 * m + 1, dtype=torch.float64)
+    rows = torch.arange(n_out)[None].expand_as(pos)
+    sidx = torch.arange(len(shifts))[:, None].expand_as(pos)
+    mats[sidx, rows, lo.long()] += 1 - frac
+    mats[sidx, rows, lo.long() + 1] += frac
+    return mats[..., :n_out + 2 * m], shifts
+
+
+def align_levin(est: torch.Tensor, ref: torch.Tensor, max_shift: float = 5.0, step: float = 0.25,
+                border: int = 15) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Levin et al.'s ``comp_upto_shift``: the estimate shifted (bilinear interpolation) by the ``(dy, dx)`` in
+    ``{-max_shift, ..., max_shift}`` (steps of ``step``) that minimises the sum of squared differences to the
+    reference with a ``border``-pixel frame left out. The estimate is clipped to [0, 1] first.
+
+    Args:
+        est, ref: ``(N, C, H, W)`` estimates and sharp references (``border >= ceil(max_shift)``).
+
+    Returns:
+        ``aligned`` and ``ref_window``, both ``(N, C, H - 2 border, W - 2 border)``, and ``shift`` ``(N, 2)``
+        (``dy, dx`` in pixels: ``aligned[i, j] = est[border + i + dy, border + j + dx]``).
+    """
+    if est.shape != ref.shape or est.ndim != 4:
+        raise ValueError(f"est and ref must both be (N, C, H, W) of one shape, got {tuple(est.shape)} and "
+                         f"{tuple(ref.shape)}")
+    m = math.ceil(max_shift)
+    if max_shift < 0 or step <= 0 or border < m or 2 * border >= min(est.shape[-2:]):
+        raise ValueError(f"need max_shift >= 0, step > 0 and ceil(max_shift) <= border < side / 2; got max_shift="
+                         f"{max_shift}, step={step}, border={border} for {tuple(est.shape[-2:])}")
+    n, c, H, W = est.shape
+    h, w = H - 2 * border, W - 2 * border
+    e = est.detach().double().clamp(0, 1)[..., border - m:H - border + m, border - m:W - border + m]
+    r = ref.detach().double()[..., border:H - border, border:W - border]
+    A, shifts = _shift_matrices(h, max_shift, step)  # rows
+    B, _ = _shift_matrices(w, max_shift, step)       # columns
+    cols = torch.einsum("bjw,nchw->nbchj", B, e)     # (N, S, C, h + 2m, w): every column shift
+    ssd = torch.stack([(torch.einsum("ih,nbchj->nbcij", A[a], cols) - r[:, None]).pow(2).sum(dim=(2, 3, 4))
+                       for a in range(len(shifts))], dim=1)  # (N, S_rows, S_cols)
+    best = ssd.flatten(1).argmin(dim=1)
+    ia, ib = best // len(shifts), best % len(shifts)
+    aligned = torch.einsum("nih,nchw,njw->ncij", A[ia], e, B[ib])
+    return aligned.float(), r.float(), torch.stack([shifts[ia], shifts[ib]], dim=1).float()
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """``(N, ...)`` pairs -> ``(N,)`` PSNR in dB."""
+    return 10 * torch.log10(data_range ** 2 / (a.float() - b.float()).pow(2).flatten(1).mean(dim=1).clamp_min(1e-12))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """``(N, 1, h, w)`` pairs -> ``(N,)`` SSIM (scikit-image, 7x7 uniform window)."""
+    from skimage.metrics import structural_similarity
+    if a.shape != b.shape or a.ndim != 4 or a.shape[1] != 1:
+        raise ValueError(f"a and b must both be (N, 1, h, w), got {tuple(a.shape)} and {tuple(b.shape)}")
+    return torch.tensor([structural_similarity(x[0].double().numpy(), y[0].double().numpy(), data_range=data_range)
+                         for x, y in zip(a, b)], dtype=torch.float32)
+
+
 def _shifted_windows(est: torch.Tensor, max_shift: int) -> torch.Tensor:
     """``(N, C, H, W)`` -> ``(N, S, C, H - 2s, W - 2s)``: every integer shift within ``max_shift``, S = (2s+1)^2."""
     n, c, h, w = est.shape
     s = max_shift
     win = est.unfold(2, h - 2 * s, 1).unfold(3, w - 2 * s, 1)  # (N, C, 2s+1, 2s+1, h', w')
     return win.permute(0, 2, 3, 1, 4, 5).reshape(n, (2 * s + 1) ** 2, c, h - 2 * s, w - 2 * s)
-
-
-def psnr_aligned(est: torch.Tensor, ref: torch.Tensor, max_shift: int = 4,
-                 data_range: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """PSNR at the best integer shift (Levin et al.'s protocol for blind deconvolution).
-
-    ``ref``'s central window (a border of ``max_shift`` left out) is compared with every window of ``est`` shifted
-    by ``(dy, dx)``, ``|dy|, |dx| <= max_shift``; the estimate is clipped to ``[0, data_range]`` first.
-
-    Args:
-        est, ref: ``(N, C, H, W)``.
-
-    Returns:
-        ``psnr`` ``(N,)`` in dB and the best ``shift`` ``(N, 2)`` (``dy, dx``, where ``est[i + dy, j + dx]`` matches
-        ``ref[i, j]``).
-    """
-    if est.shape != ref.shape or est.ndim != 4:
-        raise ValueError(f"est and ref must both be (N, C, H, W) of one shape, got {tuple(est.shape)} and "
-                         f"{tuple(ref.shape)}")
-    if max_shift < 0 or 2 * max_shift >= min(est.shape[-2:]):
-        raise ValueError(f"max_shift must be >= 0 and leave a window, got {max_shift} for {tuple(est.shape[-2:])}")
-    s = max_shift
-    est = est.detach().float().clamp(0, data_range)
-    ref = ref.detach().float()
-    r = ref[..., s:ref.shape[-2] - s, s:ref.shape[-1] - s]
-    mse = (_shifted_windows(est, s) - r[:, None]).pow(2).mean(dim=(2, 3, 4))  # (N, S)
-    best, idx = mse.min(dim=1)
-    psnr = 10 * torch.log10(data_range ** 2 / best.clamp_min(1e-12))
-    shift = torch.stack([idx // (2 * s + 1) - s, idx % (2 * s + 1) - s], dim=1)
-    return psnr, shift
-
-
-def ssim_aligned(est: torch.Tensor, ref: torch.Tensor, shift: torch.Tensor, max_shift: int = 4,
-                 data_range: float = 1.0) -> torch.Tensor:
-    """SSIM (scikit-image, Gaussian-free 7x7 window) of the windows :func:`psnr_aligned` compared at ``shift``.
-
-    Args:
-        est, ref: ``(N, 1, H, W)`` grey images; shift: ``(N, 2)`` from :func:`psnr_aligned`.
-
-    Returns:
-        ``(N,)`` SSIM values.
-    """
-    from skimage.metrics import structural_similarity
-    if est.shape != ref.shape or est.ndim != 4 or est.shape[1] != 1:
-        raise ValueError(f"est and ref must both be (N, 1, H, W), got {tuple(est.shape)} and {tuple(ref.shape)}")
-    s = max_shift
-    h, w = est.shape[-2] - 2 * s, est.shape[-1] - 2 * s
-    out = []
-    for e, r, (dy, dx) in zip(est.detach().float().clamp(0, data_range), ref.float(), shift.tolist()):
-        a = e[0, s + dy:s + dy + h, s + dx:s + dx + w].numpy().astype(np.float64)
-        b = r[0, s:s + h, s:s + w].numpy().astype(np.float64)
-        out.append(structural_similarity(a, b, data_range=data_range))
-    return torch.tensor(out, dtype=torch.float32)
 
 
 def kernel_error(k_est: torch.Tensor, k_true: torch.Tensor, max_shift: int = 4) -> torch.Tensor:
@@ -372,17 +326,9 @@ def _per_image(y: torch.Tensor, kernel: torch.Tensor, restore) -> torch.Tensor:
 
 
 def wiener(y: torch.Tensor, kernel: torch.Tensor, balance: float = 0.05) -> torch.Tensor:
-    """Wiener-Hunt deconvolution with the true kernel (``skimage.restoration.wiener``, Laplacian regulariser).
-
-    ``y`` is padded by the kernel size with edge values (the FFT assumes a periodic image), deconvolved, then cropped
-    back, so the output is aligned with ``y``.
-
-    Args:
-        y: ``(N, 1, H, W)``; kernel: ``(N, 1, k, k)`` or ``(k, k)``; balance: the regularisation weight (> 0).
-
-    Returns:
-        ``(N, 1, H, W)`` estimates of the sharp image in the frame of ``y``.
-    """
+    """Wiener-Hunt deconvolution with the true kernel (``skimage.restoration.wiener``, Laplacian regulariser,
+    weight ``balance`` > 0): ``y`` ``(N, 1, H, W)``, ``kernel`` ``(N, 1, k, k)`` or ``(k, k)`` -> ``(N, 1, H, W)``
+    in the frame of ``y`` (edge-padded first: the FFT assumes a periodic image)."""
     from skimage.restoration import wiener as sk_wiener
     if balance <= 0:
         raise ValueError(f"balance must be > 0, got {balance}")
@@ -390,16 +336,8 @@ def wiener(y: torch.Tensor, kernel: torch.Tensor, balance: float = 0.05) -> torc
 
 
 def richardson_lucy(y: torch.Tensor, kernel: torch.Tensor, iterations: int = 30) -> torch.Tensor:
-    """Richardson-Lucy deconvolution with the true kernel (``skimage.restoration.richardson_lucy``).
-
-    ``y`` is clipped to [0, 1] (RL needs non-negative data) and padded by the kernel size with edge values.
-
-    Args:
-        y: ``(N, 1, H, W)``; kernel: ``(N, 1, k, k)`` or ``(k, k)``; iterations: RL iterations (>= 1).
-
-    Returns:
-        ``(N, 1, H, W)``.
-    """
+    """Richardson-Lucy deconvolution with the true kernel (``skimage.restoration.richardson_lucy``, ``iterations``
+    >= 1): ``y`` ``(N, 1, H, W)`` (clipped to [0, 1], edge-padded), ``kernel`` as :func:`wiener` -> ``(N, 1, H, W)``."""
     from skimage.restoration import richardson_lucy as sk_rl
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -511,8 +449,9 @@ class ImagePrior(nn.Module):
 
 
 class KernelPrior(nn.Module):
-    """The kernel prior: ``n`` independent MLPs ``softmax(W2 relu6(W1 z + b1) + b2)`` from a noise vector to a
-    ``kernel_size x kernel_size`` kernel (non-negative, summing to one), run as batched matrix products.
+    """The kernel prior of SelfDeblur (Ren et al. 2020, ``networks/fcn.py``), which DIKP's kernel network follows:
+    ``n`` independent MLPs ``softmax(W2 relu6(W1 z + b1) + b2)`` from a noise vector to a ``kernel_size x
+    kernel_size`` kernel (non-negative, summing to one), run as batched matrix products.
 
     Shapes: ``z`` ``(n, noise_dim)`` -> ``(n, 1, kernel_size, kernel_size)``.
     """
@@ -537,17 +476,15 @@ class KernelPrior(nn.Module):
         return logits.softmax(dim=-1).view(self.n, 1, self.kernel_size, self.kernel_size)
 
 
-# ------------------------------------------------------------------------------------------------------ optimisation
-def dikp_loss(x: torch.Tensor, kernel: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The data term of DIP and DIKP, one value per problem: ``mean((blur(x, k) - y)^2)``.
+# ------------------------------------------------------------------------------------------------------ terms
+def data_term(x: torch.Tensor, kernel: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The data term, one value per problem: ``mean((blur(x, k) - y)^2)``.
 
     Args:
-        x: ``(N, C, H + kh - 1, W + kw - 1)`` latent images (the image prior's output).
-        kernel: ``(N, 1, kh, kw)`` kernels (the kernel prior's output, or the true kernels).
-        y: ``(N, C, H, W)`` observations.
+        x: ``(N, C, H + kh - 1, W + kw - 1)`` latent images; kernel: ``(N, 1, kh, kw)``; y: ``(N, C, H, W)``.
 
     Returns:
-        ``(N,)`` mean squared errors; their sum is the loss optimised (problems share no parameters).
+        ``(N,)`` mean squared errors (problems share no parameters: their sum is the loss optimised).
     """
     pred = blur(x, kernel)
     if pred.shape != y.shape:
@@ -556,162 +493,63 @@ def dikp_loss(x: torch.Tensor, kernel: torch.Tensor, y: torch.Tensor) -> torch.T
     return (pred - y).pow(2).mean(dim=(1, 2, 3))
 
 
-@dataclass
-class DeconvResult:
-    """What :func:`deconv_dip` / :func:`deconv_dikp` return.
-
-    Attributes:
-        image: ``(N, C, H + K - 1, W + K - 1)`` the restored latent image (last iterate);
-            :attr:`restored` is its part aligned with ``y``.
-        kernel: ``(N, 1, K, K)`` the kernel used (non-blind) or estimated (blind).
-        loss: ``(T, N)`` data term per iteration.
-        psnr: ``(E, N)`` shift-aligned PSNR of the ``y``-aligned estimate after ``psnr_iters`` updates (empty without
-            ``x_true``); the last entry is the returned estimate's.
-        psnr_iters: ``(E,)`` update counts ``eval_every, 2 * eval_every, ..., iterations``.
-        snapshots: ``(E, N, C, H, W)`` the ``y``-aligned estimate at those iterations (if ``keep_snapshots``).
-    """
-
-    image: torch.Tensor
-    kernel: torch.Tensor
-    loss: torch.Tensor
-    psnr: torch.Tensor
-    psnr_iters: torch.Tensor
-    y_shape: tuple[int, int]
-    snapshots: torch.Tensor | None = None
-    kernel_snapshots: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def restored(self) -> torch.Tensor:
-        """``(N, C, H, W)``: the latent image's part aligned with ``y``."""
-        return center_crop(self.image, *self.y_shape)
-
-
-def _check_y(y: torch.Tensor) -> None:
-    if not torch.is_tensor(y) or y.ndim != 4:
-        raise ValueError(f"y must be an (N, C, H, W) tensor, got {getattr(y, 'shape', type(y).__name__)}")
-
-
-def _optimise(y, kernel_fixed, kernel_size, *, x_true, iterations, lr_image, lr_kernel, channels, skip_channels,
-              levels, input_channels, kernel_noise_dim, kernel_hidden, input_noise_std, eval_every, max_shift, seed,
-              device, progress, keep_snapshots, desc):
-    """Shared loop of :func:`deconv_dip` (``kernel_fixed`` given) and :func:`deconv_dikp` (``kernel_size`` given)."""
-    _check_y(y)
-    if iterations < 1:
-        raise ValueError(f"iterations must be >= 1, got {iterations}")
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every}")
-    if lr_image <= 0 or (kernel_fixed is None and lr_kernel <= 0):
-        raise ValueError(f"learning rates must be > 0, got lr_image={lr_image}, lr_kernel={lr_kernel}")
-    dev = resolve_device(device)
-    n, c, h, w = y.shape
-    K = kernel_fixed.shape[-1] if kernel_fixed is not None else kernel_size
-    hx, wx = h + K - 1, w + K - 1
-    if x_true is not None and tuple(x_true.shape) != (n, c, h, w):
-        raise ValueError(f"x_true must be the sharp image aligned with y, shape {(n, c, h, w)}, got "
-                         f"{tuple(x_true.shape)}")
-    m = 2 ** levels
-    hp, wp = -(-hx // m) * m, -(-wx // m) * m  # the network works on a size divisible by 2**levels, then crops
-    g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        image_net = ImagePrior(n, input_channels, channels, skip_channels, levels, c).to(dev)
-        kernel_net = (KernelPrior(n, K, kernel_noise_dim, kernel_hidden).to(dev) if kernel_fixed is None else None)
-    z_x = (torch.rand(n, input_channels, hp, wp, generator=g) * 0.1).to(dev)  # DIP's input: U(0, 0.1) noise
-    z_k = torch.rand(n, kernel_noise_dim, generator=g).to(dev) if kernel_net is not None else None
-    groups = [{"params": image_net.parameters(), "lr": lr_image}]
-    if kernel_net is not None:
-        groups.append({"params": kernel_net.parameters(), "lr": lr_kernel})
-    opt = torch.optim.Adam(groups)
-    y_dev = y.to(dev).float()
-    k_fixed = kernel_fixed.to(dev).float() if kernel_fixed is not None else None
-    ref = x_true.float() if x_true is not None else None
-    top, left = (hp - hx) // 2, (wp - wx) // 2
-    losses, psnrs, iters, snaps, ksnaps = [], [], [], [], []
-
-    def record(t, x, k):  # the estimate after t updates
-        est = center_crop(x.detach(), h, w).cpu()
-        iters.append(t)
-        if ref is not None:
-            psnrs.append(psnr_aligned(est, ref, max_shift)[0])
-        if keep_snapshots:
-            snaps.append(est)
-            ksnaps.append(k.detach().cpu())
-
-    for it in tqdm(range(1, iterations + 1), desc=desc, disable=not progress, leave=False):
-        z = z_x if input_noise_std == 0 else z_x + (torch.randn(z_x.shape, generator=g) * input_noise_std).to(dev)
-        x = image_net(z)[..., top:top + hx, left:left + wx]
-        k = k_fixed if kernel_net is None else kernel_net(z_k)
-        if it > 1 and (it - 1) % eval_every == 0:
-            record(it - 1, x, k)
-        per_problem = dikp_loss(x, k, y_dev)
-        opt.zero_grad(set_to_none=True)
-        per_problem.sum().backward()
-        opt.step()
-        losses.append(per_problem.detach())
-    with torch.no_grad():  # the final estimate, after the last update (without the input perturbation)
-        x = image_net(z_x)[..., top:top + hx, left:left + wx]
-        k = k_fixed if kernel_net is None else kernel_net(z_k)
-        record(iterations, x, k)
-        x, k = x.cpu(), k.detach().cpu()
-    return DeconvResult(
-        image=x, kernel=k, loss=torch.stack(losses).cpu(), psnr=torch.stack(psnrs) if psnrs else torch.empty(0, n),
-        psnr_iters=torch.tensor(iters), y_shape=(h, w), snapshots=torch.stack(snaps) if snaps else None,
-        kernel_snapshots=torch.stack(ksnaps) if ksnaps and kernel_net is not None else None)
-
-
-def deconv_dip(y: torch.Tensor, kernel: torch.Tensor, *, x_true: torch.Tensor | None = None, iterations: int = 400,
-               lr_image: float = 0.01, channels: int = 32, skip_channels: int = 4, levels: int = 3,
-               input_channels: int = 8, input_noise_std: float = 0.0, eval_every: int = 25, max_shift: int = 4,
-               seed: int = 0, device: str | torch.device = "auto", progress: bool = False,
-               keep_snapshots: bool = False) -> DeconvResult:
-    """Non-blind deconvolution with the deep image prior: ``min_theta ||k * f_theta(z) - y||^2`` (Adam).
+def ssim_loss(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """``1 - SSIM`` per problem with an 11x11 Gaussian window (sigma 1.5), zero padding, ``C1 = 0.01^2``,
+    ``C2 = 0.03^2``: the loss SelfDeblur switches to after 1000 steps (its ``SSIM.py``).
 
     Args:
-        y: ``(N, C, H, W)`` observations; kernel: ``(N, 1, K, K)`` (or ``(K, K)``) true kernels, odd ``K``.
-        x_true: optional ``(N, C, H, W)`` sharp reference aligned with ``y``: the PSNR history is then recorded
-            (for teaching; it never steers the optimisation).
-        iterations, lr_image: Adam steps and learning rate; channels, skip_channels, levels, input_channels: the
-            :class:`ImagePrior`; input_noise_std: DIP's perturbation of the input noise at every step.
-        eval_every, max_shift: PSNR history spacing and the shift search of :func:`psnr_aligned`.
-        seed: fixes the networks' initialisation and the noise inputs; progress: a tqdm bar.
+        a, b: ``(N, C, H, W)`` in [0, 1].
 
     Returns:
-        A :class:`DeconvResult` (the last iterate; no early stopping).
+        ``(N,)``.
     """
-    _check_y(y)
-    k = _as_kernels(kernel, len(y)).expand(len(y), -1, -1, -1)
-    if k.shape[-1] != k.shape[-2] or k.shape[-1] % 2 == 0:
-        raise ValueError(f"kernel must be square with an odd side, got {tuple(k.shape[-2:])}")
-    return _optimise(y, k, None, x_true=x_true, iterations=iterations, lr_image=lr_image, lr_kernel=0.0,
-                     channels=channels, skip_channels=skip_channels, levels=levels, input_channels=input_channels,
-                     kernel_noise_dim=1, kernel_hidden=1, input_noise_std=input_noise_std, eval_every=eval_every,
-                     max_shift=max_shift, seed=seed, device=device, progress=progress, keep_snapshots=keep_snapshots,
-                     desc="DIP (non-blind)")
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"a and b must both be (N, C, H, W) of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    g = torch.exp(-(torch.arange(window, dtype=a.dtype) - window // 2) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    c = a.shape[1]
+    win = (g[:, None] * g[None]).expand(c, 1, window, window)
+    f = lambda t: F.conv2d(t, win, padding=window // 2, groups=c)
+    mu_a, mu_b = f(a), f(b)
+    var_a, var_b, cov = f(a * a) - mu_a ** 2, f(b * b) - mu_b ** 2, f(a * b) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return 1 - s.mean(dim=(1, 2, 3))
 
 
-def deconv_dikp(y: torch.Tensor, kernel_size: int, *, x_true: torch.Tensor | None = None, iterations: int = 500,
-                lr_image: float = 0.01, lr_kernel: float = 5e-4, channels: int = 32, skip_channels: int = 4,
-                levels: int = 3, input_channels: int = 8, kernel_noise_dim: int = 200, kernel_hidden: int = 1000,
-                input_noise_std: float = 0.0, eval_every: int = 25, max_shift: int = 4, seed: int = 0,
-                device: str | torch.device = "auto", progress: bool = False,
-                keep_snapshots: bool = False) -> DeconvResult:
-    """Blind deconvolution with deep image and kernel priors:
-    ``min_{theta, phi} ||softmax(g_phi(z_k)) * f_theta(z_x) - y||^2``, Adam with learning rates ``lr_image`` for
-    ``theta`` and ``lr_kernel`` for ``phi``.
+def total_variation(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Isotropic total variation per problem, ``mean_ij sqrt(dx_ij^2 + dy_ij^2 + eps)`` (forward differences).
 
     Args:
-        y: ``(N, C, H, W)`` observations; kernel_size: odd side ``K`` of the estimated kernels (at least the true one).
-        kernel_noise_dim, kernel_hidden: the :class:`KernelPrior`; the other arguments as in :func:`deconv_dip`.
+        x: ``(N, C, H, W)``.
 
     Returns:
-        A :class:`DeconvResult` whose ``kernel`` is the estimate ``(N, 1, K, K)`` (defined up to a shift, like the
-        image).
+        ``(N,)``.
     """
-    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-    return _optimise(y, None, kernel_size, x_true=x_true, iterations=iterations, lr_image=lr_image,
-                     lr_kernel=lr_kernel, channels=channels, skip_channels=skip_channels, levels=levels,
-                     input_channels=input_channels, kernel_noise_dim=kernel_noise_dim, kernel_hidden=kernel_hidden,
-                     input_noise_std=input_noise_std, eval_every=eval_every, max_shift=max_shift, seed=seed,
-                     device=device, progress=progress, keep_snapshots=keep_snapshots, desc="DIKP (blind)")
+    dx = x[..., :-1, 1:] - x[..., :-1, :-1]
+    dy = x[..., 1:, :-1] - x[..., :-1, :-1]
+    return (dx.pow(2) + dy.pow(2) + eps).sqrt().mean(dim=(1, 2, 3))
+
+
+def kernel_sparsity(kernel: torch.Tensor, p: float = 0.5, eps: float = 1e-8) -> torch.Tensor:
+    """``sum_ab (k_ab + eps)^p`` per kernel, an l_p quasi-norm (``0 < p < 1``) favouring few non-zero taps.
+
+    (An l1 penalty would be constant on kernels that are non-negative and sum to one, as every kernel here is.)
+
+    Args:
+        kernel: ``(N, 1, kh, kw)`` non-negative.
+
+    Returns:
+        ``(N,)``.
+    """
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    return (kernel.clamp_min(0) + eps).pow(p).sum(dim=(1, 2, 3))
+
+
+def normalise_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """Perrone and Favaro's kernel projection: negative taps set to zero, then divided by the sum (``(N, 1, kh, kw)``;
+    a kernel with no positive tap becomes uniform)."""
+    k = kernel.clamp_min(0)
+    s = k.sum(dim=(1, 2, 3), keepdim=True)
+    return torch.where(s > 0, k / s.clamp_min(1e-12), torch.full_like(k, 1 / k[0].numel()))

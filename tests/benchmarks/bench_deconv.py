@@ -2,10 +2,10 @@
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_deconv.py [--notebook]
 
-1. one DIKP step (image prior + kernel prior forward, data term, backward, Adam) for N problems: vklib's grouped
-   networks (one pass for all N) against a Python loop over N separate networks of the same size;
-2. the per-step cost of non-blind DIP and blind DIKP at the quick profile's sizes, and what the quick profile's
-   iteration counts make of it;
+1. one deep-prior step (image prior + kernel prior forward, data term, backward, Adam) for N problems: vklib's
+   grouped networks (one pass for all N) against a Python loop over N separate networks of the same size;
+2. the blur of the quick profile's sizes (90 x 90 latent images, 27 x 27 kernels), forward and backward: the FFT
+   convolution of ``deconv.blur`` against a direct grouped ``conv2d``;
 3. with --notebook: the whole notebook 03 (quick profile) through papermill, wall time.
 """
 from __future__ import annotations
@@ -13,15 +13,19 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch.nn.functional as F
 from timing import clock, notebook_wall
 
 from vklib import deconv
 
-Q = deconv.PROFILES["quick"]
+# the quick profile's sizes (notebook 03's PROFILES["quick"])
+Q = {"crop": 64, "kernel_size": 27, "channels": 16, "skip_channels": 4, "levels": 3, "input_channels": 8,
+     "kernel_noise_dim": 200, "kernel_hidden": 1000}
+
 
 
 def step_fn(n_models, n_problems, side, kernel_size):
-    """One Adam step of DIKP for ``n_problems`` problems held by ``n_problems / n_models`` groups of networks."""
+    """One blind deep-prior Adam step for ``n_problems`` problems held by ``n_problems / n_models`` network groups."""
     torch.manual_seed(0)
     groups = n_problems // n_models
     nets = [(deconv.ImagePrior(n_models, Q["input_channels"], Q["channels"], Q["skip_channels"], Q["levels"]),
@@ -39,7 +43,7 @@ def step_fn(n_models, n_problems, side, kernel_size):
     def step():
         for (img, ker), opt in zip(nets, opts):
             x = deconv.center_crop(img(z_x), latent)
-            loss = deconv.dikp_loss(x, ker(z_k), y).sum()
+            loss = deconv.data_term(x, ker(z_k), y).sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -48,7 +52,7 @@ def step_fn(n_models, n_problems, side, kernel_size):
 
 def bench_grouping():
     side, ks = Q["crop"], Q["kernel_size"]
-    print(f"one DIKP step, {side}x{side} observations, {ks}x{ks} kernels (ms):   grouped   loop   loop/grouped")
+    print(f"one deep-prior step, {side}x{side} observations, {ks}x{ks} kernels (ms):   grouped   loop   loop/grouped")
     for n in (1, 4, 8):
         grouped = clock(step_fn(n, n, side, ks))
         loop = clock(step_fn(1, n, side, ks))
@@ -56,16 +60,21 @@ def bench_grouping():
               f"   {loop / grouped:5.2f}x")
 
 
-def bench_solvers():
-    prob = deconv.load_problem(Q["images"], Q["kernels"], crop=Q["crop"], noise_std=Q["noise_std"])
-    args = dict(channels=Q["channels"], skip_channels=Q["skip_channels"], levels=Q["levels"],
-                input_channels=Q["input_channels"], device="cpu")
-    it = 20
-    dip = clock(lambda: deconv.deconv_dip(prob.y, prob.kernels, iterations=it, **args), repeat=1, warmup=0) / it
-    dikp = clock(lambda: deconv.deconv_dikp(prob.y, Q["kernel_size"], iterations=it, **args), repeat=1, warmup=0) / it
-    print(f"quick profile, {len(prob)} problems: DIP {dip * 1e3:.0f} ms/step x {Q['iterations_dip']} = "
-          f"{dip * Q['iterations_dip']:.0f} s, DIKP {dikp * 1e3:.0f} ms/step x {Q['iterations_dikp']} = "
-          f"{dikp * Q['iterations_dikp']:.0f} s")
+def bench_blur():
+    n, side, ks = 24, Q["crop"] + Q["kernel_size"] - 1, Q["kernel_size"]
+    x = torch.rand(n, 1, side, side, requires_grad=True)
+    k = torch.rand(n, 1, ks, ks, requires_grad=True)
+
+    def direct(x, k):  # the same valid convolution as one grouped conv2d (kernel flipped)
+        return F.conv2d(x.reshape(1, n, side, side), k.flip(-1, -2), groups=n).reshape(n, 1, side - ks + 1, -1)
+
+    assert torch.allclose(deconv.blur(x, k), direct(x, k), atol=1e-3)
+    times = {}
+    for name, fn in (("FFT (deconv.blur)", deconv.blur), ("direct conv2d", direct)):
+        times[name] = clock(lambda: fn(x, k).sum().backward())
+    fft, dire = times["FFT (deconv.blur)"], times["direct conv2d"]
+    print(f"blur + backward, {n} problems, {side}x{side} latent, {ks}x{ks} kernels: FFT {fft * 1e3:.1f} ms, "
+          f"direct {dire * 1e3:.1f} ms ({dire / fft:.1f}x)")
 
 
 def bench_notebook():
@@ -80,6 +89,6 @@ if __name__ == "__main__":
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     bench_grouping()
-    bench_solvers()
+    bench_blur()
     if args.notebook:
         bench_notebook()

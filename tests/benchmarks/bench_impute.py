@@ -3,10 +3,11 @@
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_impute.py [--notebook]
 
 1. the meta-gradient with respect to the imputed targets: vklib's double-backward kernel (functional_call at the
-   adapted parameters, create_graph=True) against the closed form (2 alpha / N) J_i grad L_l(theta') computed with a
-   forward-mode Jacobian-vector product (torch.func.jvp), and the labeller kernel;
-2. one training iteration of each learner (supervised, Mean Teacher, L2I both variants) on the quick profile's
-   classification and regression sizes;
+   adapted parameters, create_graph=True) against the closed form 2 alpha J_i grad L_l(theta') computed with a
+   forward-mode Jacobian-vector product (torch.func.jvp), and the labeller kernel (L2I-O);
+2. seeds in one pass: a Mean Teacher forward/backward and an L2I-O meta-gradient for 3 seeds as one
+   ``train.Ensemble`` (``impute.build_members``) against the 3 networks one after the other, on the quick profile's
+   classification (ConvNet, 16 px) and regression (half-width TCDCNN, grey 48 px) sizes;
 3. with --notebook: the whole notebook 05 (quick profile) through papermill, wall time.
 """
 from __future__ import annotations
@@ -20,29 +21,37 @@ from torch.func import functional_call, jvp
 
 from vklib import impute
 
+#: the quick profile's sizes (notebook 05's PROFILES["quick"])
+QUICK = {"classification": {"model": "convnet", "channels": 1, "outputs": 10, "size": 16, "width": 16, "depth": 2,
+                            "batch_labeled": 16, "batch_unlabeled": 64, "meta_batch": 16, "inner_lr": 0.01},
+         "regression": {"model": "tcdcnn", "channels": 1, "outputs": 10, "size": 48, "width": 0.25, "depth": None,
+                        "batch_labeled": 32, "batch_unlabeled": 32, "meta_batch": 32, "inner_lr": 0.01}}
+SEEDS = [0, 1, 2]
+
 
 def closed_form_targets_grad(net, x_u, z, x_l, y_l, alpha):
-    """dL/dz = S(z) (2 alpha / N) J_u(theta) grad L_l(theta') for classification, via one JVP."""
+    """dL/dz = S(z) 2 alpha J_u(theta) grad L_l(theta') for classification (batch-summed virtual loss), one JVP."""
     params = {k: v.detach().requires_grad_() for k, v in net.named_parameters()}
     t = torch.softmax(z, 1)
     p = functional_call(net, params, (x_u,)).softmax(1)
-    grads = torch.autograd.grad(((p - t) ** 2).sum(1).mean(), list(params.values()))
+    grads = torch.autograd.grad(((p - t) ** 2).sum(), list(params.values()))
     adapted = {k: (v - alpha * g).detach().requires_grad_() for (k, v), g in zip(params.items(), grads)}
     g_l = torch.autograd.grad(F.cross_entropy(functional_call(net, adapted, (x_l,)), y_l), list(adapted.values()))
     tangents = {k: g for k, g in zip(params, g_l)}
     primals = {k: v.detach() for k, v in params.items()}
     _, jv = jvp(lambda prm: functional_call(net, prm, (x_u,)).softmax(1), (primals,), (tangents,))
-    d_t = 2 * alpha / len(x_u) * jv
+    d_t = 2 * alpha * jv
     return t * d_t - t * (t * d_t).sum(1, keepdim=True)  # softmax Jacobian (diag(t) - t t^T) applied to d_t
 
 
-def bench_meta_gradient(cfg):
+def bench_meta_gradient():
+    c = QUICK["classification"]
     torch.manual_seed(0)
-    s = cfg["cls_image_size"]
-    net = impute.build_model("convnet", 1, 10, s, cfg["cls_width"], cfg["cls_depth"])
-    x_u, x_l = torch.rand(cfg["cls_batch_unlabeled"], 1, s, s), torch.rand(cfg["meta_batch"], 1, s, s)
+    s = c["size"]
+    net = impute.build_model(c["model"], 1, 10, s, c["width"], c["depth"])
+    x_u, x_l = torch.rand(c["batch_unlabeled"], 1, s, s), torch.rand(c["meta_batch"], 1, s, s)
     y_l, z = torch.randint(0, 10, (len(x_l),)), torch.randn(len(x_u), 10)
-    a = cfg["cls_inner_lr"]
+    a = c["inner_lr"]
     ours = impute.meta_grad_targets(net, x_u, z, x_l, y_l, "classification", a)[1]
     closed = closed_form_targets_grad(net, x_u, z, x_l, y_l, a)
     print(f"meta-gradient wrt imputed targets, {len(x_u)} unlabelled + {len(x_l)} labelled at {s} px "
@@ -54,30 +63,30 @@ def bench_meta_gradient(cfg):
         print(f"  {name:<22} {1000 * clock(fn):7.1f} ms")
 
 
-def bench_iterations(cfg):
-    print("one training iteration (ms):            supervised  mean_teacher  l2i labeller  l2i targets")
-    for task in ("classification", "regression"):
-        prefix = "cls" if task == "classification" else "reg"
-        s = cfg[f"{prefix}_image_size"]
-        c, out = (1, 10) if task == "classification" else (3, 10)
-        x = torch.rand(400, c, s, s)
-        y = torch.randint(0, 10, (400,)) if task == "classification" else torch.rand(400, 10) * 2 - 1
-        times = []
-        warm = impute.build_model("convnet", c, out, s, cfg[f"{prefix}_width"], cfg[f"{prefix}_depth"])
-        impute.fit(warm, x[:50], y[:50], x[50:], task=task, method="supervised", steps=3, device="cpu")  # warm-up
-        for method, variant in [("supervised", "labeller"), ("mean_teacher", "labeller"), ("l2i", "labeller"),
-                                ("l2i", "targets")]:
-            # the profile's settings that set an iteration's cost (batches, views, optimiser, meta step)
-            kw = {arg: cfg[f"{prefix}_{arg}"] for arg in ("batch_labeled", "batch_unlabeled", "optimizer",
-                                                         "max_shift", "noise", "inner_lr")}
-            kw |= {"padding_mode": cfg[f"{prefix}_padding"], "meta_every": cfg["meta_every"],
-                   "meta_batch": cfg["meta_batch"], "steps": 20, "variant": variant}
-            torch.manual_seed(0)
-            net = impute.build_model("convnet", c, out, s, cfg[f"{prefix}_width"], cfg[f"{prefix}_depth"])
-            fit = clock(lambda: impute.fit(net, x[:50], y[:50], x[50:], task=task, method=method, device="cpu", **kw),
-                        repeat=1, warmup=0)
-            times.append(1000 * fit / 20)
-        print(f"  {task:<14} ({s} px)               " + "".join(f"{t:11.1f}  " for t in times))
+def bench_seeds_in_one_pass():
+    print(f"{len(SEEDS)} seeds (ms):                         one pass  one after the other  ratio")
+    for task, c in QUICK.items():
+        s, S = c["size"], len(SEEDS)
+        ens = impute.build_members(c["model"], SEEDS, c["channels"], c["outputs"], s, c["width"], c["depth"])
+        nets = []
+        for sd in SEEDS:
+            torch.manual_seed(sd)
+            nets.append(impute.build_model(c["model"], c["channels"], c["outputs"], s, c["width"], c["depth"]))
+        g = torch.Generator().manual_seed(0)
+        xb = torch.rand(S, c["batch_labeled"] + c["batch_unlabeled"], c["channels"], s, s, generator=g)
+        xu, xm = xb[:, :c["batch_unlabeled"]], torch.rand(S, c["meta_batch"], c["channels"], s, s, generator=g)
+        ym = (torch.randint(0, 10, (S, c["meta_batch"]), generator=g) if task == "classification"
+              else torch.randn(S, c["meta_batch"], 10, generator=g))
+        cases = {
+            "MT forward+backward": (lambda: ens(xb).square().sum().backward(),
+                                    lambda: [n(xb[i]).square().sum().backward() for i, n in enumerate(nets)]),
+            "L2I-O meta-gradient": (
+                lambda: impute.meta_grad_labeller(ens, xu, xu, xm, ym, task, c["inner_lr"]),
+                lambda: [impute.meta_grad_labeller(n, xu[i], xu[i], xm[i], ym[i], task, c["inner_lr"])
+                         for i, n in enumerate(nets)])}
+        for name, (one, many) in cases.items():
+            t1, t2 = 1000 * clock(one), 1000 * clock(many)
+            print(f"  {task:<14} {name:<20} {t1:9.1f}  {t2:19.1f}  {t2 / t1:5.2f}")
 
 
 def bench_notebook():
@@ -89,9 +98,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--notebook", action="store_true", help="also time the whole notebook")
     args = parser.parse_args()
-    quick = impute.PROFILES["quick"]
     print(f"torch threads: {torch.get_num_threads()}")
-    bench_meta_gradient(quick)
-    bench_iterations(quick)
+    bench_meta_gradient()
+    bench_seeds_in_one_pass()
     if args.notebook:
         bench_notebook()

@@ -1,6 +1,6 @@
 """Miniature of AFLW as released with the IMM code (Jakab et al., NeurIPS 2018; github.com/tomasjakab/imm), the full
 dataset of ``vklib.impute`` (registry name ``aflw_imm``, notebook 05's landmark regression; the L2I code,
-github.com/VICO-UoE/L2I ``Regression/``, reads the same release from ``./data/aflw_release-2/``).
+github.com/WeiHongLee/Learning-to-impute ``Regression/``, reads the same release from ``./data/aflw_release-2/``).
 
 ``<root>/aflw_release-2/``, as ``aflw_release-2.zip`` unpacks and as IMM's ``imm/datasets/aflw_dataset.py`` reads it:
 
