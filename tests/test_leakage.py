@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from vklib import course, data, leakage as L, models, results, utils
+from vklib import course, data, leakage as L, models, results
 
 
 def _gen(seed=0):

@@ -436,8 +436,6 @@ def lbfgs(fun: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.
             if len(ids) == 0:
                 continue
         active = g.abs().amax(1) > tolerance_grad
-        n = len(ids)
-        ar = torch.arange(n, device=dev)
         current_evals, k = 1, 0
         while active.any():
             k += 1
