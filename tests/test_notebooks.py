@@ -174,10 +174,11 @@ def bounds_06(m, r):
         assert f"acc_smallest_domain_{v}" in m, f"acc_smallest_domain_{v} (unbalanced variant) was not recorded"
     assert m["acc_dynamic_adapters"] >= m["acc_single_adapter"], "dynamic adapters >= a single adapter (paper)"
     assert m["acc_dynamic_adapters"] >= m["acc_bn_head"], "dynamic adapters >= BatchNorm + head (the control)"
-    # NOT asserted: issue 27's gate_nmi >= gate_nmi_init + 0.05 does not hold at this scale (3 seeds: 0.081 +- 0.039
-    # trained vs 0.063 +- 0.019 at initialisation, paired differences +0.082, 0.000, -0.030); the notebook's verdict
-    # cell and section 6.3 show it, and no weaker NMI bound stands in for it (even gate_nmi > gate_nmi_init fails on
-    # one seed of three). Only that both are recorded with their spread:
+    # NOT asserted: issue 27's gate_nmi >= gate_nmi_init + 0.05 depends on the thread count at this scale. At 2 threads
+    # (make test, the stored run) it holds: 0.196 +- 0.043 trained vs 0.082 +- 0.037 at initialisation, paired
+    # differences +0.172, +0.050, +0.120. At 1 thread it fails: 0.081 +- 0.039 vs 0.063 +- 0.019, paired +0.082,
+    # 0.000, -0.030. A bound that flips with float summation order is not a finding; the notebook's verdict cell
+    # states it for each run. Only that both are recorded with their spread:
     for name in ("gate_nmi", "gate_nmi_init"):
         assert f"{name}_std" in m and 0.0 <= m[name] <= 1.0, f"{name} (mean over seeds, with _std) not recorded"
 
@@ -192,6 +193,7 @@ def bounds_08(m, r):
     for v in ("finetune", "lwf", "crl", "joint"):
         assert f"rank1_{v}_std" in m and f"val_rank1_{v}" in m, f"rank1_{v} (mean, std; validation) missing"
         assert m[f"rank1_{v}"] >= 0.25, f"{v}: test rank-1 must reach three times chance (about 0.08)"
+        assert m[f"rank1_second_{v}"] >= 0.8, f"{v}: rank-1 on the unseen ORL faces must reach 0.8"
     assert all(f"forgetting_{v}" in m and f"bwt_{v}" in m for v in ("finetune", "lwf", "crl"))
     assert m["rank1_crl"] >= m["rank1_lwf"], "CRL must match or beat LwF (mean test rank-1 over seeds)"
     assert m["rank1_crl"] >= m["rank1_finetune"], "CRL must match or beat fine-tuning (mean test rank-1 over seeds)"

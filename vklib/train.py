@@ -83,14 +83,15 @@ def milestones(fractions: Sequence[float], total: int | float) -> list[int]:
 
 def fit_epochs(batch_loss: Callable, n: int, *, epochs: int, batch_size: int, optimizer: torch.optim.Optimizer,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, schedule_every: str = "batch",
-               seed: int | Sequence[int] = 0, progress: bool = False, desc: str = "train") -> list:
+               seed: int | Sequence[int] = 0, progress: bool = False, desc: str = "train", leave: bool = True) -> list:
     """The training loop shared by vklib's trainers.
 
     Every epoch visits ``range(n)`` in a seeded random order, in batches of ``batch_size`` index tensors ``idx``;
     for each, ``loss = batch_loss(idx, generator)`` (the trainer gathers its batch, augments it with ``generator``
     and returns the scalar mean loss), then backward, ``optimizer.step()``, and ``scheduler.step()`` after every
     batch (``schedule_every="batch"``) or every epoch (``"epoch"``). One ``torch.Generator`` seeded with ``seed``
-    draws the batch order and is handed to ``batch_loss``, so a seed fixes both.
+    draws the batch order and is handed to ``batch_loss``, so a seed fixes both. ``progress`` shows a bar of the
+    epochs named ``desc``; ``leave=False`` removes it when the loop ends (for loops run many times in a notebook).
 
     With a sequence of ``S`` seeds (training an :class:`Ensemble`), member ``s`` has a generator of its own seeded
     ``seed[s]``, exactly as a separate run with that seed: ``idx`` is ``(S, B)`` (row ``s`` is member ``s``'s
@@ -110,7 +111,7 @@ def fit_epochs(batch_loss: Callable, n: int, *, epochs: int, batch_size: int, op
     if not gens:
         raise ValueError("fit_epochs: seed must be an int or a non-empty sequence of ints")
     losses = []
-    for _ in tqdm(range(epochs), desc=desc, disable=not progress):
+    for _ in tqdm(range(epochs), desc=desc, disable=not progress, leave=leave):
         total = torch.zeros(len(gens))
         orders = [batches(n, batch_size, shuffle=True, generator=g) for g in gens]
         for chunks in zip(*orders):
