@@ -1,4 +1,5 @@
-"""Unit tests of vklib.captioning: shapes, small readable references, autograd, determinism and error cases."""
+"""Unit tests of vklib.captioning (shapes, small readable references, autograd, determinism and error cases), the
+COCO Karpathy reader, and the notebook's profiles and ``load_split`` (its generated task: tests/test_scenes.py)."""
 from __future__ import annotations
 
 import json
@@ -8,29 +9,31 @@ import pytest
 import torch
 
 from vklib import captioning as C
-from vklib import course, data, models, results, utils
+from vklib import course, data, models, results, scenes, utils
 
 NOTEBOOK = course.NOTEBOOKS_DIR / "09_topic_attention_captioning.ipynb"
 
 
-def _profiles() -> dict:
-    """The notebook's visible ``PROFILES`` dicts (its cell that defines them, run on its own)."""
+def _notebook_cell(start: str) -> dict:
+    """The names defined by the notebook's code cell that starts with ``start``, run on its own."""
+    import dataclasses
+
     import nbformat
     book = nbformat.read(str(NOTEBOOK), as_version=4)
-    cell = next(c.source for c in book.cells if c.cell_type == "code" and c.source.lstrip().startswith(
-        "# Every setting of each profile"))
-    scope = {"captioning": C}
+    cell = next(c.source for c in book.cells if c.cell_type == "code" and c.source.lstrip().startswith(start))
+    scope = {"captioning": C, "data": data, "scenes": scenes, "dataclasses": dataclasses}
     exec(cell, scope)
-    return scope["PROFILES"]
+    return scope
 
 
-PROFILES = _profiles()
+PROFILES = _notebook_cell("# Every setting of each profile")["PROFILES"]
+load_split = _notebook_cell("def load_split")["load_split"]
 
 
-def _tiny(attention="soft", sae_dim=0, vocab_size=12, seed=0):
+def _tiny(attention="soft", vocab_size=12, seed=0):
     torch.manual_seed(seed)
     return C.Captioner(8, vocab_size, embed_dim=6, hidden_dim=10, att_dim=5, attention=attention, n_topics=3,
-                       dropout=0.0, sae_dim=sae_dim)
+                       dropout=0.0)
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -73,86 +76,18 @@ def test_encode_references_repeats_cyclically():
         C.encode_references([["z"]], v, 3, n_refs=0)
 
 
-# ------------------------------------------------------------------------------------------------ scenes
-def test_make_scenes_shapes_captions_and_determinism():
-    a = C.make_scenes(40, 32, seed=3)
-    b = C.make_scenes(40, 32, seed=3)
-    c = C.make_scenes(40, 32, seed=4)
-    assert isinstance(a, data.ImageSet) and a.images.shape == (40, 3, 32, 32)
-    assert a.images.min() >= 0 and a.images.max() <= 1
-    assert torch.equal(a.images, b.images) and a.meta["captions"] == b.meta["captions"]
-    assert not torch.equal(a.images, c.images)
-    assert all(len(caps) == 5 for caps in a.meta["captions"])
-    assert (a.meta["colour"][:, 0] != a.meta["colour"][:, 1]).all()
-    colours = list(C.COLOURS)
-    for i in range(40):
-        cap = a.meta["captions"][i][1]
-        rel = C.RELATIONS[int(a.meta["relation"][i])]
-        assert cap.startswith(f"a {colours[int(a.meta['colour'][i, 0])]} {C.SHAPES[int(a.meta['shape'][i, 0])]} {rel}")
-        # the stated relation holds between the centres (object 0 relative to object 1)
-        (x0, y0), (x1, y1) = a.meta["centre"][i].tolist()
-        dx, dy = x0 - x1, y0 - y1
-        expected = {"to the left of": dx < 0 and abs(dx) > abs(dy), "to the right of": dx > 0 and abs(dx) > abs(dy),
-                    "above": dy < 0 and abs(dy) > abs(dx), "below": dy > 0 and abs(dy) > abs(dx)}
-        assert expected[rel], (i, rel, dx, dy)
-        assert 0 <= min(x0, y0, x1, y1) and max(x0, y0, x1, y1) <= 32
-    # the object's colour is painted at its centre
-    rgb = torch.tensor(list(C.COLOURS.values()))
-    ctr = a.meta["centre"][:, 0].long().clamp(0, 31)
-    px = a.images[torch.arange(40), :, ctr[:, 1], ctr[:, 0]]
-    assert ((px - rgb[a.meta["colour"][:, 0]]).abs().max(1).values < 0.2).float().mean() > 0.9
-
-
-def test_make_scenes_errors():
-    with pytest.raises(ValueError, match="n must"):
-        C.make_scenes(0)
-    with pytest.raises(ValueError, match="size"):
-        C.make_scenes(2, size=8)
-
-
-def test_compositional_scenes_hold_out_pairs_and_no_caption_overlap():
-    tr = C.compositional_scenes(60, 16, seed=0, split="train")
-    te = C.compositional_scenes(30, 16, seed=1, split="test")
-    colours = list(C.COLOURS)
-    held = {(colours.index(c), C.SHAPES.index(s)) for c, s in C.HELD_OUT}
-    pairs = lambda ds: [set(zip(c, s)) for c, s in zip(ds.meta["colour"].tolist(), ds.meta["shape"].tolist())]
-    assert all(not (p & held) for p in pairs(tr)) and all(p & held for p in pairs(te))
-    assert len(tr) == 60 and len(te) == 30 and te.meta["_held_out"] == list(C.HELD_OUT)
-    assert C.caption_overlap(tr.meta["captions"], te.meta["captions"]) == 0
-    assert C.caption_overlap(tr.meta["captions"], tr.meta["captions"][:5]) == 5
-    # every colour and every shape is still seen in training
-    assert set(tr.meta["colour"].flatten().tolist()) == set(range(5)) and set(tr.meta["shape"].flatten().tolist()) == {0, 1, 2}
-    again = C.compositional_scenes(30, 16, seed=1, split="test")
-    assert torch.equal(again.images, te.images)
-    with pytest.raises(ValueError, match="held_out"):
-        C.compositional_scenes(4, 16, held_out=[("purple", "circle")])
-    with pytest.raises(ValueError, match="held_out"):              # every pair held out: no training scene left
-        C.compositional_scenes(4, 16, held_out=[(c, s) for c in C.COLOURS for s in C.SHAPES])
-    with pytest.raises(ValueError, match="split"):
-        C.compositional_scenes(4, 16, split="val")
-
-
-def test_scene_attributes_multi_hot():
-    scenes = C.make_scenes(5, 16, seed=2)
-    attrs = C.scene_attributes(scenes.meta)
-    assert attrs.shape == (5, 10) and set(attrs.unique().tolist()) <= {0.0, 1.0}
-    for i in range(5):
-        assert attrs[i, :5].sum() == 2                                # two objects of different colours
-        assert attrs[i, scenes.meta["colour"][i]].all() and attrs[i, 5 + scenes.meta["shape"][i]].all()
-        assert attrs[i, 8 + scenes.meta["scale"][i]].all()
-
-
+# ------------------------------------------------------------------------------------------------ data
 def test_load_split_scenes_and_errors():
     cfg = dict(PROFILES["quick"], n_train=6, n_test=4)
-    tr, te = C.load_split(cfg, "train", seed=1), C.load_split(cfg, "test", seed=1)
+    tr, te = load_split(cfg, "train", seed=1), load_split(cfg, "test", seed=1)
     assert len(tr) == 6 and len(te) == 4 and not torch.equal(tr.images[:4], te.images)
-    assert C.caption_overlap(tr.meta["captions"], te.meta["captions"]) == 0
-    iid = C.load_split(dict(cfg, dataset="scenes"), "train", seed=1)
-    assert torch.equal(iid.images, C.make_scenes(6, cfg["image_size"], seed=2).images)
+    assert scenes.caption_overlap(tr.meta["captions"], te.meta["captions"]) == 0
+    iid = load_split(dict(cfg, dataset="scenes"), "train", seed=1)
+    assert torch.equal(iid.images, scenes.make_scenes(6, cfg["image_size"], seed=2).images)
     with pytest.raises(ValueError, match="split"):
-        C.load_split(cfg, "val")
+        load_split(cfg, "val")
     with pytest.raises(ValueError, match="dataset"):
-        C.load_split(dict(cfg, dataset="mnist"), "train")
+        load_split(dict(cfg, dataset="mnist"), "train")
 
 
 def test_coco_karpathy_registered_with_clear_error(tmp_path):
@@ -176,7 +111,7 @@ def test_coco_karpathy_reads_the_original_layout(tmp_path):
     train = data.load("coco_karpathy", "train", full=True, data_dir=tmp_path, size=8)
     assert len(test) == 1 and len(train) == 2 and test.meta["captions"][0] == ["A red image.", "red"]
     assert test.images[0].shape == (3, 8, 8) and test.images[0][0].mean() > 0.9
-    capped = C.load_split(dict(PROFILES["paper"], n_train=1), "train", data_dir=tmp_path)
+    capped = load_split(dict(PROFILES["paper"], n_train=1), "train", data_dir=tmp_path)
     assert len(capped) == 1 and len(capped.meta["captions"]) == 1
 
 
@@ -208,8 +143,8 @@ def test_coco_karpathy_miniature_splits_and_captions(karpathy):
         assert s.images[0].shape == (3, 32, 32)
     # the paper profile's reader path: the smoke profile's caps, the tokens and the vocabulary threshold
     smoke = PROFILES["smoke"]
-    train = C.load_split(smoke, "train", data_dir=karpathy)
-    test = C.load_split(dict(smoke, n_test=2), "test", data_dir=karpathy)
+    train = load_split(smoke, "train", data_dir=karpathy)
+    test = load_split(dict(smoke, n_test=2), "test", data_dir=karpathy)
     assert len(train) == 5 and len(test) == 2 and test.meta["image_id"] == by_split["test"][:2]
     vocab = C.Vocab.build([c for caps in train.meta["captions"] for c in caps], smoke["min_count"])
     assert "a" in vocab.stoi and len(vocab) > 4
@@ -265,56 +200,18 @@ def test_masked_cross_entropy_reference_and_autograd():
         C.masked_cross_entropy(logits, y[:, :2])
 
 
-def test_sae_regulariser_without_projection_when_sizes_match():
+def test_sae_regulariser_reference_autograd_and_errors():
     g = torch.Generator().manual_seed(5)
     h = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
     s = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
     mask = torch.tensor([[True, True, False], [True, False, False]])
     ref = sum(((h[b, t] - s[b, t]) ** 2).mean() for b, t in [(0, 0), (0, 1), (1, 0)]) / 3
-    assert torch.allclose(C.sae_regulariser(h, s, None, mask), ref)
-    assert torch.allclose(C.sae_regulariser(h, s, torch.eye(4, dtype=torch.float64), mask), ref)
-    with pytest.raises(ValueError, match="sae_regulariser"):       # sizes differ: a projection is needed
-        C.sae_regulariser(h, torch.randn(2, 3, 6, dtype=torch.float64), None, mask)
-    # the captioner creates P only when the sizes differ (the paper: both 1000)
-    assert _tiny(sae_dim=10).sae_proj is None and _tiny(sae_dim=0).sae_proj is None
-    assert _tiny(sae_dim=7).sae_proj.shape == (7, 10)
-
-
-def test_sae_regulariser_reference_autograd_and_errors():
-    g = torch.Generator().manual_seed(3)
-    h = torch.randn(2, 3, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    s = torch.randn(2, 3, 6, generator=g, dtype=torch.float64)
-    P = torch.randn(6, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    mask = torch.tensor([[True, True, False], [True, False, False]])
-    r = C.sae_regulariser(h, s, P, mask)
-    ref = sum(((P @ h[b, t] - s[b, t]) ** 2).mean() for b, t in [(0, 0), (0, 1), (1, 0)]) / 3
-    assert torch.allclose(r, ref)
-    assert torch.autograd.gradcheck(lambda hh, pp: C.sae_regulariser(hh, s, pp, mask), (h, P))
-    code = s[:, 0]                                                  # one code for every step
-    assert torch.allclose(C.sae_regulariser(h, code, P, mask),
-                          C.sae_regulariser(h, code[:, None].expand(-1, 3, -1), P, mask))
+    assert torch.allclose(C.sae_regulariser(h, s, mask), ref)
+    assert torch.autograd.gradcheck(lambda hh: C.sae_regulariser(hh, s, mask), (h,))
+    with pytest.raises(ValueError, match="sae_regulariser"):       # no projection: the sizes must match
+        C.sae_regulariser(h, torch.randn(2, 3, 6, dtype=torch.float64), mask)
     with pytest.raises(ValueError, match="sae_regulariser"):
-        C.sae_regulariser(h, s, P.T, mask)
-    with pytest.raises(ValueError, match="sae_regulariser"):
-        C.sae_regulariser(h, s, P, mask[:, :2])
-
-
-def test_caption_loss_combines_terms_and_errors():
-    g = torch.Generator().manual_seed(4)
-    logits, y = torch.randn(2, 3, 5, generator=g), torch.tensor([[1, 2, 0], [3, 4, 2]])
-    h, s, P = torch.randn(2, 3, 4, generator=g), torch.randn(2, 3, 6, generator=g), torch.randn(6, 4, generator=g)
-    xent, parts = C.caption_loss(logits, y)
-    assert parts["sae"] == 0.0 and torch.allclose(xent, C.masked_cross_entropy(logits, y))
-    total, parts = C.caption_loss(logits, y, h, s, P, sae_weight=0.5)
-    assert torch.allclose(total, xent + 0.5 * C.sae_regulariser(h, s, P, y != 0))
-    assert parts["xent"] == pytest.approx(xent.item()) and parts["sae"] > 0
-    with pytest.raises(ValueError, match="sae_weight"):
-        C.caption_loss(logits, y, sae_weight=-1)
-    with pytest.raises(ValueError, match="needs states"):
-        C.caption_loss(logits, y, sae_weight=1.0)
-    same = torch.randn(2, 3, 4, generator=g)                        # equal sizes: no projection
-    total, _ = C.caption_loss(logits, y, h, same, None, sae_weight=0.5)
-    assert torch.allclose(total, xent + 0.5 * C.sae_regulariser(h, same, None, y != 0))
+        C.sae_regulariser(h, s, mask[:, :2])
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -428,9 +325,9 @@ def test_sentence_autoencoder_shapes():
 
 # ------------------------------------------------------------------------------------------------ decoding
 def _toy_task(n=48):
-    scenes = C.make_scenes(n, 16, seed=0)
-    vocab = C.Vocab.build([c for cs in scenes.meta["captions"] for c in cs])
-    return scenes, vocab, C.encode_references(scenes.meta["captions"], vocab, 12)
+    toy = scenes.make_scenes(n, 16, seed=0)
+    vocab = C.Vocab.build([c for cs in toy.meta["captions"] for c in cs])
+    return toy, vocab, C.encode_references(toy.meta["captions"], vocab, 12)
 
 
 def test_greedy_decode_shapes_and_stops():
@@ -490,7 +387,7 @@ def test_beam_search_matches_greedy_at_1_and_exhaustive_search_when_wide():
 
 
 def test_caption_features_strings_and_determinism():
-    scenes, vocab, _ = _toy_task(6)
+    _, vocab, _ = _toy_task(6)
     m = _tiny("soft", vocab_size=len(vocab))
     feats = torch.rand(6, 4, 8)
     a = C.caption_features(m, feats, vocab, max_len=4, batch_size=4, device="cpu")

@@ -177,19 +177,29 @@ def bounds_06(m, r):
     # NOT asserted: issue 27's gate_nmi >= gate_nmi_init + 0.05 depends on the thread count at this scale. At 2 threads
     # (make test, the stored run) it holds: 0.196 +- 0.043 trained vs 0.082 +- 0.037 at initialisation, paired
     # differences +0.172, +0.050, +0.120. At 1 thread it fails: 0.081 +- 0.039 vs 0.063 +- 0.019, paired +0.082,
-    # 0.000, -0.030. A bound that flips with float summation order is not a finding; the notebook's verdict cell
-    # states it for each run. Only that both are recorded with their spread:
+    # 0.000, -0.030. The thread count acts through the backbone: its 8-epoch CIFAR pretraining turns summation-order
+    # differences into a different backbone, and the 1-thread adapter training on the 2-thread run's backbone gives
+    # +0.173, +0.053, +0.132 (the 2-thread numbers); a third backbone (pretraining seed 1) gives +0.201, +0.083, +0.025.
+    # The faithful changes tried (official sparsemax gate: +0.163, +0.013, +0.025 on the 1-thread backbone, +0.141,
+    # -0.023, -0.032 on the 2-thread one; plus nn.Linear's bias init: +0.017, +0.039, -0.054; plus He-scale adapters:
+    # -0.033, +0.155, -0.108) flip the verdict too: the gain is a lottery over backbones. A bound that flips with float
+    # summation order is not a finding; the notebook's verdict cell states it for each run. Only that both are recorded
+    # with their spread:
     for name in ("gate_nmi", "gate_nmi_init"):
         assert f"{name}_std" in m and 0.0 <= m[name] <= 1.0, f"{name} (mean over seeds, with _std) not recorded"
 
 
 @bounds("08")
 def bounds_08(m, r):
-    # issue 29, on the means over the seeds. Quick protocol: a base step of 30 LFW people, then 5 steps of 2; CRL's
-    # k and margin chosen on 10 validation identities, every number on 12 test identities. CRL's lead over LwF is
-    # the smallest margin here: in the stored run it is smaller than each arm's spread over seeds (which comes
-    # mostly from which people are test identities) but positive in every seed (the notebook's seed-paired lines).
-    assert m["n_seeds"] >= 3 and r["params"]["n_val"] >= 1, "means over 3+ seeds; CRL chosen on validation identities"
+    # issue 29, on the means over the seeds. Quick protocol: a base step of 30 LFW people, then 5 steps of 2; the
+    # distillation's temperature and weight (with LwF), then CRL's k and margin, chosen on 10 validation identities,
+    # every number on 12 test identities. CRL's lead over LwF is the smallest margin here: in the stored run it is
+    # smaller than each arm's spread over seeds (which comes mostly from which people are test identities) but
+    # positive in every seed (the notebook's seed-paired lines).
+    p = r["params"]
+    assert m["n_seeds"] >= 3 and p["n_val"] >= 1, "means over 3+ seeds; settings chosen on validation identities"
+    assert len(p["distil_grid"]) >= 2 and len(p["crl_grid"]) >= 2, "T and weight, k and margin: each chosen from 2+"
+    assert [m["temperature"], m["kd_weight"]] in p["distil_grid"] and [m["crl_k"], m["crl_margin"]] in p["crl_grid"]
     for v in ("finetune", "lwf", "crl", "joint"):
         assert f"rank1_{v}_std" in m and f"val_rank1_{v}" in m, f"rank1_{v} (mean, std; validation) missing"
         assert m[f"rank1_{v}"] >= 0.25, f"{v}: test rank-1 must reach three times chance (about 0.08)"

@@ -1,22 +1,12 @@
 """Latent domain learning with dynamic residual adapters (Deecke, Hospedales, Bilen; arXiv 2006.00996).
 
-A frozen backbone is specialised to a pool of images from several *unlabelled* domains with few new parameters:
-
-* **residual adapters** (Rebuffi et al. 2017/2018): a parallel 1x1 convolution ``A`` beside each frozen 3x3
-  convolution ``W``: ``y = W * x + A * x``;
-* **dynamic residual adapters** (DRA): ``K`` adapters per layer, mixed per sample by a gate computed from the
-  layer's input, ``y = W * x + sum_k g_k(x) A_k * x`` with ``g(x) = softmax(G mean_hw(x) + b + eps)``
-  (``eps ~ N(0, noise_std^2)`` while training; :func:`sparsemax` instead of softmax is the sparse variant);
-* **style exchange**: during training, each sample's channel statistics (mean, standard deviation) are swapped
-  with those of another sample of the batch, AdaIN style, ``eta * (s_z (a_x - m_x) / s_x + m_z) + (1 - eta) a_x``.
-
-Kernels (tensors in, tensors out): :func:`gate_probs`, :func:`sparsemax`, :func:`dynamic_adapter`,
-:func:`style_exchange`, :func:`normalized_mutual_info`, :func:`per_domain_accuracy`, :func:`crop_and_jitter`.
-Modules and model surgery: :class:`AdaptedConv2d`, :class:`StyleExchange`, :func:`freeze_backbone`,
-:func:`add_adapters`, :func:`add_style_exchange`, :func:`trainable_parameters`, :func:`read_gates`,
-:func:`build_backbone`, :func:`make_variant`. Data: :func:`split_cells`, :func:`subsample_domain`,
-:func:`logits_and_gates`; ``_office_home_full`` and ``_domainnet_full`` read the full Office-Home and DomainNet, which
-:mod:`vklib.data` registers. The training loop and the settings (``PROFILES``) are written out in notebook 06.
+A frozen backbone is specialised to a pool of *unlabelled* domains with few new parameters: **residual adapters**
+(Rebuffi et al.), a 1x1 convolution beside each frozen convolution, ``y = W * x + A * x``; **dynamic residual
+adapters**, ``K`` adapters mixed per sample by a gate on the layer input, ``y = W * x + sum_k g_k(x) A_k * x``,
+``g(x) = softmax(G mean_hw(x) + b + eps)`` (or :func:`sparsemax`); **style exchange**, AdaIN-style swapping of
+channel statistics between the samples of a batch. Kernels, modules, model surgery, the split helpers and the full
+Office-Home / DomainNet readers (registered by :mod:`vklib.data`); the training loop and ``PROFILES`` are in
+notebook 06.
 """
 from __future__ import annotations
 
@@ -45,11 +35,8 @@ GATES = ("softmax", "sparsemax")
 
 # ============================================================================================ kernels
 def sparsemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Sparsemax (Martins and Astudillo 2016): the Euclidean projection of ``z`` onto the probability simplex.
-
-    Like softmax it returns non-negative weights summing to one along ``dim``, but small scores get exactly zero
-    weight, so a gate built on it picks a sparse subset of adapters. Shapes: any, e.g. ``(N, K)`` -> ``(N, K)``.
-    """
+    """Sparsemax (Martins and Astudillo 2016), the Euclidean projection of ``z`` onto the simplex along ``dim``:
+    weights summing to one with exact zeros for small scores. Shapes: any, e.g. ``(N, K)`` -> ``(N, K)``."""
     z = z.transpose(dim, -1)
     zs, _ = torch.sort(z, dim=-1, descending=True)
     k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
@@ -63,17 +50,11 @@ def sparsemax(z: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def gate_probs(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *,
                kind: str = "softmax", noise_std: float = 0.0,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """The DRA gate: ``g = kind(pooled @ weight.T + bias + eps)``, ``eps ~ N(0, noise_std^2)``.
+    """The DRA gate ``g = kind(pooled @ weight.T + bias + eps)``, ``eps ~ N(0, noise_std^2)`` drawn from
+    ``generator`` (default torch's global RNG; use ``noise_std=0`` at test time), ``kind`` softmax or sparsemax.
 
-    Args:
-        pooled: ``(N, C)`` globally average-pooled layer input.
-        weight: ``(K, C)``; bias: ``(K,)`` or None.
-        kind: ``"softmax"`` or ``"sparsemax"`` (the sparse variant).
-        noise_std: standard deviation of the exploration noise (use 0 at test time).
-        generator: optional generator for the noise (default: torch's global RNG).
-
-    Returns:
-        ``(N, K)`` non-negative weights summing to one per sample.
+    Shapes: ``pooled`` ``(N, C)`` (the pooled layer input), ``weight`` ``(K, C)``, ``bias`` ``(K,)`` or None ->
+    ``(N, K)`` non-negative weights summing to one per sample.
     """
     if kind not in GATES:
         raise ValueError(f"gate kind must be one of {', '.join(GATES)}, got {kind!r}")
@@ -92,20 +73,12 @@ def gate_probs(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 def dynamic_adapter(x: torch.Tensor, weight: torch.Tensor, gate: torch.Tensor | None = None,
                     stride: int = 1) -> torch.Tensor:
-    """The adapters' contribution ``sum_k g[n, k] (A_k * x_n)`` of a (dynamic) residual adapter layer.
+    """The adapters' contribution ``sum_k g[n, k] (A_k * x_n)``, computed as one 1x1 convolution per sample with the
+    mixed matrix ``M_n = sum_k g[n, k] A_k`` (a batched matrix product: ``K`` adapters cost about one).
 
-    A 1x1 convolution is a matrix product per pixel, so the gated sum of ``K`` adapters equals one 1x1
-    convolution per sample with the mixed matrix ``M_n = sum_k g[n, k] A_k``: this costs one adapter instead of
-    ``K`` (a batched matrix product).
-
-    Args:
-        x: ``(N, C_in, H, W)`` layer input.
-        weight: ``(K, C_out, C_in)`` adapter matrices (``(C_out, C_in)`` is taken as ``K = 1``).
-        gate: ``(N, K)`` mixing weights; None means ``K = 1`` without a gate (a plain residual adapter).
-        stride: the stride of the frozen convolution beside the adapters.
-
-    Returns:
-        ``(N, C_out, ceil(H / stride), ceil(W / stride))``.
+    Shapes: ``x`` ``(N, C_in, H, W)``; ``weight`` ``(K, C_out, C_in)`` (or ``(C_out, C_in)``, ``K = 1``); ``gate``
+    ``(N, K)``, None for ``K = 1`` (a plain residual adapter); ``stride`` that of the frozen convolution ->
+    ``(N, C_out, ceil(H / stride), ceil(W / stride))``.
     """
     if weight.ndim == 2:
         weight = weight.unsqueeze(0)
@@ -132,20 +105,12 @@ def dynamic_adapter(x: torch.Tensor, weight: torch.Tensor, gate: torch.Tensor | 
 
 def style_exchange(a: torch.Tensor, eta: float | torch.Tensor, perm: torch.Tensor | None = None, *,
                    generator: torch.Generator | None = None, eps: float = 1e-5) -> torch.Tensor:
-    """Exchange feature statistics between the samples of a batch (the paper's style augmentation).
-
-    Each sample ``x`` takes the channel means ``m`` and standard deviations ``s`` (over H, W) of its partner
-    ``z = perm[x]``, AdaIN style, and the result is blended with the original:
+    """Style exchange: each sample ``x`` takes the channel means ``m`` and standard deviations ``s`` (over H, W, ``eps``
+    added to the variance) of its partner ``z = perm[x]``, AdaIN style, blended with the original:
     ``eta * (s_z * (a_x - m_x) / s_x + m_z) + (1 - eta) * a_x``.
 
-    Args:
-        a: ``(N, C, H, W)`` activations.
-        eta: blending strength in [0, 1], a number or an ``(N,)`` tensor (one per sample).
-        perm: ``(N,)`` partner of each sample; default a random permutation (from ``generator``).
-        eps: added to the variance before the square root.
-
-    Returns:
-        ``(N, C, H, W)``, same dtype and device as ``a``.
+    Shapes: ``a`` ``(N, C, H, W)``; ``eta`` in [0, 1], a number or ``(N,)``; ``perm`` ``(N,)`` (default a random
+    permutation drawn from ``generator``) -> ``(N, C, H, W)``.
     """
     if a.ndim != 4:
         raise ValueError(f"style_exchange: a must be (N, C, H, W), got shape {tuple(a.shape)}")
@@ -167,15 +132,8 @@ def style_exchange(a: torch.Tensor, eta: float | torch.Tensor, perm: torch.Tenso
 
 
 def normalized_mutual_info(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Normalised mutual information of two labelings, ``I(a; b) / ((H(a) + H(b)) / 2)`` (scikit-learn's default,
-    arithmetic normalisation): 0 for independent labelings, 1 for identical partitions (labels may be permuted).
-
-    Args:
-        a, b: ``(N,)`` integer labels (any non-negative values).
-
-    Returns:
-        A 0-d float64 tensor in [0, 1].
-    """
+    """Normalised mutual information ``I(a; b) / ((H(a) + H(b)) / 2)`` (scikit-learn's default): 0 for independent
+    labelings, 1 for identical partitions. Shapes: ``a``, ``b`` ``(N,)`` integers -> a 0-d float64 tensor in [0, 1]."""
     a, b = torch.as_tensor(a), torch.as_tensor(b)
     if a.ndim != 1 or a.shape != b.shape or a.numel() == 0:
         raise ValueError(f"normalized_mutual_info: a and b must be non-empty (N,) tensors of one length, got "
@@ -198,12 +156,8 @@ def normalized_mutual_info(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def per_domain_accuracy(pred: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor,
                         num_domains: int | None = None) -> torch.Tensor:
-    """Top-1 accuracy of each domain: ``(D,)`` float tensor (NaN for a domain without samples).
-
-    Args:
-        pred: ``(N,)`` predicted classes or ``(N, C)`` logits; labels, domains: ``(N,)`` integers.
-        num_domains: ``D`` (default ``domains.max() + 1``).
-    """
+    """Top-1 accuracy per domain. Shapes: ``pred`` ``(N,)`` classes or ``(N, C)`` logits, ``labels`` and ``domains``
+    ``(N,)`` -> ``(D,)`` float, ``D = num_domains`` (default ``domains.max() + 1``; NaN for an empty domain)."""
     if pred.ndim == 2:
         pred = pred.argmax(1)
     if not (pred.shape == labels.shape == domains.shape) or pred.ndim != 1:
@@ -219,17 +173,10 @@ def per_domain_accuracy(pred: torch.Tensor, labels: torch.Tensor, domains: torch
 
 # ============================================================================================ modules
 class AdaptedConv2d(nn.Module):
-    """A frozen convolution with ``K`` parallel 1x1 adapters: ``y = conv(x) + sum_k g_k(x) A_k * x``.
-
-    ``K = 1`` is a plain residual adapter (no gate). ``K > 1`` is a dynamic residual adapter: the gate
-    ``g(x) = softmax(G mean_hw(x) + b + eps)`` (or sparsemax) is computed per sample from the layer input, with
-    exploration noise ``eps`` only in training mode. The gates of the last forward pass are kept in
-    :attr:`last_gate` ``(N, K)`` (detached), for :func:`read_gates`.
-
-    The adapters start at ``init_scale`` times He's initialisation of a 1x1 convolution, ``N(0, 2 / C_out)`` (the
-    official code's, ``init_scale=1``); ``init_scale=0`` starts them at zero, the pretrained function exactly, but
-    then the gate's gradient ``<dL/dy, A_k x>`` is zero at the first step and the ``K`` adapters start alike. The
-    gate is ``nn.Linear``'s uniform initialisation, bias zero.
+    """A frozen convolution with ``K`` parallel 1x1 adapters, ``y = conv(x) + sum_k g_k(x) A_k * x``: ``K = 1`` a plain
+    residual adapter, ``K > 1`` gated by :func:`gate_probs` on ``mean_hw(x)`` (noise only in training mode; the last
+    gates, detached, in :attr:`last_gate` ``(N, K)``). Adapters start at ``init_scale`` times He's ``N(0, 2 / C_out)``
+    (official: 1; 0 gives the gate a zero gradient at the first step); the gate ``nn.Linear``'s uniform, bias zero.
 
     Shapes: ``(N, C_in, H, W)`` -> the frozen convolution's output ``(N, C_out, H', W')``.
     """
@@ -281,10 +228,7 @@ class AdaptedConv2d(nn.Module):
 
 
 class StyleExchange(nn.Module):
-    """Applies :func:`style_exchange` to a batch with probability ``p`` in training mode; identity otherwise.
-
-    Shapes: ``(N, C, H, W)`` -> ``(N, C, H, W)``.
-    """
+    """:func:`style_exchange` on a batch with probability ``p`` in training mode, else identity. ``(N, C, H, W)``."""
 
     def __init__(self, eta: float = 0.5, p: float = 0.5):
         super().__init__()
@@ -308,13 +252,9 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def freeze_backbone(model: nn.Module, trainable: Sequence[str] = ("head",), *, norm: str = "frozen") -> nn.Module:
-    """Freeze ``model`` in place except the submodules named in ``trainable``; return it.
-
-    Every parameter outside ``trainable`` stops requiring gradients. BatchNorm layers outside ``trainable``:
-    ``norm="frozen"`` turns them into ``FrozenBatchNorm2d`` (fixed statistics, so ``model.train()`` does not
-    re-estimate them on the new data); ``norm="train"`` keeps them as BatchNorm with trainable scale and shift and
-    statistics re-estimated on the new data (the normalisation layers that residual adapters come with).
-    """
+    """Freeze ``model`` in place except the submodules named in ``trainable``; return it. BatchNorm outside them:
+    ``norm="frozen"`` -> ``FrozenBatchNorm2d`` (fixed statistics); ``norm="train"`` keeps BatchNorm, scale and shift
+    trainable and statistics re-estimated on the new data (the normalisation residual adapters come with)."""
     from torchvision.ops import FrozenBatchNorm2d
     if norm not in ("frozen", "train"):
         raise ValueError(f"norm must be 'frozen' or 'train', got {norm!r}")
@@ -340,11 +280,8 @@ def freeze_backbone(model: nn.Module, trainable: Sequence[str] = ("head",), *, n
 
 def add_adapters(model: nn.Module, num_adapters: int = 1, *, gate: str = "softmax", noise_std: float = 0.0,
                  init_scale: float = 0.0, kernel_sizes: Sequence[int] = (3,), seed: int | None = None) -> list[str]:
-    """Wrap every ``nn.Conv2d`` with a square kernel in ``kernel_sizes`` in an :class:`AdaptedConv2d`, in place.
-
-    Returns the names of the adapted convolutions (in forward order for sequential backbones). The new adapter and
-    gate parameters are trainable; call :func:`freeze_backbone` first so that nothing else is.
-    """
+    """Wrap every ``nn.Conv2d`` with a square kernel in ``kernel_sizes`` in an :class:`AdaptedConv2d`, in place (call
+    :func:`freeze_backbone` first); returns the names of the adapted convolutions."""
     g = torch.Generator().manual_seed(seed) if seed is not None else None
     inside = {f"{n}.conv" for n, m in model.named_modules() if isinstance(m, AdaptedConv2d)}
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and n not in inside
@@ -393,11 +330,8 @@ def read_gates(model: nn.Module) -> tuple[list[str], torch.Tensor | None]:
 
 
 class _TorchvisionResNet(nn.Module):
-    """A torchvision ResNet taking images in [0, 1] (:class:`vklib.models.ImageNetNormalize` first) with a separate
-    linear ``head`` instead of its ImageNet classifier (for :func:`make_variant`).
-
-    Shapes: ``(N, 3, H, W)`` -> logits ``(N, num_classes)``.
-    """
+    """A torchvision ResNet on images in [0, 1] (ImageNet-normalised first) with a new linear ``head`` instead of its
+    classifier. Shapes: ``(N, 3, H, W)`` -> logits ``(N, num_classes)``."""
 
     def __init__(self, body: nn.Module, num_classes: int):
         super().__init__()
@@ -415,15 +349,9 @@ RESNETS = tuple(a for a in models.TORCHVISION_WEIGHTS if a.startswith("resnet"))
 
 def build_backbone(name: str, num_classes: int, *, widths: Sequence[int] | None = None,
                    weights: str | Path | None = None) -> nn.Module:
-    """A backbone with a linear ``head``.
-
-    ``"small_resnet"``: :class:`vklib.models.SmallResNet` with ``widths`` (random init; pretrain it yourself).
-    ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ...  (:data:`RESNETS`): torchvision's ResNet with ImageNet
-    ``weights`` read by :func:`vklib.models.torchvision_net` (a weights name such as ``"IMAGENET1K_V1"`` from the
-    torch hub cache, a ``.pth`` file or its folder; a missing file raises
-    :class:`vklib.models.WeightsNotFoundError`; ``None`` is a random start), its ImageNet classifier replaced by a
-    new ``head``.
-    """
+    """A backbone with a linear ``head``: ``"small_resnet"`` (:class:`vklib.models.SmallResNet`, random init) or one
+    of :data:`RESNETS` with ImageNet ``weights`` read by :func:`vklib.models.torchvision_net` (a hub-cache name such
+    as ``"IMAGENET1K_V1"``, a ``.pth`` file or its folder; missing: ``WeightsNotFoundError``; None: random start)."""
     if name == "small_resnet":
         if weights is not None:
             raise ValueError("small_resnet has no published weights; pretrain it (see the notebook), weights=None")
@@ -437,17 +365,11 @@ def make_variant(backbone: nn.Module, variant: str, num_classes: int, *, num_ada
                  gate: str = "softmax", gate_noise: float = 0.0, style_after: Sequence[str] = (),
                  style_eta: float = 0.5, style_p: float = 0.5, init_scale: float = 0.0, norm: str = "train",
                  kernel_sizes: Sequence[int] = (3,), seed: int = 0) -> nn.Module:
-    """A copy of a pretrained ``backbone`` (with a ``head``) set up as one of :data:`VARIANTS`.
-
-    ``head_only``: a new linear head, everything else frozen (normalisation statistics included): a linear probe.
-    ``bn_head``: the head plus the backbone's BatchNorm layers, re-estimated on the new data and their scale and shift
-    trained (``norm="train"``): the control that separates what normalisation alone gains from what adapters gain.
-    ``single_adapter``: ``bn_head`` plus one residual adapter beside each convolution with a kernel size in
-    ``kernel_sizes`` (the official code adapts every 3x3 convolution and the stem; ``norm="frozen"`` keeps the
-    BatchNorm layers fixed instead). ``dynamic_adapters``: ``num_adapters`` gated adapters per convolution.
-    ``dynamic_adapters_style``: the same plus :class:`StyleExchange` after the modules named in ``style_after``.
-    The new head and adapters are initialised from ``seed`` (adapters at ``init_scale`` times He's, see
-    :class:`AdaptedConv2d`).
+    """A copy of a pretrained ``backbone`` (with a ``head``) set up as one of :data:`VARIANTS`, new head and adapters
+    drawn from ``seed``. ``head_only``: a linear probe (BatchNorm frozen too). ``bn_head``: the head and BatchNorm
+    (``norm="train"``), the control for the adapters. ``single_adapter``: ``bn_head`` plus one adapter beside each
+    convolution with a kernel size in ``kernel_sizes``. ``dynamic_adapters``: ``num_adapters`` gated adapters
+    instead. ``dynamic_adapters_style``: plus :class:`StyleExchange` after the modules in ``style_after``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
@@ -524,17 +446,10 @@ def subsample_domain(index: torch.Tensor, labels: torch.Tensor, domains: torch.T
 # ============================================================================================ training
 def crop_and_jitter(x: torch.Tensor, scale: tuple[float, float] = (0.8, 1.0), jitter: float = 0.2,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """The official PACS augmentation, batched: a random resized crop (area fraction in ``scale``, aspect ratio in
-    [3/4, 4/3], resized back to the input size, bilinear) and a colour jitter of brightness, contrast and saturation by
-    factors drawn from ``[1 - jitter, 1 + jitter]``, one draw per image (torchvision's ``RandomResizedCrop`` and
-    ``ColorJitter``; hue is not jittered, and the order is fixed: brightness, contrast, saturation).
-
-    Args:
-        x: ``(N, 3, H, W)`` images in [0, 1]. generator: draws every random choice (CPU).
-
-    Returns:
-        ``(N, 3, H, W)`` in [0, 1]; ``scale=(1, 1)`` and ``jitter=0`` return ``x`` (up to interpolation rounding).
-    """
+    """The official PACS augmentation, batched, one draw per image from ``generator``: a random resized crop (area
+    fraction in ``scale``, aspect ratio in [3/4, 4/3], bilinear) and a jitter of brightness, contrast and saturation
+    (in that order; no hue) by factors in ``[1 - jitter, 1 + jitter]``, like torchvision's ``RandomResizedCrop`` and
+    ``ColorJitter``. Shapes: ``(N, 3, H, W)`` in [0, 1] -> the same (``scale=(1, 1)``, ``jitter=0``: ``x``)."""
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"crop_and_jitter: x must be (N, 3, H, W), got {tuple(x.shape)}")
     if not 0 < scale[0] <= scale[1] <= 1 or not 0 <= jitter < 1:
@@ -563,9 +478,8 @@ def crop_and_jitter(x: torch.Tensor, scale: tuple[float, float] = (0.8, 1.0), ji
 
 def logits_and_gates(model: nn.Module, images, *, batch_size: int = 256, device: str | torch.device = "auto"
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logits ``(N, num_classes)`` in eval mode and the gates ``(N, L, K)`` of every dynamic layer (None when the
-    model has none), both on the CPU (:func:`vklib.train.infer`). ``images``: an ``(N, C, H, W)`` tensor or a
-    sequence of ``(C, H, W)`` tensors."""
+    """Logits ``(N, num_classes)`` in eval mode and the gates ``(N, L, K)`` (None without gates), on the CPU, of
+    ``images`` ``(N, C, H, W)`` (or a sequence of ``(C, H, W)``)."""
     return infer(model, images, fn=lambda m, x: (m(x), read_gates(m)[1]), batch_size=batch_size, device=device)
 
 
@@ -575,9 +489,8 @@ DOMAINNET_DOMAINS = ["clipart", "infograph", "painting", "quickdraw", "real", "s
 
 
 def _domain_folders(name: str, split: str, root: Path, domains: list[str], size: int | None) -> _data.ImageSet:
-    """The ``<root>/<domain>/<class>/<image>`` layout as one lazily decoded :class:`vklib.data.ImageSet`: each
-    domain folder read by :func:`vklib.data.class_folders` (a space in a domain's name may be an underscore on
-    disk), labels indexing the sorted union of the classes, ``meta["domain"]`` ``(N,)`` the index in ``domains``."""
+    """``<root>/<domain>/<class>/<image>`` as one lazy :class:`vklib.data.ImageSet` (a space in a domain name may be an
+    underscore on disk): labels index the sorted union of classes, ``meta["domain"]`` ``(N,)`` the domain index."""
     folders = [(i, next((p for p in (root / d, root / d.replace(" ", "_")) if p.is_dir()), None))
                for i, d in enumerate(domains)]
     sets = [(i, _data.class_folders(name, split, f, size=size)) for i, f in folders if f is not None]

@@ -20,6 +20,7 @@ import torch
 from timing import clock, notebook_wall
 
 from vklib import captioning as C
+from vklib import scenes as S
 
 
 def main():
@@ -27,7 +28,7 @@ def main():
     parser.add_argument("--notebook", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    scenes = C.make_scenes(256, 40, seed=0)
+    scenes = S.make_scenes(256, 40, seed=0)
     vocab = C.Vocab.build([c for caps in scenes.meta["captions"] for c in caps])
     tokens = C.encode_references(scenes.meta["captions"], vocab, 12)[:, 0]
     encoder = C.GridEncoder(40, 64)
