@@ -119,6 +119,22 @@ def test_class_gradients_vectorised_equals_loop_and_keeps_graph():
     assert torch.allclose(ga, gb, atol=1e-6) and ga.abs().sum() > 0
 
 
+@pytest.mark.parametrize("vectorised", [False, True])
+def test_class_gradients_weights_only_and_parameters_untouched(vectorised):
+    """weights_only gives the >= 2-D parameters' gradients, equal to the full call's (the loop's real side runs
+    with channels-last weights); matching_loss's backward reaches the images, never the network's .grad."""
+    torch.manual_seed(5)
+    net = models.ConvNet(1, 3, 8, width=8, depth=2)
+    x = torch.randn(3, 4, 1, 8, 8)
+    full = dc.class_gradients(net, x, vectorised=vectorised)
+    w = dc.class_gradients(net, x, vectorised=vectorised, weights_only=True)
+    assert list(w) == [n for n, p in net.named_parameters() if p.ndim > 1]
+    assert all(torch.allclose(w[k], full[k], rtol=1e-4, atol=1e-6) and w[k].is_contiguous() for k in w)
+    syn = torch.randn(3, 1, 1, 8, 8, requires_grad=True)
+    dc.matching_loss(net, x, syn, vectorised=vectorised).backward()
+    assert syn.grad.abs().sum() > 0 and all(p.grad is None for p in net.parameters())
+
+
 def test_class_gradients_errors():
     with pytest.raises(ValueError, match=r"\(K, n, C, H, W\)"):
         dc.class_gradients(tiny_net(), torch.zeros(3, 1, 8, 8))

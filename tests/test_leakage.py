@@ -225,6 +225,9 @@ def test_cosine_distance_and_total_variation_against_readable_code(tiny):
         u = torch.cat([t[i].flatten() for t in other])
         v = torch.cat([t[i].flatten() for t in grads.values()])
         assert float(got[i]) == pytest.approx(1 - float(F.cosine_similarity(u, v, dim=0)), abs=1e-6)
+    assert torch.equal(L.cosine_distance(dict(zip(grads, other)), grads), got)      # dicts, as gradient_distance
+    with pytest.raises(ValueError, match="shapes differ"):
+        L.cosine_distance([torch.zeros(3, 2)], [torch.zeros(3, 4)])
     assert torch.allclose(L.cosine_distance(list(grads.values()), [2 * v for v in grads.values()]), torch.zeros(3),
                           atol=1e-6)
     tv = L.total_variation(x)

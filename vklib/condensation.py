@@ -1,26 +1,14 @@
-"""Dataset Condensation with gradient matching (Zhao, Mopuri and Bilen, ICLR 2021, arXiv:2006.05929) and with
-distribution matching (Zhao and Bilen, WACV 2023, arXiv:2110.04181): the kernels; notebook 01 writes the loops.
+"""Dataset Condensation with gradient matching (DC, Zhao, Mopuri and Bilen, ICLR 2021, arXiv:2006.05929) and
+distribution matching (DM, Zhao and Bilen, WACV 2023, arXiv:2110.04181): the kernels; notebook 01 writes the loops.
 
-DC learns a few synthetic images per class so that a network trained on them behaves like one trained on the
-whole training set. It matches, class by class, the gradient a randomly initialised network receives from a batch
-of real images with the gradient it receives from the synthetic images, and moves the synthetic pixels to make the
-two agree. DM matches the mean embeddings of real and synthetic images under random networks instead.
+DC learns a few synthetic images per class by matching, class by class, the gradient a random network receives from
+real images with the one it receives from the synthetic images; DM matches mean embeddings under random networks.
 
-Kernels
-    * :func:`layer_distance`, :func:`match_distance`: the paper's gradient distance (``"dc"``) and the ``"mse"`` and
-      flat ``"cos"`` variants, over gradients with a leading class dimension;
-    * :func:`class_gradients`: the gradients of every class at once (``torch.func`` ``vmap(grad(...))``) or with a
-      plain loop over classes (the default on CPUs); :func:`matching_loss` puts the two sides together;
-    * :func:`dm_loss`: DM's objective (squared distance of per-class mean embeddings);
-    * :func:`sample_per_class`, :func:`by_class`, :func:`loops_for_ipc`: real batches and the paper's loop counts;
-    * :func:`select_coreset` with :func:`herding` and :func:`k_center`: the coreset baselines of the paper's table;
-    * :func:`evaluate_sets`: train fresh networks on small sets and test them on real data (all members in one
-      pass, as a :class:`vklib.train.Ensemble`, member ``s`` on set ``s``, where the network has no BatchNorm);
-    * :func:`dc_augment` (DC's evaluation augmentation) and :func:`sample_dsa` / :func:`apply_dsa` (differentiable
-      siamese augmentation, DSA, Zhao and Bilen ICML 2021, which DM uses while it learns);
-    * :func:`load_real`, :func:`normalize`, :func:`denormalize`, :func:`make_network`, :class:`MLP`, :class:`LeNet`.
-
-Images are handled in the normalised space of DC (per-channel mean and std of :data:`BENCHMARKS`).
+Kernels: the gradient distances (:func:`layer_distance`, :func:`match_distance`), per-class gradients
+(:func:`class_gradients`, :func:`matching_loss`), :func:`dm_loss`, class-balanced sampling (:func:`by_class`,
+:func:`sample_per_class`), the coreset baselines (:func:`select_coreset`), the evaluation protocol
+(:func:`evaluate_sets`), DC's and DSA's augmentations (:func:`dc_augment`, :func:`sample_dsa`, :func:`apply_dsa`),
+the benchmarks' data and networks. Images live in DC's normalised space (the constants of :data:`BENCHMARKS`).
 """
 from __future__ import annotations
 
@@ -37,7 +25,7 @@ from . import data, models, train
 from .utils import resolve_device
 
 __all__ = [
-    "BENCHMARKS", "CORESETS", "DISTANCES", "DSA_OPS", "INITS", "LOOPS", "NETWORKS", "LeNet", "MLP", "apply_dsa",
+    "BENCHMARKS", "CORESETS", "DISTANCES", "DSA_OPS", "LOOPS", "NETWORKS", "LeNet", "MLP", "apply_dsa",
     "by_class", "class_gradients", "dc_augment", "denormalize", "dm_loss", "embed", "evaluate_sets", "herding",
     "k_center", "layer_distance", "load_real", "loops_for_ipc", "make_network", "match_distance", "matching_loss",
     "normalize", "sample_dsa", "sample_per_class", "select_coreset",
@@ -56,10 +44,8 @@ class _Benchmark:
 
 #: The four benchmarks of the paper's Table 1, with DC's normalisation constants and augmentations.
 BENCHMARKS: dict[str, _Benchmark] = {
-    "mnist": _Benchmark("mnist", (0.1307,), (0.3081,), "crop_scale_rotate",
-                        "color_crop_cutout_scale_rotate"),
-    "fashion_mnist": _Benchmark("fashion_mnist", (0.2861,), (0.3530,), "none",
-                                "color_crop_cutout_flip_scale_rotate"),
+    "mnist": _Benchmark("mnist", (0.1307,), (0.3081,), "crop_scale_rotate", "color_crop_cutout_scale_rotate"),
+    "fashion_mnist": _Benchmark("fashion_mnist", (0.2861,), (0.3530,), "none", "color_crop_cutout_flip_scale_rotate"),
     "svhn": _Benchmark("svhn", (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "none",
                        "color_crop_cutout_scale_rotate"),
     "cifar10": _Benchmark("cifar10", (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010), "none",
@@ -77,9 +63,7 @@ def _stats(dataset: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     info = _benchmark(dataset)
     if x.ndim < 3 or x.shape[-3] != len(info.mean):
         raise ValueError(f"{dataset}: expected images (..., {len(info.mean)}, H, W), got shape {tuple(x.shape)}")
-    shape = (len(info.mean), 1, 1)
-    return (torch.tensor(info.mean, dtype=x.dtype, device=x.device).view(shape),
-            torch.tensor(info.std, dtype=x.dtype, device=x.device).view(shape))
+    return tuple(torch.tensor(v, dtype=x.dtype, device=x.device).view(-1, 1, 1) for v in (info.mean, info.std))
 
 
 def normalize(x: torch.Tensor, dataset: str) -> torch.Tensor:
@@ -96,11 +80,8 @@ def denormalize(x: torch.Tensor, dataset: str) -> torch.Tensor:
 
 def load_real(dataset: str, split: str = "train", *, full: bool = False, data_dir=None,
               download: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Normalised real images ``(N, C, H, W)``, labels ``(N,)`` and class names of a benchmark split.
-
-    ``full=False`` reads the shipped subset (MNIST: 5,000 training and 10,000 test images; Fashion-MNIST: 500 per
-    class and split); ``full=True`` reads the full dataset through torchvision (see :func:`vklib.data.load`).
-    """
+    """Normalised real images ``(N, C, H, W)``, labels ``(N,)`` and class names of a benchmark split: the shipped
+    subset (``full=False``) or the full dataset through torchvision (see :func:`vklib.data.load`)."""
     name = _benchmark(dataset).registry
     ds = data.load(name, split, data_dir=data_dir, full=full, download=download)
     if ds.labels is None or not torch.is_tensor(ds.images):
@@ -110,10 +91,8 @@ def load_real(dataset: str, split: str = "train", *, full: bool = False, data_di
 
 # ----------------------------------------------------------------------------------------------- networks
 class MLP(nn.Module):
-    """DC's MLP for cross-architecture tests: flatten - 128 - ReLU - 128 - ReLU - classes.
-
-    Shapes: ``(N, C, S, S)`` -> logits ``(N, num_classes)``.
-    """
+    """DC's MLP for cross-architecture tests: flatten - 128 - ReLU - 128 - ReLU - classes; ``(N, C, S, S)`` ->
+    logits ``(N, num_classes)``."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, hidden: int = 128):
         super().__init__()
@@ -125,11 +104,8 @@ class MLP(nn.Module):
 
 
 class LeNet(nn.Module):
-    """DC's LeNet (ReLU, max pooling): conv5(6) - pool - conv5(16) - pool - 120 - 84 - classes.
-
-    Grey 28 px inputs are padded by 2 in the first conv, as in the paper's code. Shapes: ``(N, C, S, S)`` ->
-    logits ``(N, num_classes)``.
-    """
+    """DC's LeNet (ReLU, max pooling; grey inputs padded by 2 in the first conv, as the paper's code): conv5(6) -
+    pool - conv5(16) - pool - 120 - 84 - classes; ``(N, C, S, S)`` -> logits ``(N, num_classes)``."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
         super().__init__()
@@ -162,10 +138,8 @@ def make_network(name: str, in_channels: int, num_classes: int, image_size: int,
             net.features[0].padding = (3, 3)
             return net
         return models.ConvNet(in_channels, num_classes, image_size, width=width, depth=depth)
-    if name == "mlp":
-        return MLP(in_channels, num_classes, image_size)
-    if name == "lenet":
-        return LeNet(in_channels, num_classes, image_size)
+    if name in ("mlp", "lenet"):
+        return (MLP if name == "mlp" else LeNet)(in_channels, num_classes, image_size)
     if name == "resnet":
         return models.SmallResNet(in_channels, num_classes)
     raise ValueError(f"unknown network {name!r}; allowed: {', '.join(NETWORKS)}")
@@ -184,19 +158,12 @@ _EPS = 1e-6  # the paper code's epsilon in the cosine denominator
 
 
 def layer_distance(g_syn: torch.Tensor, g_real: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
-    """The paper's distance between two gradients of one parameter.
+    """The paper's distance between two gradients ``(*batch, *param_shape)`` of one parameter, summed over the
+    ``batch_dims`` leading dimensions (e.g. 1 for classes): a scalar, differentiable in ``g_syn``.
 
-    A weight gradient of shape ``(out, in, h, w)`` (or ``(out, in)``) is reshaped to ``out x (in*h*w)``; the
-    distance is ``sum over output units of (1 - cos)``, with the cosine ``<a, b> / (|a| |b| + 1e-6)`` of the paper's
-    code. One-dimensional parameters (biases, normalisation scales and shifts) contribute nothing.
-
-    Args:
-        g_syn, g_real: gradients of the same shape ``(*batch, *param_shape)``.
-        batch_dims: number of leading batch dimensions (e.g. 1 for a class dimension); they are summed over.
-
-    Returns:
-        A scalar tensor (differentiable in ``g_syn``).
-    """
+    A weight gradient ``(out, in, h, w)`` (or ``(out, in)``) is reshaped to ``out x (in*h*w)``; the distance is
+    ``sum over output units of (1 - cos)``, the cosine ``<a, b> / (|a| |b| + 1e-6)`` as in the paper's code.
+    One-dimensional parameters (biases, normalisation scales and shifts) contribute nothing."""
     if g_syn.shape != g_real.shape:
         raise ValueError(f"gradient shapes differ: {tuple(g_syn.shape)} vs {tuple(g_real.shape)}")
     pshape = g_syn.shape[batch_dims:]
@@ -208,26 +175,16 @@ def layer_distance(g_syn: torch.Tensor, g_real: torch.Tensor, batch_dims: int = 
     return (1 - cos).sum()
 
 
-def _as_list(grads) -> list[torch.Tensor]:
-    return list(grads.values()) if isinstance(grads, Mapping) else list(grads)
-
-
 def match_distance(g_syn, g_real, metric: str = "dc", batch_dims: int = 1) -> torch.Tensor:
-    """Distance between two sets of parameter gradients, summed over the leading ``batch_dims`` (classes).
+    """Distance (a scalar) between two sets of parameter gradients, summed over the leading ``batch_dims``.
 
-    Args:
-        g_syn, g_real: dicts (same keys, same order) or sequences of gradients ``(*batch, *param_shape)``, as
-            returned by :func:`class_gradients` (``batch_dims=1``: one gradient per class).
-        metric: ``"dc"`` (the paper's layer-wise distance, :func:`layer_distance`, summed over layers),
-            ``"mse"`` (squared Euclidean distance of all parameters' gradients, biases included) or ``"cos"``
-            (``1 - cos`` of all gradients flattened into one vector per class).
-
-    Returns:
-        A scalar tensor.
-    """
+    ``g_syn``, ``g_real``: dicts (same keys, same order) or sequences of gradients ``(*batch, *param_shape)``, as
+    :func:`class_gradients` returns them (``batch_dims=1``: one per class). ``metric``: ``"dc"`` (the paper's
+    :func:`layer_distance`, summed over layers), ``"mse"`` (squared Euclidean distance of all gradients, biases
+    included) or ``"cos"`` (``1 - cos`` of all gradients flattened into one vector per class)."""
     if metric not in DISTANCES:
         raise ValueError(f"unknown distance {metric!r}; allowed: {', '.join(DISTANCES)}")
-    gs, gr = _as_list(g_syn), _as_list(g_real)
+    gs, gr = ([*g.values()] if isinstance(g, Mapping) else [*g] for g in (g_syn, g_real))
     if len(gs) != len(gr) or not gs:
         raise ValueError(f"need the same non-zero number of gradients on both sides, got {len(gs)} and {len(gr)}")
     if metric == "dc":
@@ -245,75 +202,68 @@ def _has_batchnorm(net: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
 
 
-def _check_no_batchnorm(net: nn.Module) -> None:
-    if _has_batchnorm(net):
-        raise ValueError("gradient matching here needs a network without BatchNorm (e.g. ConvNet's instance norm): "
-                         "one synthetic image per class gives no usable batch statistics")
-
-
 def class_gradients(net: nn.Module, images: torch.Tensor, *, create_graph: bool = False,
-                    vectorised: bool | None = None) -> dict[str, torch.Tensor]:
+                    vectorised: bool | None = None, weights_only: bool = False) -> dict[str, torch.Tensor]:
     """The cross-entropy gradient of every parameter for every class, class ``c`` being the label of ``images[c]``.
 
     Args:
-        net: a network without BatchNorm (its parameters are read, never changed).
+        net: a network without BatchNorm (its parameters are read, never changed, their ``.grad`` untouched).
         images: ``(K, n, C, H, W)``: ``n`` images of each of ``K`` classes.
-        create_graph: keep the graph to the images (the synthetic side: the result is differentiable in
-            ``images``); otherwise the gradients are detached (the real side).
-        vectorised: one batched pass for all classes (``torch.func.vmap`` over ``grad`` with
-            ``functional_call``) instead of a Python loop over classes; ``None`` (the default) takes the batched
-            pass on a GPU and the loop on a CPU, where ``tests/benchmarks/bench_condensation.py`` measures the
-            loop at least as fast and ``vmap`` holds every class's activations at once (about 17 GB at the paper's
-            sizes).
+        create_graph: keep the graph to the images (the synthetic side); otherwise the gradients are detached (the
+            real side) and the loop runs the 4-D weights channels-last (the same sums in another order, faster on
+            CPUs, as ``tests/benchmarks/bench_condensation.py`` measures).
+        vectorised: one ``torch.func.vmap`` pass over classes instead of a loop; ``None``: on a GPU only (on a CPU
+            the loop is faster and ``vmap`` holds all classes' activations, about 17 GB at the paper's sizes).
+        weights_only: only the parameters with two or more dimensions (all that the paper's distance reads).
 
     Returns:
-        ``{name: (K, *param.shape)}`` in ``net.named_parameters()`` order; each class's gradient is that of the
-        mean loss over its ``n`` images.
+        ``{name: (K, *param.shape)}`` in ``net.named_parameters()`` order: class ``c``'s gradient of the mean loss
+        over its ``n`` images.
     """
     if images.ndim != 5:
         raise ValueError(f"images must be (K, n, C, H, W), got shape {tuple(images.shape)}")
-    _check_no_batchnorm(net)
+    if _has_batchnorm(net):
+        raise ValueError("gradient matching here needs a network without BatchNorm (e.g. ConvNet's instance norm): "
+                         "one synthetic image per class gives no usable batch statistics")
     K, n = images.shape[:2]
     labels = torch.arange(K, device=images.device)[:, None].expand(K, n)
-    names = [k for k, _ in net.named_parameters()]
+    params = {k: p.detach() for k, p in net.named_parameters()}
+    names = [k for k, p in params.items() if p.ndim > 1 or not weights_only]
     if vectorised is None:
         vectorised = images.device.type != "cpu"
     if vectorised:
         from torch.func import functional_call, grad, vmap
-        params = {k: p.detach() for k, p in net.named_parameters()}
         buffers = dict(net.named_buffers())
 
         def loss_fn(p, x, y):
-            return F.cross_entropy(functional_call(net, (p, buffers), (x,)), y)
+            return F.cross_entropy(functional_call(net, ({**params, **p}, buffers), (x,)), y)
 
-        out = vmap(grad(loss_fn), in_dims=(None, 0, 0))(params, images, labels)
+        out = vmap(grad(loss_fn), in_dims=(None, 0, 0))({k: params[k] for k in names}, images, labels)
         return {k: (out[k] if create_graph else out[k].detach()) for k in names}
-    plist = [p for _, p in net.named_parameters()]
+    cl = torch.channels_last
+    leaves = {k: (params[k].contiguous(memory_format=cl) if params[k].ndim == 4 and not create_graph
+                  else params[k]).requires_grad_() for k in names}
     per_class = []
     with torch.enable_grad():
         for c in range(K):
-            loss = F.cross_entropy(net(images[c]), labels[c])
-            per_class.append(torch.autograd.grad(loss, plist, create_graph=create_graph))
-    return {k: torch.stack([g[i] for g in per_class]) if create_graph else
-            torch.stack([g[i].detach() for g in per_class]) for i, k in enumerate(names)}
+            loss = F.cross_entropy(torch.func.functional_call(net, {**params, **leaves}, (images[c],)), labels[c])
+            per_class.append(torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph))
+    return {k: torch.stack(g).contiguous() for k, g in zip(names, zip(*per_class))}
 
 
 def matching_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor, metric: str = "dc", *,
                   vectorised: bool | None = None) -> torch.Tensor:
-    """DC's objective for one network: ``sum over classes of D(grad on syn[c], grad on real[c])``.
+    """DC's objective for one network, ``sum over classes c of D(grad on syn[c], grad on real[c])``: a scalar,
+    differentiable in ``syn``.
 
-    Args:
-        real: ``(K, n_real, C, H, W)`` real images, class ``c`` in row ``c``.
-        syn: ``(K, ipc, C, H, W)`` synthetic images (requiring grad), same classes.
-        metric: see :func:`match_distance`.
-
-    Returns:
-        A scalar, differentiable in ``syn``.
+    ``real``: ``(K, n_real, C, H, W)`` real images, class ``c`` in row ``c``; ``syn``: ``(K, ipc, C, H, W)``
+    synthetic images, same classes; ``metric``: see :func:`match_distance` (for ``"dc"`` only the weights'
+    gradients are computed: the distance gives one-dimensional parameters nothing).
     """
     if real.shape[0] != syn.shape[0] or real.shape[2:] != syn.shape[2:]:
         raise ValueError(f"real {tuple(real.shape)} and synthetic {tuple(syn.shape)} must share K, C, H, W")
-    g_real = class_gradients(net, real, vectorised=vectorised)
-    g_syn = class_gradients(net, syn, create_graph=True, vectorised=vectorised)
+    g_real = class_gradients(net, real, vectorised=vectorised, weights_only=metric == "dc")
+    g_syn = class_gradients(net, syn, create_graph=True, vectorised=vectorised, weights_only=metric == "dc")
     return match_distance(g_syn, g_real, metric)
 
 
@@ -341,19 +291,13 @@ def _dc_augment_ops(strategy: str | None) -> list[str]:
 
 def dc_augment(x: torch.Tensor, strategy: str = "crop_scale_rotate", *, generator: torch.Generator | None = None,
                crop: int = 4, scale: float = 0.2, rotate: float = 45.0, noise: float = 0.001) -> torch.Tensor:
-    """DC's augmentation for training evaluation networks: every image gets ONE of the strategy's operations,
-    chosen at random, in one batched warp (no loop over images).
+    """DC's augmentation for training evaluation networks: every image of ``x`` ``(N, C, H, W)`` gets ONE of the
+    operations of ``strategy`` (``"none"`` or ops joined by ``_`` from ``crop, scale, rotate, noise``), chosen at
+    random, in one batched warp; returns ``(N, C, H, W)``.
 
     ``crop`` shifts by up to ``crop`` pixels, ``scale`` stretches height and width independently by a factor in
     ``[1 - scale, 1 + scale]``, ``rotate`` turns by up to ``rotate`` degrees (uncovered pixels take the image
-    batch's mean, as in the paper's code), ``noise`` adds Gaussian noise.
-
-    Args:
-        x: ``(N, C, H, W)`` images (normalised space); ``strategy``: ``"none"`` or ops joined by ``_`` from
-            ``crop, scale, rotate, noise``.
-    Returns:
-        ``(N, C, H, W)``.
-    """
+    batch's mean, as in the paper's code), ``noise`` adds Gaussian noise."""
     ops = _dc_augment_ops(strategy)
     if not ops:
         return x
@@ -386,12 +330,9 @@ DSA_OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 
 
 def sample_dsa(strategy: str, k: int, generator: torch.Generator | None = None) -> dict:
-    """Parameters of one differentiable siamese augmentation (DSA) for ``k`` groups (classes).
-
-    As in DSA's single mode, one operation of ``strategy`` (ops joined by ``_`` from :data:`DSA_OPS`) is chosen for
-    the whole call; its random parameters are drawn once per group, so the real and the synthetic images of one
-    class get exactly the same transformation (the "siamese" part). Apply with :func:`apply_dsa`.
-    """
+    """Parameters of one differentiable siamese augmentation (DSA) for ``k`` groups (classes), for :func:`apply_dsa`:
+    as DSA's single mode, one operation of ``strategy`` (ops joined by ``_`` from :data:`DSA_OPS`) for the whole
+    call, its random parameters drawn once per group (the real and synthetic images of a class get the same one)."""
     ops = strategy.split("_")
     unknown = sorted(set(ops) - set(DSA_OPS))
     if unknown or not strategy:
@@ -443,14 +384,12 @@ def apply_dsa(x: torch.Tensor, params: dict) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- condensation
-INITS = ("noise", "real")
 #: (outer loops, inner loops) per images-per-class, from the paper's code (``get_loops``).
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 
 
 def loops_for_ipc(ipc: int, loops: Mapping[int, tuple[int, int]] = LOOPS) -> tuple[int, int]:
-    """The (outer, inner) loop counts for ``ipc`` images per class from the table ``loops`` (ipc -> (outer, inner));
-    by default the paper's, :data:`LOOPS` (1: (1, 1), 10: (10, 50), 50: (50, 10))."""
+    """The (outer, inner) loop counts for ``ipc`` images per class from ``loops`` (by default the paper's)."""
     if ipc not in loops:
         raise ValueError(f"no loop counts for ipc {ipc}: defined for ipc in {sorted(loops)}")
     return tuple(loops[ipc])
@@ -463,10 +402,8 @@ def by_class(labels: torch.Tensor, num_classes: int | None = None) -> tuple[torc
     order = torch.argsort(labels, stable=True)
     n_max = int(counts.max())
     starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(n_max)
-    valid = pos[None, :] < counts[:, None]
-    idx = torch.where(valid, order[(starts[:, None] + pos[None, :]).clamp(max=len(order) - 1)], -1)
-    return idx, counts
+    pos = torch.arange(n_max)[None, :]
+    return torch.where(pos < counts[:, None], order[(starts[:, None] + pos).clamp(max=len(order) - 1)], -1), counts
 
 
 def sample_per_class(index: torch.Tensor, counts: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
@@ -483,24 +420,17 @@ def sample_per_class(index: torch.Tensor, counts: torch.Tensor, n: int, g: torch
 
 def dm_loss(net: nn.Module, real: torch.Tensor, syn: torch.Tensor) -> torch.Tensor:
     """DM's objective for one random network: ``sum over classes c of |mean embed(real[c]) - mean embed(syn[c])|^2``
-    with ``net.embed`` (e.g. :meth:`vklib.models.ConvNet.embed`, the features before the classifier).
-
-    Args:
-        real: ``(K, n_real, C, H, W)`` real images, class ``c`` in row ``c`` (no gradient is kept for them).
-        syn: ``(K, ipc, C, H, W)`` synthetic images, same classes.
-
-    Returns:
-        A scalar, differentiable in ``syn``.
-    """
+    with ``net.embed`` (e.g. :meth:`vklib.models.ConvNet.embed`, the features before the classifier), for real images
+    ``(K, n_real, C, H, W)`` (no gradient kept) and synthetic ones ``(K, ipc, C, H, W)``, class ``c`` in row ``c``.
+    A scalar, differentiable in ``syn``."""
     if real.ndim != 5 or real.shape[0] != syn.shape[0] or real.shape[2:] != syn.shape[2:]:
         raise ValueError(f"real {tuple(real.shape)} and synthetic {tuple(syn.shape)} must be (K, n, C, H, W) with "
                          f"the same K, C, H, W")
     if not hasattr(net, "embed"):
         raise ValueError(f"{type(net).__name__} has no embed() method to give features")
-    K = real.shape[0]
     with torch.no_grad():
-        mu_real = net.embed(real.flatten(0, 1)).view(K, real.shape[1], -1).mean(1)
-    mu_syn = net.embed(syn.flatten(0, 1)).view(K, syn.shape[1], -1).mean(1)
+        mu_real = net.embed(real.flatten(0, 1)).unflatten(0, real.shape[:2]).mean(1)
+    mu_syn = net.embed(syn.flatten(0, 1)).unflatten(0, syn.shape[:2]).mean(1)
     return ((mu_real - mu_syn) ** 2).sum()
 
 
@@ -524,9 +454,7 @@ def herding(features: torch.Tensor, n: int) -> torch.Tensor:
     total = torch.zeros_like(mu)
     free = torch.ones(len(features), dtype=torch.bool)
     for k in range(n):  # n steps, each vectorised over all candidates
-        d = ((mu - (total + features) / (k + 1)) ** 2).sum(1)
-        d[~free] = float("inf")
-        i = int(d.argmin())
+        i = int(((mu - (total + features) / (k + 1)) ** 2).sum(1).masked_fill(~free, float("inf")).argmin())
         picked.append(i)
         free[i] = False
         total += features[i]
@@ -538,9 +466,8 @@ def k_center(features: torch.Tensor, n: int) -> torch.Tensor:
     the mean, then repeatedly add the row farthest from all chosen centres. Returns indices ``(n,)``."""
     if not 1 <= n <= len(features):
         raise ValueError(f"k_center: n must be in 1..{len(features)}, got {n}")
-    first = int(((features - features.mean(0)) ** 2).sum(1).argmin())
-    picked = [first]
-    dist = ((features - features[first]) ** 2).sum(1)
+    picked = [int(((features - features.mean(0)) ** 2).sum(1).argmin())]
+    dist = ((features - features[picked[0]]) ** 2).sum(1)
     for _ in range(n - 1):
         i = int(dist.argmax())
         picked.append(i)
@@ -553,11 +480,9 @@ CORESETS = ("random", "herding", "kcenter")
 
 def select_coreset(labels: torch.Tensor, ipc: int, method: str = "random", *, features: torch.Tensor | None = None,
                    num_classes: int | None = None, seed: int = 0) -> torch.Tensor:
-    """Indices ``(K * ipc,)`` of a class-balanced coreset of real samples, class-major (class 0's first).
-
-    ``method``: ``"random"``, ``"herding"`` or ``"kcenter"`` (the last two need ``features`` ``(N, D)``, e.g.
-    ConvNet embeddings from :func:`embed`).
-    """
+    """Indices ``(K * ipc,)`` of a class-balanced coreset of real samples, class-major (class 0's first), by
+    ``method`` ``"random"``, ``"herding"`` or ``"kcenter"`` (these two need ``features`` ``(N, D)``, e.g. from
+    :func:`embed`)."""
     if method not in CORESETS:
         raise ValueError(f"unknown coreset method {method!r}; allowed: {', '.join(CORESETS)}")
     if not isinstance(ipc, int) or ipc < 1:
@@ -583,22 +508,16 @@ def evaluate_sets(images: torch.Tensor, labels: torch.Tensor, test_images: torch
                   *, net_fn: Callable[[], nn.Module], seeds: Sequence[int], epochs: int = 300, lr: float = 0.01,
                   batch_size: int = 256, augment: str = "none", device: str | torch.device = "auto",
                   progress: bool = False) -> list[float]:
-    """Train one fresh network per small set and test it on real data (the paper's protocol).
+    """Train one fresh network per small set and test it on real data (the paper's protocol); returns the ``S``
+    test accuracies (fractions).
 
-    Network ``s`` (``net_fn()`` initialised under ``seeds[s]``) is trained on set ``s``, ``images[s]`` ``(M, C, H,
-    W)`` / ``labels[s]`` ``(M,)``, with SGD (momentum 0.9, weight decay 5e-4, ``lr`` decayed x0.1 at half of
-    ``epochs``), its batch order and the :func:`dc_augment` ``augment`` of every batch drawn from ``seeds[s]``, and
-    tested on ``test_images`` ``(N, C, H, W)`` / ``test_labels`` ``(N,)``.
-
-    All networks are trained in one pass as one :class:`vklib.train.Ensemble` (equal to separate runs from the same
-    seeds, to float tolerance). Networks with BatchNorm (e.g. ``"resnet"`` of :func:`make_network`) cannot be
-    stacked: they are trained one after the other, each by the same recipe.
-
-    Args:
-        images: ``(S, M, C, H, W)``: one set of ``M`` images per network; labels: ``(S, M)``.
-
-    Returns:
-        The ``S`` test accuracies (fractions).
+    Network ``s`` (``net_fn()`` initialised under ``seeds[s]``) is trained on ``images[s]`` ``(M, C, H, W)`` /
+    ``labels[s]`` ``(M,)`` of ``images`` ``(S, M, C, H, W)`` / ``labels`` ``(S, M)``, with SGD (momentum 0.9,
+    weight decay 5e-4, ``lr`` decayed x0.1 at half of ``epochs``), its batch order and the :func:`dc_augment`
+    ``augment`` of every batch drawn from ``seeds[s]``, and tested on ``test_images`` ``(N, C, H, W)`` /
+    ``test_labels`` ``(N,)``. All networks train in one pass as one :class:`vklib.train.Ensemble` (equal to
+    separate runs, to float tolerance); networks with BatchNorm (e.g. ``"resnet"``) cannot be stacked and train one
+    after the other by the same recipe.
     """
     if images.ndim != 5 or images.shape[:2] != labels.shape or images.shape[1] == 0:
         raise ValueError(f"images must be (S, M, C, H, W) with labels (S, M), M >= 1; got {tuple(images.shape)} and "

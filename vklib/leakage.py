@@ -1,27 +1,18 @@
 """Deep leakage from gradients: the kernels of notebook 02 (DLG, Zhu et al., NeurIPS 2019; iDLG, Zhao, Mopuri,
-Bilen, arXiv 2001.02610; and what came next: batch label counting and Inverting Gradients, Geiping et al. 2020).
+Bilen, arXiv 2001.02610; batch label counting; Inverting Gradients, Geiping et al. 2020). The notebook writes the
+attacks themselves on these kernels.
 
-Threat model
-    A client of federated / collaborative learning computes the gradient of its training loss on private samples
-    and shares it. The attacker (e.g. the server) knows the model's weights and the shared gradient
-    ``G = dL(f_theta(x), y)/dtheta`` and wants ``x`` and ``y``.
-What lives here (the notebook writes the attacks themselves on these kernels)
-    * victims and gradients for ``A`` attacks at once: the victims' parameters are stacked along a leading attack
-      axis (:func:`sample_victims`), :func:`batched_forward` runs all ``A`` LeNets with batched matrix products
-      (unfold + ``bmm``), :func:`victim_gradients` / :func:`dummy_gradients` give their per-attack gradients;
-    * the objectives: DLG's :func:`gradient_distance`, Inverting Gradients' :func:`cosine_distance` and
-      :func:`total_variation`;
-    * the label rules: iDLG's :func:`extract_label` (batch size 1) and the counting rule :func:`count_labels`
-      (batch size > 1);
-    * :func:`lbfgs`, ``A`` independent copies of ``torch.optim.LBFGS`` (no line search) stepped together, each
-      following the trajectory it would follow alone; finished problems leave the batch;
-    * metrics (:func:`mse`, :func:`psnr`, :func:`ssim`, :func:`wilson`) and the defences of DLG (:func:`defend`).
+Threat model: a client shares the gradient ``G = dL(f_theta(x), y)/dtheta`` of its loss on private samples; the
+attacker knows the weights ``theta`` and ``G`` and wants ``x`` and ``y``.
 
-Datasets
-    :func:`attack_set` loads the images an attack targets (:data:`ATTACK_SETS`). The paper profile reads the full
-    MNIST and CIFAR-100 (torchvision) and the full LFW; LFW (all 13,233 images of 5,749 people, the original
-    ``lfw/<name>/*.jpg`` layout) is registered in :mod:`vklib.data` as ``"lfw"`` (full loader only), read by
-    :func:`_lfw_full` here.
+Every kernel handles ``A`` attacks at once (a leading attack axis): the victims (:func:`sample_victims`,
+:func:`batched_forward`: LeNets as unfold + ``bmm``) and their gradients (:func:`victim_gradients`,
+:func:`dummy_gradients`); the objectives (:func:`gradient_distance`, :func:`cosine_distance`,
+:func:`total_variation`); the label rules (:func:`extract_label`, :func:`count_labels`); :func:`lbfgs`, ``A``
+copies of ``torch.optim.LBFGS`` without line search stepped together; metrics (:func:`mse`, :func:`psnr`,
+:func:`ssim`, :func:`wilson`) and DLG's defences (:func:`defend`). :func:`attack_set` loads the attacked images
+(:data:`ATTACK_SETS`); the full LFW (``lfw/<name>/*.jpg``) is registered in :mod:`vklib.data` as ``"lfw"`` and
+read by :func:`_lfw_full`.
 """
 from __future__ import annotations
 
@@ -56,21 +47,20 @@ ATTACK_SETS = {
 DEFENCES = ("noise", "prune")
 #: The victim's activation: DLG/iDLG's sigmoid LeNet, or the same LeNet with ReLUs (Inverting Gradients' setting).
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu}
+#: Per-layer gradients with a leading attack axis, ``(A, *shape)`` each: a dict by parameter name, or a sequence.
+Grads = Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------- data
 def _lfw_full(root: Path, split: str, download: bool, size) -> _data.ImageSet:
-    """The full LFW for :mod:`vklib.data` (``"lfw"``): ``<root>/lfw/<Person_Name>/*.jpg``, RGB, one class a
-    person, decoded lazily."""
+    """The full LFW for :mod:`vklib.data`: ``<root>/lfw/<Person_Name>/*.jpg``, RGB, one class a person."""
     return _data.class_folders("lfw", split, root / "lfw", size=size)
 
 
 def attack_set(name: str, n: int, *, generator: torch.Generator, data_dir=None, full: bool = False) -> _data.ImageSet:
-    """``n`` random images of dataset ``name`` prepared as the papers feed them to the victim.
-
-    Images are in [0, 1] without normalisation; MNIST stays 28x28 grey, CIFAR 32x32 RGB, the full LFW is resized to
-    32x32 RGB (the authors' ``Resize``), and the shipped LFW people subset (62x47 grey) is centre-cropped to 47x47
-    and resized to 32x32 grey.
+    """``n`` random images of dataset ``name`` as the papers feed them to the victim: in [0, 1], not normalised;
+    MNIST 28x28 grey, CIFAR 32x32 RGB, the full LFW resized to 32x32 RGB (the authors' ``Resize``), the shipped LFW
+    people (62x47 grey) centre-cropped to 47x47 and resized to 32x32.
 
     Returns:
         An :class:`~vklib.data.ImageSet` with ``images`` ``(n, C, S, S)``, ``labels`` ``(n,)`` and ``classes``.
@@ -95,15 +85,9 @@ def attack_set(name: str, n: int, *, generator: torch.Generator, data_dir=None, 
 # ----------------------------------------------------------------------------------------------- victims
 def sample_victims(model: nn.Module, n: int, *, generator: torch.Generator, init: str = "uniform",
                    low: float = -0.5, high: float = 0.5) -> dict[str, torch.Tensor]:
-    """``n`` independent victims with ``model``'s architecture.
-
-    ``init="uniform"``: every parameter drawn from U(low, high) (DLG and iDLG). ``init="default"``: PyTorch's
-    default for convolutions and linear layers, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the scale a ReLU network needs
-    to keep its activations finite).
-
-    Returns:
-        ``{name: (n, *shape)}`` in ``model.named_parameters()`` order.
-    """
+    """``n`` independent victims with ``model``'s architecture, as ``{name: (n, *shape)}`` in
+    ``model.named_parameters()`` order. ``init="uniform"``: every parameter from U(low, high) (DLG and iDLG);
+    ``"default"``: PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (the scale a ReLU network needs)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if init not in ("uniform", "default"):
@@ -127,19 +111,10 @@ def _lenet_conv(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, stride: int) 
 
 def batched_forward(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor,
                     activation: str = "sigmoid") -> torch.Tensor:
-    """Logits of ``A`` victims, victim ``i`` (parameters ``params[k][i]``) on image ``x[i]``.
-
-    Args:
-        model: the architecture (its own parameters are not used).
-        params: ``{name: (A, *shape)}`` as :func:`sample_victims` returns.
-        x: ``(A, C, H, W)``.
-        activation: a key of :data:`ACTIVATIONS`, for a :class:`~vklib.models.LeNetSigmoid` ("relu": the same LeNet
-            with ReLUs).
-
-    Returns:
-        ``(A, K)`` logits. A :class:`~vklib.models.LeNetSigmoid` runs as unfold + batched matrix products (fast on
-        CPUs); any other model through ``torch.func.vmap(functional_call)``.
-    """
+    """``(A, K)`` logits of ``A`` victims, victim ``i`` (parameters ``params[k][i]``, ``{name: (A, *shape)}``) on
+    image ``x[i]`` (``x``: ``(A, C, H, W)``); ``model`` gives the architecture only. A
+    :class:`~vklib.models.LeNetSigmoid` runs as unfold + batched matrix products (fast on CPUs), with the activation
+    ``activation`` (a key of :data:`ACTIVATIONS`); any other model through ``torch.func.vmap(functional_call)``."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if isinstance(model, LeNetSigmoid) and list(params) == [k for k, _ in model.named_parameters()]:
@@ -157,17 +132,10 @@ def batched_forward(model: nn.Module, params: Mapping[str, torch.Tensor], x: tor
 
 def dummy_gradients(model: nn.Module, params: Mapping[str, torch.Tensor], x: torch.Tensor, soft: torch.Tensor,
                     *, create_graph: bool = True, activation: str = "sigmoid") -> list[torch.Tensor]:
-    """Per-attack gradients of ``CE(f_i(x[i]), soft[i])`` with respect to victim ``i``'s parameters, cross-entropy
-    against the probabilities ``soft`` (a one-hot label, or DLG's ``softmax`` of dummy label logits).
-
-    Args:
-        params: ``{name: (A, *shape)}``; x: ``(A, C, H, W)``; soft: ``(A, K)`` rows summing to one.
-        create_graph: keep the graph, so that a distance to the shared gradient can be differentiated with respect
-            to ``x`` and ``soft`` (the attacks); ``False`` for the shared gradient itself.
-
-    Returns:
-        ``[(A, *shape)]`` in ``params`` order.
-    """
+    """``[(A, *shape)]`` in ``params`` order: the gradients of ``CE(f_i(x[i]), soft[i])`` with respect to victim
+    ``i``'s parameters (``params``: ``{name: (A, *shape)}``; ``x``: ``(A, C, H, W)``; ``soft``: ``(A, K)``
+    probabilities, a one-hot label or DLG's softmax of dummy label logits). ``create_graph`` keeps the graph so that
+    a distance to the shared gradient can be differentiated with respect to ``x`` and ``soft`` (the attacks)."""
     ps = [v.detach().requires_grad_(True) for v in params.values()]
     with torch.enable_grad():
         logits = batched_forward(model, dict(zip(params, ps)), x, activation)
@@ -177,48 +145,43 @@ def dummy_gradients(model: nn.Module, params: Mapping[str, torch.Tensor], x: tor
 
 def victim_gradients(model: nn.Module, params: Mapping[str, torch.Tensor], images: torch.Tensor,
                      labels: torch.Tensor, *, batch: int = 1, activation: str = "sigmoid") -> dict[str, torch.Tensor]:
-    """The gradients the clients share: each victim trained one step with cross-entropy (mean over its batch) on
-    ``batch`` consecutive samples of ``(images, labels)``.
-
-    Args:
-        params: ``{name: (A, *shape)}``; images: ``(A * batch, C, H, W)`` in [0, 1]; labels: ``(A * batch,)``.
-        batch: samples per client (1: DLG/iDLG's setting).
-
-    Returns:
-        ``{name: (A, *shape)}``, detached.
-    """
+    """The gradients the clients share, ``{name: (A, *shape)}``: victim ``i`` (``params``: ``{name: (A, *shape)}``)
+    trained with cross-entropy, mean over its ``batch`` consecutive samples of ``images`` ``(A * batch, C, H, W)``
+    and ``labels`` ``(A * batch,)`` (``batch=1``: DLG/iDLG's setting)."""
     n_att = len(next(iter(params.values())))
     if batch < 1 or len(images) != len(labels) or len(images) != n_att * batch or any(
             len(p) != n_att for p in params.values()):
         raise ValueError(f"params, images and labels need one entry per attack (batch={batch} images each); got "
                          f"{len(images)} images, {len(labels)} labels and parameters with "
                          f"{[len(p) for p in params.values()][:1]} rows")
-    k = params[_last_weight_name(params)].shape[1]
+    k = list(params.values())[-1].shape[1]           # the last layer's (A, K) bias or (A, K, F) weight
     rep = {name: v.repeat_interleave(batch, 0) for name, v in params.items()}
     g = dummy_gradients(model, rep, images, F.one_hot(labels, k).to(images.dtype), create_graph=False,
                         activation=activation)
     return {name: t.detach().view(n_att, batch, *t.shape[1:]).mean(1) for name, t in zip(params, g)}
 
 
-def _last_weight_name(grads: Mapping[str, torch.Tensor]) -> str:
-    names = [k for k, v in grads.items() if v.ndim == 3]
-    if not names:
-        raise ValueError("no last-layer weight found: expected a tensor of shape (A, K, F) among the gradients")
-    return names[-1]
-
-
 # ----------------------------------------------------------------------------------------------- the core loss
-def gradient_distance(dummy: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
-                      target: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> torch.Tensor:
-    """DLG's objective: the squared Euclidean distance between two gradients, summed over layers.
+def gradient_distance(dummy: Grads, target: Grads) -> torch.Tensor:
+    """DLG's objective ``(A,)``: ``sum_layers ||dummy_l[i] - target_l[i]||^2`` for each attack ``i``, from
+    per-layer gradients ``(A, *shape)`` (dicts with the same keys, or sequences in the same order)."""
+    a, b = _layer_pairs(dummy, target)
+    return sum((u - v).pow(2).flatten(1).sum(1) for u, v in zip(a, b))
 
-    Args:
-        dummy, target: per-layer gradients with a leading attack axis, ``(A, *shape)`` each (dicts with the same
-            keys, or sequences in the same order).
 
-    Returns:
-        ``(A,)``: ``sum_layers ||dummy_l[i] - target_l[i]||^2`` for each attack ``i``.
-    """
+def cosine_distance(dummy: Grads, target: Grads) -> torch.Tensor:
+    """Inverting Gradients' objective ``(A,)`` in [0, 2]: one minus the cosine similarity of two gradients, all
+    layers flattened into one vector per attack (Geiping et al. 2020, eq. 4; their code's ``cost_fn="sim"``); the
+    gradients as in :func:`gradient_distance`."""
+    dummy, target = _layer_pairs(dummy, target)
+    dot = sum((u * v).flatten(1).sum(1) for u, v in zip(dummy, target))
+    nu = sum(u.pow(2).flatten(1).sum(1) for u in dummy)
+    nv = sum(v.pow(2).flatten(1).sum(1) for v in target)
+    return 1 - dot / (nu.sqrt() * nv.sqrt()).clamp_min(1e-12)
+
+
+def _layer_pairs(dummy: Grads, target: Grads) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The layers of two gradients (dicts or sequences) as two lists, checked to match in names, count and shapes."""
     a = list(dummy.values()) if isinstance(dummy, Mapping) else list(dummy)
     b = list(target.values()) if isinstance(target, Mapping) else list(target)
     if isinstance(dummy, Mapping) and isinstance(target, Mapping) and list(dummy) != list(target):
@@ -228,25 +191,7 @@ def gradient_distance(dummy: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
     for u, v in zip(a, b):
         if u.shape != v.shape:
             raise ValueError(f"layer shapes differ: {tuple(u.shape)} vs {tuple(v.shape)}")
-    return sum((u - v).pow(2).flatten(1).sum(1) for u, v in zip(a, b))
-
-
-def cosine_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Inverting Gradients' objective: one minus the cosine similarity of two gradients, all layers flattened into
-    one vector per attack (Geiping et al. 2020, eq. 4; their code's ``cost_fn="sim"``).
-
-    Args:
-        dummy, target: per-layer gradients ``(A, *shape)`` each, in the same order.
-
-    Returns:
-        ``(A,)`` in [0, 2].
-    """
-    if len(dummy) != len(target) or not dummy:
-        raise ValueError(f"need the same non-zero number of layers, got {len(dummy)} and {len(target)}")
-    dot = sum((u * v).flatten(1).sum(1) for u, v in zip(dummy, target))
-    nu = sum(u.pow(2).flatten(1).sum(1) for u in dummy)
-    nv = sum(v.pow(2).flatten(1).sum(1) for v in target)
-    return 1 - dot / (nu.sqrt() * nv.sqrt()).clamp_min(1e-12)
+    return a, b
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -268,14 +213,9 @@ def extract_label(fc_weight_grad: torch.Tensor, *, strict: bool = True, rtol: fl
     the true class has ``p_i - y_i < 0``. A gradient averaged over a batch of several samples is a sum of such
     matrices (rank > 1, several negative rows): the rule is then no longer exact (:func:`count_labels` counts them).
 
-    Args:
-        fc_weight_grad: ``(K, F)`` for one shared gradient or ``(A, K, F)`` for ``A`` independent ones.
-        strict: raise a ``ValueError`` when the assumptions visibly fail; ``False`` applies the rule regardless
-            (e.g. to noisy or pruned gradients).
-        rtol: relative residual above which the gradient does not count as rank one.
-
-    Returns:
-        ``()`` or ``(A,)`` int64 labels.
+    ``fc_weight_grad``: ``(K, F)`` for one shared gradient or ``(A, K, F)`` for ``A``; returns ``()`` or ``(A,)``
+    int64 labels. ``strict=False`` applies the rule regardless (e.g. to noisy or pruned gradients); ``rtol``: the
+    relative residual above which the gradient does not count as rank one.
     """
     g = fc_weight_grad
     if g.ndim not in (2, 3):
@@ -321,11 +261,8 @@ def count_labels(fc_bias_grad: torch.Tensor, mean_probs: torch.Tensor, batch: in
     then taken one at a time, each time the class with the largest remaining count, whose count drops by one: the
     greedy step of Wainakh et al. 2022's LLG, here on the bias gradient.
 
-    Args:
-        fc_bias_grad: ``(A, K)`` for ``A`` shared gradients; mean_probs: ``(A, K)`` estimates of ``pbar``.
-
-    Returns:
-        ``(A, K)`` int64 counts, each row summing to ``batch``.
+    ``fc_bias_grad``: ``(A, K)`` for ``A`` shared gradients; ``mean_probs``: ``(A, K)`` estimates of ``pbar``.
+    Returns ``(A, K)`` int64 counts, each row summing to ``batch``.
     """
     if fc_bias_grad.ndim != 2 or mean_probs.shape != fc_bias_grad.shape:
         raise ValueError(f"fc_bias_grad and mean_probs must both be (A, K), got {tuple(fc_bias_grad.shape)} and "

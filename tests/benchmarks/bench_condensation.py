@@ -1,7 +1,9 @@
 """Benchmark (not a test; pytest does not collect it): one DC outer iteration -- the real gradients of every class,
 the synthetic gradients (create_graph), the matching loss and its backward to the synthetic pixels -- computed by
 ``vklib``'s default (``vectorised=None``: the loop over classes on a CPU, one ``vmap`` pass on a GPU), by its
-alternative, and optionally by the official code's loop, on the same network weights and the same batches.
+alternative, and optionally by the official code's loop, on the same network weights and the same batches. Both of
+``vklib``'s paths compute only the gradients the distance reads (for ``dc``, the weights'); its loop runs the real
+images with channels-last convolution weights.
 
     OMP_NUM_THREADS=1 python tests/benchmarks/bench_condensation.py             # the quick profile's sizes
     python tests/benchmarks/bench_condensation.py --width 128 --batch-real 256 --no-alternative  # the paper's sizes
