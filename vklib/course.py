@@ -363,11 +363,11 @@ def _collect_results(out: Path, profile: str, fresh: list[dict], failed: Sequenc
 
 
 def _list() -> str:
-    rows = [f"{'id':<3} {'notebook':<34} {'arXiv':<11} {'data':<36} {'quick (min)':>11}  GPU",
-            "-" * 110]
+    w = max(len(nb.data) for nb in CATALOGUE)   # the data column as wide as its longest entry
+    rows = [f"{'id':<3} {'notebook':<34} {'arXiv':<11} {'data':<{w}} {'quick (min)':>11}  GPU", "-" * (74 + w)]
     for nb in CATALOGUE:
         runtime = "not written" if not nb.exists else ("?" if nb.quick_minutes is None else f"{nb.quick_minutes:.1f}")
-        rows.append(f"{nb.id:<3} {nb.stem:<34} {nb.arxiv or '-':<11} {nb.data:<36} {runtime:>11}  {nb.gpu}")
+        rows.append(f"{nb.id:<3} {nb.stem:<34} {nb.arxiv or '-':<11} {nb.data:<{w}} {runtime:>11}  {nb.gpu}")
     return "\n".join(rows)
 
 
