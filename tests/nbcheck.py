@@ -1,5 +1,6 @@
 """Compare the cells marked ``# NBVAL_CHECK_OUTPUT`` of an executed notebook with the outputs stored in the
-committed notebook, after the substitutions of ``nbval_sanitize.cfg`` (nbval's format and semantics for text)."""
+committed notebook, after the substitutions of ``nbval_sanitize.cfg`` (nbval's format and semantics for text); and
+run one code cell of a notebook on its own (:func:`run_cell`, e.g. to test its visible ``PROFILES``)."""
 from __future__ import annotations
 
 import configparser
@@ -55,3 +56,14 @@ def compare(stored: Path, executed: Path) -> list[str]:
             problems.append(f"cell {cell.get('id')} ({cell.source.splitlines()[1:2]}):\n--- stored\n{want}\n"
                             f"--- executed\n{got}")
     return problems
+
+
+def run_cell(path: Path, start: str, *, stop: str | None = None, scope: dict | None = None) -> dict:
+    """The names defined by the code cell of the notebook at ``path`` whose source starts with ``start`` (leading
+    whitespace ignored), executed on its own up to the first occurrence of ``stop`` (the whole cell if ``None``), in
+    ``scope`` (a new dict if ``None``)."""
+    book = nbformat.read(str(path), as_version=4)
+    source = next(c.source for c in book.cells if c.cell_type == "code" and c.source.lstrip().startswith(start))
+    scope = {} if scope is None else scope
+    exec(source if stop is None else source[:source.index(stop)], scope)
+    return scope

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from nbcheck import run_cell
 from vklib import captioning as C
 from vklib import course, data, models, results, scenes, utils
 
@@ -17,13 +18,7 @@ NOTEBOOK = course.NOTEBOOKS_DIR / "09_topic_attention_captioning.ipynb"
 def _notebook_cell(start: str) -> dict:
     """The names defined by the notebook's code cell that starts with ``start``, run on its own."""
     import dataclasses
-
-    import nbformat
-    book = nbformat.read(str(NOTEBOOK), as_version=4)
-    cell = next(c.source for c in book.cells if c.cell_type == "code" and c.source.lstrip().startswith(start))
-    scope = {"captioning": C, "data": data, "scenes": scenes, "dataclasses": dataclasses}
-    exec(cell, scope)
-    return scope
+    return run_cell(NOTEBOOK, start, scope={"captioning": C, "data": data, "scenes": scenes, "dataclasses": dataclasses})
 
 
 PROFILES = _notebook_cell("# Every setting of each profile")["PROFILES"]

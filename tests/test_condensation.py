@@ -121,8 +121,8 @@ def test_class_gradients_vectorised_equals_loop_and_keeps_graph():
 
 @pytest.mark.parametrize("vectorised", [False, True])
 def test_class_gradients_weights_only_and_parameters_untouched(vectorised):
-    """weights_only gives the >= 2-D parameters' gradients, equal to the full call's (the loop's real side runs
-    with channels-last weights); matching_loss's backward reaches the images, never the network's .grad."""
+    """weights_only gives the >= 2-D parameters' gradients, equal to the full call's; matching_loss's backward
+    reaches the images, never the network's .grad."""
     torch.manual_seed(5)
     net = models.ConvNet(1, 3, 8, width=8, depth=2)
     x = torch.randn(3, 4, 1, 8, 8)
@@ -167,8 +167,9 @@ def toy_data(n_per_class: int = 6, classes: int = 3, size: int = 8, seed: int = 
     return x, y
 
 
-def test_class_gradients_default_is_the_loop_on_cpu(monkeypatch):
-    """vectorised=None takes the loop on a CPU (faster there) and gives what both explicit choices give."""
+def test_class_gradients_default_per_side_on_cpu(monkeypatch):
+    """vectorised=None takes the loop for the real side on a CPU (faster there) and vmap for the synthetic side;
+    both give what the explicit choices give."""
     torch.manual_seed(2)
     net, x = tiny_net(), torch.randn(3, 2, 1, 8, 8)
     calls = []
@@ -179,6 +180,10 @@ def test_class_gradients_default_is_the_loop_on_cpu(monkeypatch):
     assert not calls
     vec = dc.class_gradients(net, x, vectorised=True)
     assert calls and all(torch.allclose(auto[k], vec[k], atol=1e-6) for k in auto)
+    calls.clear()  # the synthetic side (create_graph) takes the vmap pass by default, on a CPU too
+    syn = dc.class_gradients(net, x.requires_grad_(), create_graph=True)
+    loop = dc.class_gradients(net, x, create_graph=True, vectorised=False)
+    assert calls and all(torch.allclose(syn[k], loop[k], atol=1e-6) for k in syn)
 
 
 def reference_dm_loss(net, real, syn):

@@ -1,11 +1,13 @@
-"""vklib.landmarks: warps, the dense equivariance and DVE losses, SmallNet, the landmark regressor and metrics."""
+"""vklib.landmarks: warps, the dense equivariance and DVE losses, SmallNet, the landmark regressor and metrics;
+vklib.faces: the full datasets' readers; notebook 04's profiles and the worked solution of its exercise."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from vklib import data, landmarks as L, models, results, utils
+from nbcheck import run_cell
+from vklib import course, data, faces, landmarks as L, models, results, utils
 
 
 # ----------------------------------------------------------------------------------------------- references
@@ -58,7 +60,7 @@ def test_tps_fit_matches_scipys_thin_plate_spline():
     gen = torch.Generator().manual_seed(0)
     centers = torch.rand(2, 9, 2, generator=gen, dtype=torch.float64) * 2 - 1
     targets = centers + 0.2 * torch.randn(2, 9, 2, generator=gen, dtype=torch.float64)
-    warp = L.TPSWarp(centers, *L.tps_fit(centers, targets))
+    warp = faces.TPSWarp(centers, *faces.tps_fit(centers, targets))
     pts = torch.rand(2, 20, 2, generator=gen, dtype=torch.float64) * 2 - 1
     for b in range(2):
         ref = RBFInterpolator(centers[b].numpy(), targets[b].numpy(), kernel="thin_plate_spline", degree=1)
@@ -67,25 +69,25 @@ def test_tps_fit_matches_scipys_thin_plate_spline():
 
 
 def test_random_tps_identity_determinism_and_errors():
-    ident = L.random_tps(2, rotation=0, scale=0, translation=0, tps=0, control=3)
+    ident = faces.random_tps(2, rotation=0, scale=0, translation=0, tps=0, control=3)
     pts = torch.rand(2, 7, 2) * 2 - 1
     assert torch.allclose(ident(pts), pts, atol=1e-5)
-    warp = L.random_tps(3, generator=torch.Generator().manual_seed(1), control=4, tps=0.1)
+    warp = faces.random_tps(3, generator=torch.Generator().manual_seed(1), control=4, tps=0.1)
     lin = torch.linspace(-1, 1, 4)
     yy, xx = torch.meshgrid(lin, lin, indexing="ij")
     assert torch.equal(warp.centers[0], torch.stack([xx, yy], -1).reshape(-1, 2))  # kernels on the control grid
     assert (warp(warp.centers) - warp.centers).abs().max() > 0.05  # ... which the warp moves
-    again = L.random_tps(3, generator=torch.Generator().manual_seed(1), control=4, tps=0.1)
+    again = faces.random_tps(3, generator=torch.Generator().manual_seed(1), control=4, tps=0.1)
     assert all(torch.equal(a, b) for a, b in zip(warp, again))
     assert warp.grid(5, 6).shape == (3, 5, 6, 2)
     for bad in (dict(n=0), dict(n=1, control=1), dict(n=1, tps=-0.1)):
         with pytest.raises(ValueError):
-            L.random_tps(**bad)
+            faces.random_tps(**bad)
 
 
 def test_identity_grid_reproduces_the_image():
     x = torch.rand(1, 3, 6, 5)
-    ident = L.random_tps(1, rotation=0, scale=0, translation=0, tps=0)
+    ident = faces.random_tps(1, rotation=0, scale=0, translation=0, tps=0)
     out = torch.nn.functional.grid_sample(x, ident.grid(6, 5), align_corners=False)
     assert torch.allclose(out, x, atol=1e-4)
 
@@ -99,7 +101,7 @@ def ramp(n=2, size=24):
 
 def test_warp_pair_shapes_identity_and_correspondence():
     x = ramp(3, 24)
-    x1, x2, g = L.warp_pair(x, rotation=0, scale=0, translation=0, tps=0, stride=2, crop=2)
+    x1, x2, g = faces.warp_pair(x, rotation=0, scale=0, translation=0, tps=0, stride=2, crop=2)
     assert x1.shape == x2.shape == (3, 3, 20, 20) and g.shape == (3, 10, 10, 2)
     assert torch.allclose(x1, x[..., 2:22, 2:22], atol=1e-4) and torch.allclose(x2, x1, atol=1e-4)
     centres = L.cell_centres(10, 10, 2).reshape(10, 10, 2)
@@ -108,7 +110,7 @@ def test_warp_pair_shapes_identity_and_correspondence():
     # sampling is exact there), closely for a thin-plate spline
     for tps, tol in ((0.0, 1e-4), (0.03, 0.02)):
         gen = torch.Generator().manual_seed(0)
-        x1, x2, g = L.warp_pair(x, generator=gen, rotation=5, scale=0.05, translation=0.05, tps=tps)
+        x1, x2, g = faces.warp_pair(x, generator=gen, rotation=5, scale=0.05, translation=0.05, tps=tps)
         back = torch.nn.functional.grid_sample(x2, data.to_normalized(g, 24), align_corners=False)
         inside = ((g > 3) & (g < 20)).all(-1)
         assert inside.float().mean() > 0.3
@@ -118,13 +120,13 @@ def test_warp_pair_shapes_identity_and_correspondence():
 
 def test_warp_pair_is_deterministic_and_jitters_colours():
     x = torch.rand(2, 3, 16, 16)
-    a = L.warp_pair(x, generator=torch.Generator().manual_seed(3), color_jitter=0.3)
-    b = L.warp_pair(x, generator=torch.Generator().manual_seed(3), color_jitter=0.3)
+    a = faces.warp_pair(x, generator=torch.Generator().manual_seed(3), color_jitter=0.3)
+    b = faces.warp_pair(x, generator=torch.Generator().manual_seed(3), color_jitter=0.3)
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     assert 0 <= float(a[0].min()) and float(a[0].max()) <= 1
     for bad in (dict(images=torch.rand(3, 8, 8)), dict(images=x, stride=0), dict(images=x, crop=8)):
         with pytest.raises(ValueError):
-            L.warp_pair(**bad)
+            faces.warp_pair(**bad)
 
 
 # ----------------------------------------------------------------------------------------------- losses
@@ -203,8 +205,18 @@ def test_exchange_is_a_convex_combination_and_loss_errors():
 # ----------------------------------------------------------------------------------------------- network
 def test_smallnet_shapes_parameters_seed_and_errors():
     net = L.SmallNet(16)
-    assert models.count_parameters(net) == 338_248  # DVE's README: 338.2k (SmallNet, 16 dims)
-    assert models.count_parameters(L.SmallNet(3)) == 334_881  # and 334.9k at 3 dims
+    assert models.count_parameters(net) == 338_216  # DVE's README: 338.2k (SmallNet, 16 dims)
+    assert models.count_parameters(L.SmallNet(3)) == 334_875  # and 334.9k at 3 dims
+    # the released head: a plain 1x1 convolution (no BN, no activation); Xavier-normal weights, zero biases
+    head = net.body[-1][-1]
+    assert type(head) is torch.nn.Conv2d and head.kernel_size == (1, 1) and head.out_channels == 16
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 6 and all(float(c.bias.detach().abs().max()) == 0 for c in convs)
+    for c in convs:
+        fan_in, fan_out = c.weight[0].numel(), c.weight.shape[0] * c.weight[0, 0].numel()
+        assert abs(float(c.weight.detach().std()) / math.sqrt(2 / (fan_in + fan_out)) - 1) < 0.1
+    y = L.SmallNet(8, widths=(4, 4, 4, 4, 4), seed=0)(torch.rand(2, 3, 20, 20))
+    assert float(y.detach().min()) < -0.05  # no final LeakyReLU: negative components are not shrunk
     small = L.SmallNet(8, widths=(4, 4, 4, 4, 4), seed=1)
     state = torch.get_rng_state()
     again = L.SmallNet(8, widths=(4, 4, 4, 4, 4), seed=1)
@@ -223,37 +235,41 @@ def tiny_net(seed=0):
     return L.SmallNet(4, widths=(4, 4, 4, 4, 4), seed=seed)
 
 
-def test_train_descriptors_is_deterministic_and_accepts_sequences():
-    x = torch.rand(6, 3, 12, 12, generator=torch.Generator().manual_seed(0))
-    runs = []
-    for images in (x, list(x), x):
-        net = tiny_net()
-        losses = L.train_descriptors(net, images, epochs=1, batch_size=3, lr=1e-2, dve=True, seed=5, device="cpu",
-                                     warp=dict(rotation=5, color_jitter=0.1))
-        runs.append((losses, torch.cat([p.detach().flatten() for p in net.parameters()])))
-    assert len(runs[0][0]) == 2 and all(math.isfinite(v) for v in runs[0][0])
-    assert runs[0][0] == runs[1][0] == runs[2][0] and torch.equal(runs[0][1], runs[2][1])
-    plain = L.train_descriptors(tiny_net(), x, epochs=1, batch_size=3, dve=False, seed=5, device="cpu", chunk=10)
-    assert len(plain) == 2 and plain != runs[0][0]
+def test_photometric_jitter_and_pca_lighting():
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(faces.photometric(x, 0.0, 0.0), x)
+    a = faces.photometric(x, 0.4, 0.0, torch.Generator().manual_seed(1))
+    assert torch.equal(a, faces.photometric(x, 0.4, 0.0, torch.Generator().manual_seed(1)))
+    assert 0 <= float(a.min()) and float(a.max()) <= 1 and not torch.allclose(a, x)
+    grey = x.mean(1, keepdim=True).expand_as(x).contiguous()  # saturation and PCA lighting on a grey image
+    shifted = faces.photometric(grey, 0.0, 0.1, torch.Generator().manual_seed(2)) - grey
+    per_image = shifted.flatten(2)
+    assert torch.allclose(per_image, per_image[..., :1].expand_as(per_image), atol=1e-6)  # one RGB shift per image
+    assert float(shifted.abs().max()) > 0
 
 
-def test_train_descriptors_errors():
-    x = torch.rand(4, 3, 12, 12)
-    with pytest.raises(ValueError, match="DVE needs batch_size >= 2"):
-        L.train_descriptors(tiny_net(), x, epochs=1, batch_size=1, device="cpu")
-    with pytest.raises(ValueError, match="batch_size must be in"):
-        L.train_descriptors(tiny_net(), x, epochs=1, batch_size=5, device="cpu")
-    with pytest.raises(ValueError, match="gives no training step"):
-        L.train_descriptors(tiny_net(), x, epochs=0.1, batch_size=4, device="cpu")
+def test_random_tps_released_kernel_weights():
+    gen = lambda: torch.Generator().manual_seed(0)
+    plain = faces.random_tps(64, generator=gen(), rotation=0, scale=0, translation=0, tps=0, control=10)
+    bent = faces.random_tps(64, generator=gen(), rotation=0, scale=0, translation=0, tps=0, control=10,
+                        kernel=(0.001, 0.01))
+    assert bent.centers.shape == (64, 100, 2) and float(plain.kernel_weights.abs().max()) < 1e-4  # solver noise
+    w = bent.kernel_weights.flatten()
+    # half of the weights ~ N(0, 0.01), half ~ N(0, 0.001), in kornia's r^2 log r units (x2)
+    assert abs(float(w.pow(2).mean().sqrt()) - 2 * math.sqrt((0.01 ** 2 + 0.001 ** 2) / 2)) < 0.002
+    p = torch.rand(64, 7, 2) * 2 - 1
+    assert not torch.allclose(bent(p), p, atol=1e-3)
+    with pytest.raises(ValueError, match="standard deviations"):
+        faces.random_tps(2, kernel=(-1.0, 0.0))
 
 
 def test_batch_stream_with_workers_keeps_the_order():
     images = [torch.full((1, 2, 2), float(i)) for i in range(10)]
-    a = [b[:, 0, 0, 0].tolist() for b in L._batch_stream(images, 3, 5, torch.Generator().manual_seed(0))]
-    b = [b[:, 0, 0, 0].tolist() for b in L._batch_stream(images, 3, 5, torch.Generator().manual_seed(0), workers=2)]
+    a = [b[:, 0, 0, 0].tolist() for b in faces.batch_stream(images, 3, 5, torch.Generator().manual_seed(0))]
+    b = [b[:, 0, 0, 0].tolist() for b in faces.batch_stream(images, 3, 5, torch.Generator().manual_seed(0), workers=2)]
     assert a == b and len(a) == 5
     # full batches only, every index once per pass of 3 batches (the 10th image is left out of each pass)
-    idx = list(L._batch_indices(10, 3, 6, torch.Generator().manual_seed(0)))
+    idx = list(faces.batch_indices(10, 3, 6, torch.Generator().manual_seed(0)))
     assert [len(i) for i in idx] == [3] * 6 and len(set(torch.cat(idx[:3]).tolist())) == 9
 
 
@@ -317,28 +333,17 @@ def positional_features(n, h=6, w=6):
     return torch.eye(h * w).reshape(1, h * w, h, w).expand(n, -1, -1, -1).clone()
 
 
-def test_fit_regressor_learns_and_is_deterministic():
-    gen = torch.Generator().manual_seed(0)
-    n, h = 40, 6
-    idx = torch.randint(0, h * h, (n, 2), generator=gen)
-    feats = torch.zeros(n, 2, h, h)  # channel k lights up at landmark k
-    for k in range(2):
-        feats.view(n, 2, -1)[torch.arange(n), k, idx[:, k]] = 1.0
-    cells = L.cell_centres(h, h, 1)
-    lms = data.to_normalized(cells[idx], h)
-    reg, losses = L.fit_regressor(feats, lms, epochs=60, batch_size=20, lr=0.05, n_intermediate=2,
-                                  softargmax_mul=20.0, seed=0, device="cpu")
-    assert losses[-1] < 0.05 * losses[0] and not reg.training
-    assert (L.predict_landmarks(reg, feats, device="cpu") - lms).norm(dim=-1).mean() < 0.1
-    reg2, losses2 = L.fit_regressor(feats, lms, epochs=60, batch_size=20, lr=0.05, n_intermediate=2,
-                                    softargmax_mul=20.0, seed=0, device="cpu")
-    assert losses == losses2
-    pred = L.predict_landmarks(reg, feats, batch_size=7, device="cpu")
-    assert pred.shape == (n, 2, 2) and torch.allclose(pred, reg(feats)[0], atol=1e-6) and not reg.training
-    with pytest.raises(ValueError, match="need features"):
-        L.fit_regressor(feats, lms[:3], epochs=1)
-    with pytest.raises(ValueError, match="no training step"):
-        L.fit_regressor(feats, lms, epochs=0.01, batch_size=20)
+def test_regression_loss_is_dves_smooth_l1_with_alpha():
+    pred, target = torch.randn(3, 5, 2) * 0.2, torch.randn(3, 5, 2) * 0.2
+    d = (pred - target).abs() * 10
+    want = torch.where(d < 1, 0.5 * d ** 2, d - 0.5).mean()
+    assert torch.allclose(L.regression_loss(pred, target), want)
+    assert torch.allclose(L.regression_loss(pred, target, alpha=1.0),
+                          torch.nn.functional.smooth_l1_loss(pred, target))
+    reg = L.LandmarkRegressor(2, n_landmarks=5, n_intermediate=2, seed=0)
+    feats = positional_features(3)[:, :2]
+    pred = L.predict_landmarks(reg, feats, batch_size=2, device="cpu")
+    assert pred.shape == (3, 5, 2) and torch.allclose(pred, reg(feats)[0], atol=1e-6)
 
 
 def test_iod_error_by_hand_and_errors():
@@ -383,29 +388,57 @@ def test_pca_rgb_range_shape_and_determinism():
 
 
 # ----------------------------------------------------------------------------------------------- data, profiles
+def _notebook_settings():
+    """Notebook 04's visible PROFILES and WARPS dicts (its settings cell, executed up to the profile resolution)."""
+    scope = run_cell(course.find("04").path, "# Every setting of each profile", stop="cfg = landmarks.check_config")
+    return scope["PROFILES"], scope["WARPS"]
+
+
 def test_profiles_and_paper_numbers():
-    assert set(L.PROFILES["quick"]) == set(L.PROFILES["paper"]) == set(L.PROFILES["smoke"])
-    assert {k for k in L.PROFILES["paper"] if L.PROFILES["smoke"][k] != L.PROFILES["paper"][k]} == {
+    profiles, warps = _notebook_settings()
+    assert set(profiles["quick"]) == set(profiles["paper"]) == set(profiles["smoke"])
+    assert {k for k in profiles["paper"] if profiles["smoke"][k] != profiles["paper"][k]} == {
         "dims", "epochs", "batch_size", "workers", "finetune_epochs", "reg_epochs", "reg_batch_size"}
-    cfg = utils.resolve_profile(L.PROFILES, "quick", epochs=2.0)
-    assert cfg["epochs"] == 2.0 and cfg["dims"] == [16]
+    quick, paper = profiles["quick"], profiles["paper"]
+    assert quick["seeds"] >= 3 and {16, 64} <= set(quick["dims"]) and quick["key_dim"] in quick["dims"]
+    # the released configuration: raw descriptors, DVE's Warper and augmentation, the regressor's alpha of 10
+    assert paper["normalize"] == 0 and paper["warps"] == "released" and paper["reg_alpha"] == 10.0
+    assert warps["released"] == {"rotation": 5.0, "scale": 0.1, "translation": 0.1, "tps": 0.0, "control": 10,
+                                 "kernel": (0.001, 0.01), "color_jitter": 0.4, "pca_lighting": 0.1}
+    for w in warps.values():  # every warp setting is a valid warp_pair call
+        faces.warp_pair(torch.rand(2, 3, 16, 16), generator=torch.Generator().manual_seed(0), **w)
+    cfg = L.check_config(utils.resolve_profile(profiles, "quick", epochs=2.0))
+    assert cfg["epochs"] == 2.0 and cfg["dims"] == quick["dims"]
     # the paper profile's grid (notebook 04 logs iod_error_{dve,no_dve}_{dim}d_{dataset}) has the paper's numbers,
     # fractions of the inter-ocular distance, DVE ahead everywhere
-    paper = L.PROFILES["paper"]
     grid = [f"{d}d_{name}" for name in paper["eval_data"] for d in paper["dims"]]
     numbers = results.paper_numbers("04_descriptor_vector_exchange", grid=grid)
     for s in grid:
         assert 0 < numbers[f"iod_error_dve_{s}"] < numbers[f"iod_error_no_dve_{s}"] < 0.2, s
     with pytest.raises(ValueError, match="allowed"):
-        utils.resolve_profile(L.PROFILES, "quick", epoch=2)
-    for profile in ("quick", "paper"):
-        assert L.check_config(L.PROFILES[profile])["dims"] == L.PROFILES[profile]["dims"]
-    assert L.check_config({**cfg, "dims": 32})["dims"] == [32]
+        utils.resolve_profile(profiles, "quick", epoch=2)
+    for profile in ("quick", "paper", "smoke"):
+        assert L.check_config(profiles[profile])["dims"] == profiles[profile]["dims"]
+    assert L.check_config({**cfg, "dims": 32, "key_dim": None})["dims"] == [32]
     for bad, match in ((dict(dims="[16]"), "dims must be"), (dict(dims=[0]), "dims must be"),
                        (dict(epochs=0), "epochs must be"), (dict(batch_size=1), "batch_size must be"),
-                       (dict(crop=30), "crop must be"), (dict(finetune_epochs=-1), "finetune_epochs")):
+                       (dict(crop=30), "crop must be"), (dict(finetune_epochs=-1), "finetune_epochs"),
+                       (dict(seeds=0), "seeds must be"), (dict(key_dim=3), "key_dim must be"),
+                       (dict(normalize=-1.0), "normalize must be"), (dict(reg_alpha=0), "reg_alpha")):
         with pytest.raises(ValueError, match=match):
             L.check_config({**cfg, **bad})
+
+
+def test_worked_solution_matches_the_exchange_kernel():
+    sol = course.solution("04_descriptor_vector_exchange")
+    f1, f2, fa, g = tiny(B=3, C=4, h=5, w=6, seed=3)
+    mine = sol.exchange_reference(f1, fa)
+    assert mine.shape == f1.shape and torch.allclose(mine, L.exchange(f1, fa), atol=1e-5)
+    assert torch.allclose(L.dense_equivariance_loss(mine, f2, g, stride=2), L.dve_loss(f1, f2, fa, g, stride=2),
+                          atol=1e-5)
+    # each exchanged descriptor is a convex combination of the auxiliary image's descriptors
+    one = sol.exchange_reference(f1[:1, :, :1, :1], fa[:1, :, :1, :1])
+    assert torch.allclose(one, fa[:1, :, :1, :1])
 
 
 @pytest.mark.parametrize("name", ["celeba", "mafl", "aflw_mtfl"])
@@ -422,9 +455,9 @@ def test_face_images_crop_then_resize(tmp_path):
     im = Image.new("RGB", (20, 10), (255, 0, 0))
     im.paste((0, 0, 255), (10, 0, 20, 10))  # the right half blue
     im.save(tmp_path / "a.png")
-    faces = L.FaceImages([tmp_path / "a.png"] * 2, (10, 0, 20, 10), 4)
-    assert isinstance(faces, data.LazyImages) and len(faces) == 2 and len(faces[1:]) == 1
-    assert torch.equal(faces[0], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 4, 4))
+    crops = faces.FaceImages([tmp_path / "a.png"] * 2, (10, 0, 20, 10), 4)
+    assert isinstance(crops, data.LazyImages) and len(crops) == 2 and len(crops[1:]) == 1
+    assert torch.equal(crops[0], torch.tensor([0.0, 0.0, 1.0])[:, None, None].expand(3, 4, 4))
 
 
 # ----------------------------------------------------------------------------------------------- full readers
@@ -480,7 +513,7 @@ def test_celeba_and_mafl_splits_and_coordinates(landmark_root):
     pts = torch.tensor(mini.celeba_landmarks(f), dtype=torch.float32).view(5, 2)
     ds = data.load("mafl", "test", full=True, data_dir=landmark_root, size=50)
     assert torch.allclose(ds.meta["landmarks"][0], (pts - torch.tensor([0.0, 30.0])) * 50 / 178)
-    assert L.CELEBA_BOX == (0, 30, 178, 208)
+    assert faces.CELEBA_BOX == (0, 30, 178, 208)
 
 
 def test_celeba_reads_the_torchvision_layout_and_warns_without_mafl(landmark_root, tmp_path):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from nbcheck import run_cell
 from vklib import course, data, leakage as L, models, results
 
 
@@ -32,12 +33,7 @@ def tiny():
 # ----------------------------------------------------------------------------------------------- settings
 def _notebook_profiles():
     """The notebook's visible PROFILES dicts (its settings cell, executed up to the profile resolution)."""
-    import nbformat
-    book = nbformat.read(str(course.find("02").path), as_version=4)
-    source = next(c.source for c in book.cells if c.cell_type == "code" and c.source.lstrip().startswith(
-        "# Every setting of each profile"))
-    scope = {}
-    exec(source[:source.index("cfg = utils.resolve_profile")], scope)
+    scope = run_cell(course.find("02").path, "# Every setting of each profile", stop="cfg = utils.resolve_profile")
     return scope["PROFILES"]
 
 

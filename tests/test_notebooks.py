@@ -146,8 +146,24 @@ def bounds_02(m, r):
 
 @bounds("04")
 def bounds_04(m, r):
+    # issue 26: means over 3 seeds of the quick profile at its key dimension (64-D; the comparison runs where the
+    # paper's gain is largest, and where plain equivariance's descriptors pick up identity: see the notebook)
+    p = r["params"]
+    assert m["n_seeds"] >= 3 and p["seeds"] >= 3 and p["key_dim"] == 64, "the key comparison: 3+ seeds at 64-D"
+    for k in ("iod_error_dve", "iod_error_no_dve", "iod_error_mean_shape", "iod_error_random_features",
+              "match_error_dve", "match_error_no_dve"):
+        assert k in m and f"{k}_std" in m, f"{k} (mean, std over seeds) missing"
+    for dim in (16, 64):  # the descriptor-size sweep, both arms, in the results table
+        for arm in ("dve", "no_dve"):
+            assert f"iod_error_{arm}_{dim}d" in m and f"match_error_{arm}_{dim}d" in m, f"{arm} at {dim}-D missing"
+    # The key comparison of issue 26, on the means. Holds in the quick profile (stored run, 1 thread: 0.0959 +-
+    # 0.0019 vs 0.1005 +- 0.0045, DVE ahead on each of the 3 seeds by 0.002 to 0.009):
+    assert m["iod_error_dve"] < m["iod_error_no_dve"], "DVE's landmark error must be below plain equivariance's"
     assert m["iod_error_dve"] < m["iod_error_mean_shape"], "DVE landmarks must beat predicting the mean shape"
     assert m["iod_error_dve"] < m["iod_error_random_features"], "DVE must beat the same regressor on an untrained network"
+    # Not a bound of the issue, measured (stored run: 0.152 +- 0.002 vs 0.200 +- 0.007): at 64-D the exchange makes
+    # descriptors match landmarks across identities better, the mechanism the paper gives for its gain.
+    assert m["match_error_dve"] < m["match_error_no_dve"], "DVE matches landmarks across identities better at 64-D"
 
 
 @bounds("01")
@@ -157,11 +173,10 @@ def bounds_01(m, r):
     assert m["n_seeds"] >= 3 and r["params"]["eval_augment"] == "paper", "3 seeds, the paper's augmentation"
     assert m["acc_dc"] >= m["acc_random"] + 0.10, "DC beats random real images by at least 10 points"
     assert m["acc_dc"] >= 0.80, "DC with one image per class on the shipped MNIST subset"
-    # NOT asserted: issue 19's acc_dc >= max(acc_herding, acc_kcenter). At this scale the lead sits inside DC's seed
-    # spread (one evaluation network per seed) and flips with float summation order alone: the same seeds gave DC
-    # 0.877 +- 0.024 in the stored run with the NCHW real-gradient loop and 0.857 +- 0.031 at 1 thread with the
-    # channels-last one (pixel gradients equal to 1e-6 relative at these sizes), herding 0.862 +- 0.008 in both. The
-    # notebook prints its verdict for each run. Only that both coresets are recorded with their spread:
+    # The paper's ordering (91.7 vs 89.2 / 89.3). With the first edition's 150 iterations of 32 real images the lead
+    # sat inside DC's seed spread and flipped with float summation order alone; 300 iterations of 16 (similar cost)
+    # put DC ahead in every seed (the notebook's "gap to the paper" gives the commands and numbers).
+    assert m["acc_dc"] >= max(m["acc_herding"], m["acc_kcenter"]), "DC matches or beats the herding/k-center coresets"
     assert all(f"acc_{v}_std" in m for v in ("dc", "herding", "kcenter")), "coreset accuracies (mean, std) missing"
     assert m["acc_dm"] > 0.5 and m["time_dm_s"] > 0 and m["time_dc_s"] > 0, "DM learns; both times are logged"
 

@@ -210,10 +210,11 @@ def class_gradients(net: nn.Module, images: torch.Tensor, *, create_graph: bool 
         net: a network without BatchNorm (its parameters are read, never changed, their ``.grad`` untouched).
         images: ``(K, n, C, H, W)``: ``n`` images of each of ``K`` classes.
         create_graph: keep the graph to the images (the synthetic side); otherwise the gradients are detached (the
-            real side) and the loop runs the 4-D weights channels-last (the same sums in another order, faster on
-            CPUs, as ``tests/benchmarks/bench_condensation.py`` measures).
-        vectorised: one ``torch.func.vmap`` pass over classes instead of a loop; ``None``: on a GPU only (on a CPU
-            the loop is faster and ``vmap`` holds all classes' activations, about 17 GB at the paper's sizes).
+            real side).
+        vectorised: one ``torch.func.vmap`` pass over classes instead of a loop; ``None``: on a GPU, and on a CPU
+            for the synthetic side (``create_graph=True``: a few images per class, where the loop's per-call
+            overhead dominates); the real side loops on a CPU (faster there, and ``vmap`` would hold all classes'
+            activations, about 17 GB at the paper's sizes).
         weights_only: only the parameters with two or more dimensions (all that the paper's distance reads).
 
     Returns:
@@ -230,7 +231,7 @@ def class_gradients(net: nn.Module, images: torch.Tensor, *, create_graph: bool 
     params = {k: p.detach() for k, p in net.named_parameters()}
     names = [k for k, p in params.items() if p.ndim > 1 or not weights_only]
     if vectorised is None:
-        vectorised = images.device.type != "cpu"
+        vectorised = images.device.type != "cpu" or create_graph
     if vectorised:
         from torch.func import functional_call, grad, vmap
         buffers = dict(net.named_buffers())
@@ -240,9 +241,7 @@ def class_gradients(net: nn.Module, images: torch.Tensor, *, create_graph: bool 
 
         out = vmap(grad(loss_fn), in_dims=(None, 0, 0))({k: params[k] for k in names}, images, labels)
         return {k: (out[k] if create_graph else out[k].detach()) for k in names}
-    cl = torch.channels_last
-    leaves = {k: (params[k].contiguous(memory_format=cl) if params[k].ndim == 4 and not create_graph
-                  else params[k]).requires_grad_() for k in names}
+    leaves = {k: params[k].requires_grad_() for k in names}
     per_class = []
     with torch.enable_grad():
         for c in range(K):

@@ -695,20 +695,20 @@ register(DatasetSpec(
     "Full LFW: the original lfw.tgz extracted to <data_dir>/lfw/<Person_Name>/<Person_Name>_0001.jpg."))
 register(DatasetSpec(
     "celeba", "CelebA aligned faces (unlabeled training set of DVE)", ("train", "val", "test", "all"), None,
-    _reader("landmarks", "_celeba_full"),
+    _reader("faces", "_celeba_full"),
     "Full CelebA: <data_dir>/celeba/ with img_align_celeba/ (or Img/img_align_celeba/, or Img/img_align_celeba_hq/ "
     "from DVE's celeba.tar.gz), list_landmarks_align_celeba.txt (or Anno/...) and list_eval_partition.txt (or "
     "Eval/...); the 20,000 MAFL faces listed in <data_dir>/celeba/MAFL/training.txt and testing.txt are left out, "
     "as in DVE's code.",
     "images: DVE's 178x178 crop of each aligned image (rows 30 to 208), resized (default 100 px)"))
 register(DatasetSpec(
-    "mafl", "MAFL: CelebA faces with 5 landmarks (19,000 train / 1,000 test)", ("train", "test"), None, _reader("landmarks", "_mafl_full"),
+    "mafl", "MAFL: CelebA faces with 5 landmarks (19,000 train / 1,000 test)", ("train", "test"), None, _reader("faces", "_mafl_full"),
     "Full MAFL: the CelebA layout of 'celeba' plus <data_dir>/celeba/MAFL/training.txt and testing.txt (one CelebA "
     "file name per line, from the TCDCN release).",
     "landmarks: CelebA's aligned 5 points, in the same crop as 'celeba'"))
 register(DatasetSpec(
     "aflw_mtfl", "AFLW-MTFL: 10,122 train / 2,995 test AFLW faces with 5 landmarks", ("train", "test"), None,
-    _reader("landmarks", "_aflw_full"),
+    _reader("faces", "_aflw_full"),
     "Full AFLW-MTFL: DVE's aflw-mtfl.tar.gz (github.com/jamt9000/DVE) unpacked as <data_dir>/aflw_mtfl/ (or "
     "aflw-mtfl/): aflw_cropped/facedata_cropped.csv with the crops it names (its 10,122 rows with set 1 are the "
     "training faces) and MTFL/testing.txt with MTFL/AFLW/ (MTFL's 2,995 AFLW test faces, as in MTFL.zip).",

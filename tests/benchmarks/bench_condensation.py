@@ -1,9 +1,9 @@
 """Benchmark (not a test; pytest does not collect it): one DC outer iteration -- the real gradients of every class,
 the synthetic gradients (create_graph), the matching loss and its backward to the synthetic pixels -- computed by
-``vklib``'s default (``vectorised=None``: the loop over classes on a CPU, one ``vmap`` pass on a GPU), by its
-alternative, and optionally by the official code's loop, on the same network weights and the same batches. Both of
-``vklib``'s paths compute only the gradients the distance reads (for ``dc``, the weights'); its loop runs the real
-images with channels-last convolution weights.
+``vklib``'s default (``vectorised=None``: on a CPU the real side loops over classes and the synthetic side takes one
+``vmap`` pass; on a GPU both take ``vmap``), by its alternative (one ``vmap`` pass for both sides on a CPU, the
+loop for both on a GPU), and optionally by the official code's loop, on the same network weights and the same
+batches. Both of ``vklib``'s paths compute only the gradients the distance reads (for ``dc``, the weights').
 
     OMP_NUM_THREADS=1 python tests/benchmarks/bench_condensation.py             # the quick profile's sizes
     python tests/benchmarks/bench_condensation.py --width 128 --batch-real 256 --no-alternative  # the paper's sizes
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     net = condensation.make_network("convnet", a.channels, a.classes, a.size, width=a.width).to(dev)
     real = torch.randn(a.classes, a.batch_real, a.channels, a.size, a.size, device=dev)
     syn = torch.randn(a.classes, a.ipc, a.channels, a.size, a.size, device=dev)
-    default_vec = dev.type != "cpu"  # what vectorised=None picks
+    default_vec = dev.type != "cpu"  # what vectorised=None picks for the real side
     runs = {"default": lambda: vklib_iteration(net, real, syn, None, a.metric)}
     if not a.no_alternative:
         runs["alternative"] = lambda: vklib_iteration(net, real, syn, not default_vec, a.metric)
@@ -119,7 +119,7 @@ def main(argv=None) -> dict:
             samples[k].append(clock(f, repeat=1, warmup=0, device=dev))
     times = {k: statistics.median(v) for k, v in samples.items()}
     res = {"device": str(dev), "threads": torch.get_num_threads(), "width": a.width, "batch_real": a.batch_real,
-           "ipc": a.ipc, "classes": a.classes, "default": "vmap" if default_vec else "loop",
+           "ipc": a.ipc, "classes": a.classes, "default": "vmap" if default_vec else "real-side loop, synthetic-side vmap",
            **{f"{k}_ms": 1000 * t for k, t in times.items()}, "loss": out["default"][0].item()}
     print(f"device={res['device']} threads={res['threads']} ConvNet width={a.width}, {a.classes} classes x "
           f"{a.batch_real} real + {a.ipc} synthetic images of {a.channels}x{a.size}x{a.size}, metric={a.metric}")
