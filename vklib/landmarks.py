@@ -23,8 +23,9 @@ Contents
 The training loops (descriptors, fine-tuning, the landmark regressor) are written out in notebook 04, with its
 ``PROFILES``. The training pairs (random thin-plate-spline warps with their dense correspondence, DVE's ``Warper``
 and colour augmentation), the readers of the full-size ``celeba``, ``mafl`` and ``aflw_mtfl`` datasets and the
-batch streams that decode them live in :mod:`vklib.faces`, as the released code keeps them in its data loaders. The paper's numbers (landmark errors as fractions of the inter-ocular
-distance) are rows of ``vklib/paper_numbers.csv``.
+batch streams that decode them live in :mod:`vklib.faces`, as the released code keeps them in its data loaders.
+The paper's numbers (landmark errors as fractions of the inter-ocular distance) are rows of
+``vklib/paper_numbers.csv``.
 """
 from __future__ import annotations
 

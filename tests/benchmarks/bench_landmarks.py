@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from timing import clock
 
-from vklib import faces, landmarks as L
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for nbcheck
+from nbcheck import run_cell  # noqa: E402
+from vklib import course, faces, landmarks as L  # noqa: E402
 
 SIDE_BY_SIDE = dict(B=16, hw=32, C=64, stride=2)
+
+
+def _memory_kib(field: str) -> int:
+    """``field`` of ``/proc/self/status`` in KiB (Linux). ``VmHWM`` is the peak resident memory of this process's own
+    address space; unlike ``getrusage``'s ``ru_maxrss``, which Linux carries over from the parent through fork and
+    exec, it starts afresh in every subprocess."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def one(variant: str, official: str | None) -> dict:
@@ -41,13 +51,13 @@ def one(variant: str, official: str | None) -> dict:
         chunk = None if variant == "vklib" else 256
         fn = lambda: L.dve_loss(feats[0::2], feats[1::2], feats[0::2].roll(-1, 0), g, stride=stride,  # noqa
                                 chunk=chunk).backward()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # the process's high-water mark so far (KiB)
+    before = _memory_kib("VmHWM")  # this process's high-water mark so far
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _memory_kib("VmHWM")
     return {"variant": variant, "s": statistics.median(times), "peak_gb": peak / 2 ** 20,
             "added_gb": (peak - before) / 2 ** 20}
 
@@ -95,13 +105,12 @@ def main() -> None:
             dve = clock(lambda: L.dve_loss(f1, f2, f1.roll(-1, 0), g, stride=2, chunk=chunk).backward(), repeat=5)
             print(f"B={B} {hw}x{hw} C={C} chunk={chunk}: equivariance {eq * 1e3:.0f} ms, DVE {dve * 1e3:.0f} ms "
                   f"(forward+backward)")
-    mild = dict(rotation=8.0, scale=0.08, translation=0.08, tps=0.04, control=4, color_jitter=0.2)
-    released = dict(rotation=5.0, scale=0.1, translation=0.1, tps=0.0, control=10, kernel=(0.001, 0.01),
-                    color_jitter=0.4, pca_lighting=0.1)
-    for name, size, widths, batch, normalize, warp in (
-            ("quick", 64, (8, 16, 16, 32, 32), 8, 4.0, dict(mild, crop=8)),
-            ("paper", 100, (20, 48, 64, 80, 256), 32, None, dict(released, crop=15))):
-        step = train_step_time(size, widths, batch, normalize, warp)
+    scope = run_cell(course.find("04").path, "# Every setting of each profile", stop="cfg = landmarks.check_config")
+    for name in ("quick", "paper"):  # the notebook's own settings of each profile
+        p = scope["PROFILES"][name]
+        warp = dict(scope["WARPS"][p["warps"]], crop=p["crop"])
+        size, widths, batch = p["image_size"], p["widths"], p["batch_size"]
+        step = train_step_time(size, widths, batch, p["normalize"] or None, warp)
         print(f"{name} profile: SmallNet{tuple(widths)} at {size - 2 * warp['crop']}px, {batch} pairs: "
               f"{step * 1e3:.0f} ms per DVE training step")
     side_by_side(args.official)
