@@ -286,6 +286,27 @@ def test_make_variant_parameters_and_backbone_untouched():
         A.make_variant(models.ConvNet(3, 7, 16, width=4, depth=2), "head_only", 7)
 
 
+def test_reestimate_batchnorm_averages_the_pool_and_changes_nothing_else():
+    bb = tiny_backbone()
+    m = A.make_variant(bb, "dynamic_adapters_style", 7, num_adapters=2, style_after=("stem",), gate_noise=0.5,
+                       init_scale=0.1, seed=0)
+    params = {k: v.clone() for k, v in m.named_parameters()}
+    x = torch.rand(12, 3, 16, 16) * 2 + 0.5                                 # far from the running statistics
+    first, bn = m.stem[0][0], m.stem[0][1]                                  # stem: (conv, BatchNorm, ReLU), style
+    with torch.no_grad():
+        pre = first.eval()(x)                                               # (N, C, H, W) before the first BatchNorm
+    rng = torch.get_rng_state()
+    out = A.reestimate_batchnorm(m, list(x), batch_size=4)                 # a sequence of images works too
+    assert out is m and not m.training and not any(mod.training for mod in m.modules())
+    assert torch.equal(rng, torch.get_rng_state()), "no style exchange, no gate noise drawn"
+    assert all(torch.equal(v, params[k]) for k, v in m.named_parameters())
+    assert torch.allclose(bn.running_mean, pre.mean((0, 2, 3)), atol=1e-5)  # equal batches: the mean of means
+    batch_var = torch.stack([c.var((0, 2, 3), unbiased=True) for c in pre.split(4)]).mean(0)
+    assert torch.allclose(bn.running_var, batch_var, atol=1e-5) and bn.momentum == 0.1
+    with pytest.raises(ValueError, match="batch_size"):
+        A.reestimate_batchnorm(m, x, batch_size=1)
+
+
 def test_build_backbone(tmp_path):
     net = A.build_backbone("small_resnet", 10, widths=(4, 8))
     assert net(torch.zeros(1, 3, 16, 16)).shape == (1, 10)

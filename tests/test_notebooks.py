@@ -108,10 +108,16 @@ def bounds_03(m, r):
         assert 0.0 <= m[f"ssim_{arm}"] <= 1.0
     for arm in ("tv_blind", "selfdeblur_blind", "dikp_blind"):
         assert f"kernel_error_{arm}" in m, f"kernel error of {arm} missing"
-    # issue 21's key comparison, on the means over seeds. Met: non-blind DIP >= blurred + 2 dB. NOT met at the quick
-    # scale (notebook 03, section 6 shows the numbers): blind DIKP >= TV blind and blind DIKP >= blurred + 3 dB; the
-    # deep-prior blind arms end below the blurred input there, so neither is asserted, and no weaker bound replaces them.
+    # issue 21's key comparison, on the means over seeds (quick: cameraman x {k5, k4}, 96 x 96 crops, 3 seeds; the DIKP
+    # arms with kernel centring and a coarse-to-fine start). Met: non-blind DIP >= blurred + 2 dB (stored 2-thread run:
+    # 23.43 vs 15.70) and blind DIKP >= TV blind (18.48 +- 1.53 vs 17.52 +- 0.03 dB; 18.46 +- 1.64 at 1 thread). The
+    # second margin, about 1 dB, is within DIKP's spread over seeds.
+    # NOT met at the quick scale: blind DIKP >= blurred + 3 dB (18.48 vs the 18.70 needed); not asserted, and no weaker
+    # bound replaces it. Nor does the blind result hold beyond the scored image: on held-out cases (house, peppers x k2,
+    # k7, one seed; notebook 03, section 6 gives the command) blind DIKP gives 20.34 dB against blurred 21.36 and TV
+    # blind 21.04.
     assert m["psnr_dip_nonblind"] >= m["psnr_blurred"] + 2.0, "non-blind DIP: at least 2 dB over the blurred input"
+    assert m["psnr_dikp_blind"] >= m["psnr_tv_blind"], "blind DIKP at least as good as the TV blind baseline"
 
 
 @bounds("07")
@@ -192,18 +198,21 @@ def bounds_06(m, r):
         assert f"acc_smallest_domain_{v}" in m, f"acc_smallest_domain_{v} (unbalanced variant) was not recorded"
     assert m["acc_dynamic_adapters"] >= m["acc_single_adapter"], "dynamic adapters >= a single adapter (paper)"
     assert m["acc_dynamic_adapters"] >= m["acc_bn_head"], "dynamic adapters >= BatchNorm + head (the control)"
-    # NOT asserted: issue 27's gate_nmi >= gate_nmi_init + 0.05 depends on the thread count at this scale. At 2 threads
-    # (make test, the stored run) it holds: 0.196 +- 0.043 trained vs 0.082 +- 0.037 at initialisation, paired
-    # differences +0.172, +0.050, +0.120. At 1 thread it fails: 0.081 +- 0.039 vs 0.063 +- 0.019, paired +0.082,
-    # 0.000, -0.030. The thread count acts through the backbone: its 8-epoch CIFAR pretraining turns summation-order
-    # differences into a different backbone, and the 1-thread adapter training on the 2-thread run's backbone gives
-    # +0.173, +0.053, +0.132 (the 2-thread numbers); a third backbone (pretraining seed 1) gives +0.201, +0.083, +0.025.
-    # The faithful changes tried (official sparsemax gate: +0.163, +0.013, +0.025 on the 1-thread backbone, +0.141,
-    # -0.023, -0.032 on the 2-thread one; plus nn.Linear's bias init: +0.017, +0.039, -0.054; plus He-scale adapters:
-    # -0.033, +0.155, -0.108) flip the verdict too: the gain is a lottery over backbones. A bound that flips with float
-    # summation order is not a finding; the notebook's verdict cell states it for each run. Only that both are recorded
-    # with their spread:
-    for name in ("gate_nmi", "gate_nmi_init"):
+    # Issue 27's gate bound. gate_nmi_init scores the untrained gates with BatchNorm re-estimated on the training
+    # images (adapters.reestimate_batchnorm: no labels, no gradient step), the state training starts from: the adapter
+    # arms train BatchNorm, so the gates never read CIFAR-10-normalised features. The earlier control (the backbone's
+    # CIFAR-10 statistics) is still logged as gate_nmi_init_pretrained_bn. Measured with this code, 3 seeds each:
+    # 1 thread: gate_nmi 0.189 +- 0.055 vs gate_nmi_init 0.096 +- 0.014, paired +0.084, +0.139, +0.057 (earlier
+    # control +0.064, +0.128, +0.071); 2 threads (the stored run, another backbone): 0.189 +- 0.027 vs 0.114 +- 0.067,
+    # paired +0.124, +0.062, +0.039 (earlier control +0.144, +0.082, +0.062). It holds on the means in both; single
+    # seeds can fall below 0.05. The gain rests on the backbone drawn (pretrained in the notebook, once, shared by the
+    # seeds; float summation order changes it): over 16 (backbone, seed) pairs (these 6 and 10 probes on two other
+    # splits, backbones pretrained with seeds 5-12) the per-seed gain was 0.094 +- 0.052 (min +0.039) over this control
+    # and 0.093 +- 0.049 (min -0.032) over the earlier one: as independent draws, a mean over 3 seeds falls below 0.05
+    # in about 7 % of runs (normal approximation), more since the 3 seeds share one backbone. An earlier code version's
+    # 1-thread run gave +0.082, 0.000, -0.030 over the earlier control.
+    assert m["gate_nmi"] >= m["gate_nmi_init"] + 0.05, "trained gates >= untrained gates + 0.05 NMI (issue 27)"
+    for name in ("gate_nmi", "gate_nmi_init", "gate_nmi_init_pretrained_bn"):
         assert f"{name}_std" in m and 0.0 <= m[name] <= 1.0, f"{name} (mean over seeds, with _std) not recorded"
 
 
@@ -234,16 +243,21 @@ def bounds_05(m, r):
     for k in ("acc_supervised", "acc_mean_teacher", "acc_l2i", "acc_l2i_one_step", "iod_error_supervised",
               "iod_error_mean_teacher", "iod_error_l2i"):
         assert k in m and f"{k}_std" in m, f"{k} (mean, std over seeds) missing"
-    # The key comparison of issue 22, on the means over the seeds. Holds in the quick profile (stored run: 0.1306 +-
-    # 0.0039 vs 0.1353 +- 0.0019, a gap of about one std of L2I's spread):
+    # The key comparison of issue 22, on the means over the seeds. All four hold in the quick profile once the
+    # virtual step of the digits (alpha = 0.001) and lambda_u of the faces (1) are chosen on held-out training data
+    # (notebook 05, section 8; the test sets play no part). Stored run (1 thread): accuracy L2I 0.9170 +- 0.0223,
+    # Mean Teacher 0.9092 +- 0.0199, supervised 0.8744 +- 0.0077; landmark error L2I 0.1187 +- 0.0013, Mean Teacher
+    # 0.1237 +- 0.0025, supervised 0.1260 +- 0.0053.
+    # Thin: L2I's lead over Mean Teacher on the digits (+0.008) is inside one std of either arm and L2I is ahead on two
+    # of the three seeds only; on held-out digits the two are level (0.924 vs 0.921). The faces' leads hold on every
+    # seed.
+    assert m["acc_l2i"] >= m["acc_mean_teacher"], "L2I's accuracy must reach Mean Teacher's"
+    assert m["acc_l2i"] >= m["acc_supervised"] + 0.03, "L2I must beat supervised-only by 3 points of accuracy"
     assert m["iod_error_l2i"] <= m["iod_error_mean_teacher"], "L2I's landmark error must not exceed Mean Teacher's"
-    # NOT met in the quick profile after the fidelity fixes, so not asserted (the notebook's closing cell prints them
-    # from the run): acc_l2i >= acc_mean_teacher (0.8946 vs 0.9092), acc_l2i >= acc_supervised + 0.03 (+0.020), and
-    # iod_error_l2i <= iod_error_supervised (0.1306 vs 0.1259: Mean Teacher itself is behind supervised-only here).
-    # What does hold, measured (not bounds of the issue): both semi-supervised learners beat supervised-only
-    # training on the digits (every seed in the stored run).
+    assert m["iod_error_l2i"] <= m["iod_error_supervised"], "L2I's landmark error must not exceed supervised-only's"
+    # Not bounds of the issue, measured: Mean Teacher beats supervised-only on the digits (every seed in the stored
+    # run).
     assert m["acc_mean_teacher"] >= m["acc_supervised"] + 0.01, "Mean Teacher beats supervised-only on the digits"
-    assert m["acc_l2i"] > m["acc_supervised"], "MT + L2I beats supervised-only on the digits"
 
 
 @bounds("09")
@@ -259,7 +273,9 @@ def bounds_09(m, r):
         assert m[f"bleu4_{v}"] >= m["bleu4_untrained"] + 0.25, f"{v}: far above an untrained decoder (BLEU-4 +0.25)"
     # NOT asserted: the issue's bound cider_clta_sae >= cider_baseline (the paper's claim) does not hold on this split
     # (quick, seeds 0-2: CIDEr 3.33 +- 0.02 against 3.41 +- 0.02; CLTA alone 3.29, baseline + SAE 3.45). The notebook
-    # shows why (CLTA's higher training cross-entropy at 150 steps; no arm names a held-out pair) in its closing note.
+    # shows why (CLTA's higher training cross-entropy at 150 steps; no arm names a held-out pair) in its closing note,
+    # and a table of commands beside it: with 300 or 4,000 training scenes, 32 topics or 300 steps, CLTA + SAE stays
+    # below the baseline (by 0.030 to 0.119 CIDEr, 1 thread).
 
 
 @bounds("10")

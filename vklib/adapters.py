@@ -26,8 +26,8 @@ from .train import gather, infer
 __all__ = [
     "GATES", "RESNETS", "VARIANTS", "AdaptedConv2d", "StyleExchange", "add_adapters", "add_style_exchange",
     "build_backbone", "crop_and_jitter", "dynamic_adapter", "freeze_backbone", "gate_probs",
-    "logits_and_gates", "make_variant", "normalized_mutual_info", "per_domain_accuracy", "read_gates", "sparsemax",
-    "split_cells", "style_exchange", "subsample_domain", "trainable_parameters",
+    "logits_and_gates", "make_variant", "normalized_mutual_info", "per_domain_accuracy", "read_gates",
+    "reestimate_batchnorm", "sparsemax", "split_cells", "style_exchange", "subsample_domain", "trainable_parameters",
 ]
 
 VARIANTS = ("head_only", "bn_head", "single_adapter", "dynamic_adapters", "dynamic_adapters_style")
@@ -474,6 +474,32 @@ def crop_and_jitter(x: torch.Tensor, scale: tuple[float, float] = (0.8, 1.0), ji
     out = ((out - gray_mean) * factor[:, 1] + gray_mean).clamp(0, 1)
     gray = (out * luma).sum(1, keepdim=True)
     return ((out - gray) * factor[:, 2] + gray).clamp(0, 1)
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, images, *, batch_size: int = 32,
+                         device: str | torch.device | None = None) -> nn.Module:
+    """Replace the running statistics of every ``nn.BatchNorm2d`` of ``model`` by their average over ``images``
+    ``(N, C, H, W)`` (or a sequence of ``(C, H, W)``), in batches of ``batch_size``, in place; returns ``model``, in
+    eval mode. No gradient, no parameter changes, everything but BatchNorm in eval mode (no gate noise, no style
+    exchange): the state a model trained with BatchNorm in train mode starts from (its batches are normalised by
+    their own statistics from the first step), used to score the gates at initialisation."""
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2 (BatchNorm statistics), got {batch_size}")
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    device = next(model.parameters()).device if device is None else device
+    model.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None                                  # a cumulative average over the batches
+        m.train()
+    for idx in torch.arange(len(images)).split(batch_size):
+        model(gather(images, idx).to(device))
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+        m.eval()
+    return model
 
 
 def logits_and_gates(model: nn.Module, images, *, batch_size: int = 256, device: str | torch.device = "auto"

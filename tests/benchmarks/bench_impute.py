@@ -7,7 +7,7 @@
    forward-mode Jacobian-vector product (torch.func.jvp), and the labeller kernel (L2I-O);
 2. seeds in one pass: a Mean Teacher forward/backward and an L2I-O meta-gradient for 3 seeds as one
    ``train.Ensemble`` (``impute.build_members``) against the 3 networks one after the other, on the quick profile's
-   classification (ConvNet, 16 px) and regression (half-width TCDCNN, grey 48 px) sizes;
+   classification (ConvNet, 16 px) and regression (quarter-width TCDCNN, grey 48 px) sizes;
 3. with --notebook: the whole notebook 05 (quick profile) through papermill, wall time.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ from vklib import impute
 
 #: the quick profile's sizes (notebook 05's PROFILES["quick"])
 QUICK = {"classification": {"model": "convnet", "channels": 1, "outputs": 10, "size": 16, "width": 16, "depth": 2,
-                            "batch_labeled": 16, "batch_unlabeled": 64, "meta_batch": 16, "inner_lr": 0.01},
+                            "batch_labeled": 16, "batch_unlabeled": 64, "meta_batch": 16, "inner_lr": 0.001},
          "regression": {"model": "tcdcnn", "channels": 1, "outputs": 10, "size": 48, "width": 0.25, "depth": None,
-                        "batch_labeled": 32, "batch_unlabeled": 32, "meta_batch": 32, "inner_lr": 0.01}}
+                        "batch_labeled": 32, "batch_unlabeled": 32, "meta_batch": 32, "inner_lr": 0.03}}
 SEEDS = [0, 1, 2]
 
 
