@@ -318,3 +318,17 @@ def test_concat_problems_keeps_the_order_and_checks_sizes():
     assert not torch.equal(c.y[:2], c.y[2:]) and torch.equal(c.sharp[:2], c.sharp[2:])  # noise differs per seed
     with pytest.raises(ValueError, match="differ in latent or kernel size"):
         deconv.concat_problems([a, deconv.load_problem(["cameraman"], ["k5"], crop=32, noise_std=0.01)])
+
+
+def test_centre_kernel_rolls_the_centre_of_mass_to_the_middle_tap():
+    k = torch.zeros(2, 1, 9, 9)
+    k[0, 0, 1, 6] = 0.75                                     # mass centred at (1.25, 6) -> rolled by (-3, +2)
+    k[0, 0, 2, 6] = 0.25
+    k[1, 0, 3:6, 3:6] = 1 / 9                                # already centred
+    k.requires_grad_(True)
+    out = deconv.centre_kernel(k)
+    assert out[0, 0, 4, 4] == 0.75 and out[0, 0, 5, 4] == 0.25   # centre of mass (4.25, 4) rounds to (4, 4)
+    assert torch.equal(out[1], k[1].detach())
+    assert torch.allclose(out.sum((1, 2, 3)), torch.ones(2))
+    out[:, 0, 4, 4].sum().backward()                         # a permutation: the gradient lands on the moved taps
+    assert k.grad[0, 0, 1, 6] == 1 and k.grad[1, 0, 4, 4] == 1 and k.grad.sum() == 2

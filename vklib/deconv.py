@@ -14,7 +14,8 @@ so every pixel of ``y`` sees only pixels of ``x`` (no boundary assumption).
   github.com/csdwren/SelfDeblur ``networks/fcn.py``): an MLP ``noise -> 1000 -> kh*kw`` with ReLU6 and a softmax.
 * **Terms**: :func:`data_term` (MSE), :func:`ssim_loss` (SelfDeblur's ``1 - SSIM`` after 1000 steps), and the
   traditional learning-free terms DIKP combines with the deep priors: :func:`total_variation` on the image and
-  :func:`kernel_sparsity` on the kernel.
+  :func:`kernel_sparsity` on the kernel; :func:`normalise_kernel` (Perrone and Favaro's projection) and
+  :func:`centre_kernel` (kernel centring), two more traditional ideas.
 
 The networks hold N independent problems as one grouped network (grouped convolutions, batched matrix products).
 :func:`align_levin` is Levin et al.'s ``comp_upto_shift``; :func:`psnr` and :func:`ssim` score its aligned windows.
@@ -31,7 +32,7 @@ from torch import nn
 
 __all__ = [
     "DeconvProblem", "GroupedConv2d", "ImagePrior", "KernelPrior", "align_levin", "blur", "center_crop",
-    "concat_problems", "data_term", "kernel_error", "kernel_sparsity", "load_problem", "make_problem",
+    "centre_kernel", "concat_problems", "data_term", "kernel_error", "kernel_sparsity", "load_problem", "make_problem",
     "normalise_kernel", "pad_kernel", "psnr", "richardson_lucy", "ssim", "ssim_loss", "total_variation", "wiener",
 ]
 
@@ -553,3 +554,18 @@ def normalise_kernel(kernel: torch.Tensor) -> torch.Tensor:
     k = kernel.clamp_min(0)
     s = k.sum(dim=(1, 2, 3), keepdim=True)
     return torch.where(s > 0, k / s.clamp_min(1e-12), torch.full_like(k, 1 / k[0].numel()))
+
+
+def centre_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """Kernel centring (Cho & Lee 2009; ``adjust_psf_center`` in Pan et al.'s code), by whole pixels: each ``(N, 1, K,
+    K)`` kernel rolled circularly so that its centre of mass sits on the middle tap. A permutation of the taps (still
+    >= 0, same sum); the shift is chosen without gradient, the roll passes gradients through."""
+    n, _, K, _ = kernel.shape
+    taps = torch.arange(K, device=kernel.device)
+    with torch.no_grad():
+        r, mass = taps.to(kernel.dtype), kernel.sum((1, 2, 3))
+        sy = ((kernel.sum(3)[:, 0] * r).sum(1) / mass).round().long() - K // 2
+        sx = ((kernel.sum(2)[:, 0] * r).sum(1) / mass).round().long() - K // 2
+    iy, ix = (taps[None] + sy[:, None]) % K, (taps[None] + sx[:, None]) % K      # out[i] = kernel[i + s]
+    out = kernel.gather(2, iy[:, None, :, None].expand(n, 1, K, K))
+    return out.gather(3, ix[:, None, None, :].expand(n, 1, K, K))
